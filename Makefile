@@ -1,0 +1,79 @@
+# recon — build, test and demo. Two commands matter: `make demo` and `make test`.
+# Everything the project needs is bootstrapped here: the Python venv that provides libtorch,
+# cbindgen for the header check, and the C compiler flags for the C tests.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+VENV        := $(CURDIR)/.venv
+PYTHON      := $(VENV)/bin/python
+TORCH_STAMP := $(VENV)/.torch-2.11.0
+TOOLS       := $(CURDIR)/.tools
+CBINDGEN    := $(TOOLS)/bin/cbindgen
+CBINDGEN_VERSION := 0.29.4
+PROFILE     ?= release
+CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
+TARGET_DIR  := $(CURDIR)/target/$(PROFILE)
+
+# torch-sys finds libtorch through the venv's Python (it runs `python` when VIRTUAL_ENV is set).
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+# The test suite runs small networks on CPU; two threads match the CI machine.
+export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
+export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
+
+.PHONY: build demo test test-rust test-c test-python venv header check-header fmt lint ci clean golden gpu-bundle
+
+venv: $(TORCH_STAMP)
+$(TORCH_STAMP):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet torch==2.11.0 numpy
+	touch $@
+
+build: $(TORCH_STAMP)
+	cargo build $(CARGO_PROFILE_FLAG) --lib --bins
+
+demo: build
+	$(TARGET_DIR)/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
+
+test: test-rust test-c test-python
+
+test-rust: $(TORCH_STAMP)
+	cargo test $(CARGO_PROFILE_FLAG)
+
+test-c: build
+	$(MAKE) -C bindings/c test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny
+
+test-python: build
+	RECON_LIBRARY=$(TARGET_DIR)/librecon.so $(PYTHON) bindings/python/tests/test_abi.py
+
+$(CBINDGEN):
+	cargo install --quiet --locked --root $(TOOLS) cbindgen --version $(CBINDGEN_VERSION)
+
+header: $(CBINDGEN)
+	$(CBINDGEN) --config cbindgen.toml --crate recon --output include/recon.h
+
+# Fails when include/recon.h differs from what src/ffi/ generates.
+check-header: $(CBINDGEN)
+	$(CBINDGEN) --config cbindgen.toml --crate recon --output $(CURDIR)/target/recon.h.check
+	diff -u include/recon.h $(CURDIR)/target/recon.h.check || \
+	  { echo "include/recon.h is stale: run 'make header' and commit it"; exit 1; }
+
+fmt:
+	cargo fmt --all
+
+lint: $(TORCH_STAMP)
+	cargo fmt --all -- --check
+	cargo clippy $(CARGO_PROFILE_FLAG) --all-targets -- -D warnings
+
+ci: test lint check-header
+
+# Regenerates tests/fixtures/golden from the reference implementation (never run by CI).
+golden:
+	bash tools/golden/setup.sh
+	tools/golden/.venv/bin/python tools/golden/generate.py --out tests/fixtures/golden
+
+clean:
+	cargo clean

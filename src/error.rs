@@ -1,0 +1,130 @@
+//! The one error type of the library. Every fallible function returns [`Result`]; the C ABI maps
+//! [`ErrorKind`] one to one onto `recon_status` (see `ffi::status`).
+
+use std::fmt;
+
+/// What went wrong, coarse enough to act on. Each kind is a stable `recon_status` number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A caller-supplied argument is wrong (NULL, out of range, inconsistent sizes).
+    InvalidArgument,
+    /// A file or directory could not be read or written.
+    Io,
+    /// The Hub could not be reached, or refused a request, or offline mode forbids it.
+    Network,
+    /// A file was read but its content is malformed (JSON, safetensors header, image bytes).
+    Format,
+    /// A checkpoint does not fit the network: a tensor is missing, mis-shaped or mis-typed.
+    Checkpoint,
+    /// The request is valid but this build cannot do it (yet).
+    Unsupported,
+    /// The run was cancelled by `recon_cancel` or a progress callback.
+    Cancelled,
+    /// Host or device memory ran out.
+    OutOfMemory,
+    /// The compute device is missing or failed.
+    Device,
+    /// A bug in recon (including a caught panic).
+    Internal,
+}
+
+/// An error with a message that names what was wrong (file, tensor, expected vs found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn io(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Io, message)
+    }
+    pub fn network(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Network, message)
+    }
+    pub fn format(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Format, message)
+    }
+    pub fn checkpoint(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Checkpoint, message)
+    }
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Cancelled, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// An I/O error on `path`, keeping the OS reason.
+    pub fn io_at(path: &std::path::Path, err: &std::io::Error) -> Self {
+        let kind = if err.kind() == std::io::ErrorKind::OutOfMemory {
+            ErrorKind::OutOfMemory
+        } else {
+            ErrorKind::Io
+        };
+        Self::new(kind, format!("{}: {err}", path.display()))
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Prefixes the message with context, keeping the kind: `"loading ss_dec: <message>"`.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Self {
+            kind: self.kind,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tch::TchError> for Error {
+    fn from(err: tch::TchError) -> Self {
+        let text = err.to_string();
+        // libtorch reports allocation failures only through the message text.
+        let kind = if text.contains("out of memory") || text.contains("OutOfMemory") {
+            ErrorKind::OutOfMemory
+        } else if text.contains("CUDA") || text.contains("cuda") {
+            ErrorKind::Device
+        } else {
+            ErrorKind::Internal
+        };
+        Self::new(kind, format!("libtorch: {text}"))
+    }
+}
+
+/// Adds context to any `Result<T, Error>`.
+pub trait ResultExt<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for Result<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| e.context(what))
+    }
+}

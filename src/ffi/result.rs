@@ -1,0 +1,282 @@
+//! `recon_result`: one run's outputs as borrowed typed arrays, exports, library-owned buffers.
+
+use std::ffi::c_char;
+use std::mem::{offset_of, size_of};
+
+use super::model::write_versioned;
+use super::status::recon_status;
+use super::{finish, guarded, guarded_or, non_null, utf8, ErrorLog};
+use crate::error::{Error, Result};
+use crate::pipeline::Output;
+
+/// Export formats for `recon_result_export` / `recon_result_export_buffer`.
+pub const RECON_EXPORT_GLB: i32 = 1;
+pub const RECON_EXPORT_PLY_GAUSSIANS: i32 = 2;
+pub const RECON_EXPORT_PLY_MESH: i32 = 3;
+pub const RECON_EXPORT_OBJ: i32 = 4;
+
+/// The outputs of one `recon_run`. Independent of the model: it may outlive it.
+pub struct recon_result {
+    output: Output,
+    errors: ErrorLog,
+}
+
+impl recon_result {
+    pub(crate) fn new(output: Output) -> Self {
+        Self {
+            output,
+            errors: ErrorLog::new(),
+        }
+    }
+}
+
+/// A library-owned byte buffer (an exported file). Free with `recon_buffer_free`.
+pub struct recon_buffer {
+    bytes: Vec<u8>,
+}
+
+/// 3D Gaussians, activated (positions, SH DC colours, scales, unit quaternions w,x,y,z,
+/// opacities in 0..1). Arrays are borrowed from the result, valid until `recon_result_free`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct recon_gaussians {
+    /// Set by the caller to `sizeof(recon_gaussians)` before the call.
+    pub struct_size: u32,
+    /// Number of Gaussians N.
+    pub count: usize,
+    /// N×3 floats.
+    pub xyz: *const f32,
+    /// N×3 floats.
+    pub features_dc: *const f32,
+    /// N×3 floats.
+    pub scaling: *const f32,
+    /// N×4 floats.
+    pub rotation: *const f32,
+    /// N floats.
+    pub opacity: *const f32,
+}
+
+/// A triangle mesh. Arrays are borrowed from the result, valid until `recon_result_free`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct recon_mesh {
+    /// Set by the caller to `sizeof(recon_mesh)` before the call.
+    pub struct_size: u32,
+    pub num_vertices: usize,
+    /// num_vertices×3 floats.
+    pub positions: *const f32,
+    /// num_vertices×3 floats in 0..1, or NULL when the mesh has no vertex colours.
+    pub colors: *const f32,
+    pub num_faces: usize,
+    /// num_faces×3 vertex indices.
+    pub indices: *const u32,
+}
+
+/// A camera recovered for one input view (OpenCV convention, camera-from-world).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct recon_camera {
+    /// Set by the caller to `sizeof(recon_camera)` before the call.
+    pub struct_size: u32,
+    pub width: u32,
+    pub height: u32,
+    /// 3×4 row-major [R | t].
+    pub extrinsic: [f32; 12],
+    /// 3×3 row-major intrinsics, in pixels.
+    pub intrinsic: [f32; 9],
+}
+
+fn result_ref<'a>(result: *const recon_result) -> Option<&'a recon_result> {
+    // SAFETY: NULL or a live result, per the header.
+    unsafe { result.as_ref() }
+}
+
+/// Frees a result (NULL is ignored).
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_free(result: *mut recon_result) {
+    guarded_or((), || {
+        if !result.is_null() {
+            // SAFETY: came from recon_run and is freed once, per the header.
+            drop(unsafe { Box::from_raw(result) });
+        }
+    })
+}
+
+/// The message of the latest failed call on `result` ("" when none or NULL). Owned by the
+/// result; valid until `recon_result_free` or until 16 more calls on it have failed.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_last_error(result: *const recon_result) -> *const c_char {
+    guarded_or(c"".as_ptr(), || result_ref(result).map_or(c"".as_ptr(), |r| r.errors.last()))
+}
+
+/// The Gaussians of `result`; fails when the run did not produce them.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_gaussians(result: *const recon_result, out: *mut recon_gaussians) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        let g = r.output.gaussians.as_ref().ok_or_else(|| {
+            Error::invalid_argument("the result has no Gaussians (not requested in recon_run_params.formats)")
+        })?;
+        let view = recon_gaussians {
+            struct_size: size_of::<recon_gaussians>() as u32,
+            count: g.len(),
+            xyz: g.xyz.as_ptr(),
+            features_dc: g.features_dc.as_ptr(),
+            scaling: g.scaling.as_ptr(),
+            rotation: g.rotation.as_ptr(),
+            opacity: g.opacity.as_ptr(),
+        };
+        // SAFETY: NULL or a caller struct with struct_size set.
+        unsafe { write_versioned(out, view, size_of::<recon_gaussians>(), "out") }
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+/// The mesh of `result`; fails when the run did not produce one.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_mesh(result: *const recon_result, out: *mut recon_mesh) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        let m = r
+            .output
+            .mesh
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument("the result has no mesh (not requested in recon_run_params.formats)"))?;
+        let view = recon_mesh {
+            struct_size: size_of::<recon_mesh>() as u32,
+            num_vertices: m.positions.len() / 3,
+            positions: m.positions.as_ptr(),
+            colors: if m.colors.is_empty() { std::ptr::null() } else { m.colors.as_ptr() },
+            num_faces: m.indices.len() / 3,
+            indices: m.indices.as_ptr(),
+        };
+        // SAFETY: NULL or a caller struct with struct_size set.
+        unsafe { write_versioned(out, view, size_of::<recon_mesh>(), "out") }
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+/// Number of cameras in `result` (one per input view when the pipeline estimates poses; 0
+/// otherwise or for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_num_cameras(result: *const recon_result) -> usize {
+    guarded_or(0, || result_ref(result).map_or(0, |r| r.output.cameras.len()))
+}
+
+/// Camera `index` of `result`.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_camera(result: *const recon_result, index: usize, out: *mut recon_camera) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        let cam = r.output.cameras.get(index).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "camera index {index} is out of range (the result has {})",
+                r.output.cameras.len()
+            ))
+        })?;
+        let view = recon_camera {
+            struct_size: size_of::<recon_camera>() as u32,
+            width: cam.width,
+            height: cam.height,
+            extrinsic: cam.extrinsic,
+            intrinsic: cam.intrinsic,
+        };
+        // SAFETY: NULL or a caller struct with struct_size set.
+        unsafe { write_versioned(out, view, offset_of!(recon_camera, intrinsic) + 9 * 4, "out") }
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+fn export_bytes(output: &Output, format: i32) -> Result<Vec<u8>> {
+    let (name, has_data) = match format {
+        RECON_EXPORT_GLB => ("GLB", output.mesh.is_some()),
+        RECON_EXPORT_PLY_GAUSSIANS => ("Gaussian PLY", output.gaussians.is_some()),
+        RECON_EXPORT_PLY_MESH => ("mesh PLY", output.mesh.is_some()),
+        RECON_EXPORT_OBJ => ("OBJ", output.mesh.is_some()),
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "export format {other} is not one of RECON_EXPORT_GLB, _PLY_GAUSSIANS, _PLY_MESH, _OBJ"
+            )))
+        }
+    };
+    if !has_data {
+        return Err(Error::invalid_argument(format!(
+            "cannot export {name}: the result holds no data for it"
+        )));
+    }
+    Err(Error::unsupported(format!("{name} export is not implemented in this build of recon yet")))
+}
+
+/// Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
+/// whole or not at all.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_export(result: *const recon_result, format: i32, path: *const c_char) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        // SAFETY: NULL or a NUL-terminated string.
+        let path = unsafe { utf8(path, "path") }?;
+        let bytes = export_bytes(&r.output, format)?;
+        write_atomically(std::path::Path::new(path), &bytes)
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("recon-tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io_at(&tmp, &e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io_at(path, &e)
+    })
+}
+
+/// Exports `result` in `format` to a new library-owned buffer (free with `recon_buffer_free`).
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_export_buffer(
+    result: *const recon_result,
+    format: i32,
+    out_buffer: *mut *mut recon_buffer,
+) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        if out_buffer.is_null() {
+            return Err(Error::invalid_argument("out_buffer is NULL"));
+        }
+        let bytes = export_bytes(&r.output, format)?;
+        let buffer = Box::into_raw(Box::new(recon_buffer { bytes }));
+        // SAFETY: checked non-NULL above.
+        unsafe { out_buffer.write(buffer) };
+        Ok(())
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+/// The bytes of `buffer` (NULL for NULL), valid until `recon_buffer_free`.
+#[no_mangle]
+pub unsafe extern "C" fn recon_buffer_data(buffer: *const recon_buffer) -> *const u8 {
+    // SAFETY: NULL or a live buffer.
+    guarded_or(std::ptr::null(), || unsafe { buffer.as_ref() }.map_or(std::ptr::null(), |b| b.bytes.as_ptr()))
+}
+
+/// The size of `buffer` in bytes (0 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn recon_buffer_size(buffer: *const recon_buffer) -> usize {
+    // SAFETY: NULL or a live buffer.
+    guarded_or(0, || unsafe { buffer.as_ref() }.map_or(0, |b| b.bytes.len()))
+}
+
+/// Frees a buffer (NULL is ignored).
+#[no_mangle]
+pub unsafe extern "C" fn recon_buffer_free(buffer: *mut recon_buffer) {
+    guarded_or((), || {
+        if !buffer.is_null() {
+            // SAFETY: came from recon_result_export_buffer and is freed once.
+            drop(unsafe { Box::from_raw(buffer) });
+        }
+    })
+}

@@ -1,0 +1,22 @@
+//! recon: image-to-3D reconstruction (Microsoft TRELLIS and ReconViaGen's TRELLIS-VGGT) as a
+//! native library over libtorch, with a stable C ABI (`include/recon.h`).
+//!
+//! Layout (see DESIGN.md): `ffi` is the only `extern "C"` code and wraps [`pipeline`]; `hub`
+//! resolves a model directory or Hub repo id; `weights` reads safetensors checkpoints by
+//! state-dict name; `models` holds one file per upstream network module; `nn` the dense
+//! building blocks they share.
+
+pub mod error;
+pub mod ffi;
+pub mod hub;
+pub mod logging;
+pub mod models;
+pub mod nn;
+pub mod pipeline;
+pub mod weights;
+
+pub use error::{Error, ErrorKind, Result};
+pub use logging::LogLevel;
+
+/// The crate version, as `recon_version_string` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

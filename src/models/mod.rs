@@ -1,0 +1,144 @@
+//! The networks, one file per upstream module, and the registry that builds one from a
+//! checkpoint (`ckpts/<stem>.json` names the class and its args; `<stem>.safetensors` holds the
+//! state dict under the upstream names).
+
+pub mod sparse_structure_vae;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result, ResultExt};
+use crate::hub::{read_checkpoint_config, CheckpointConfig};
+use crate::weights::{SafeTensorsFile, Weights};
+
+use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
+
+/// Named tensors in and out of a network (the module runner's and the tests' currency).
+pub type NamedTensors = BTreeMap<String, Tensor>;
+
+/// A network that can be run on named tensors, for `recon module` and golden tests.
+/// Networks are `Send` but not `Sync` (libtorch tensors are not declared `Sync`); a
+/// pipeline serialises the runs on its networks.
+pub trait Network: Send {
+    /// The upstream class name, as in the checkpoint json.
+    fn class_name(&self) -> &'static str;
+    /// Input tensor names and what each is.
+    fn inputs(&self) -> &'static [TensorDoc];
+    /// Output tensor names and what each is.
+    fn outputs(&self) -> &'static [TensorDoc];
+    /// Runs forward on the named inputs.
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors>;
+}
+
+/// One input or output of a network, for documentation and error messages.
+pub struct TensorDoc {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// Every class the published TRELLIS / TRELLIS-VGGT pipelines name, and whether recon runs it.
+pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
+    ("SparseStructureDecoder", true),
+    ("SparseStructureEncoder", false),
+    ("SparseStructureFlowModel", false),
+    ("SLatFlowModel", false),
+    ("ElasticSLatFlowModel", false),
+    ("SLatGaussianDecoder", false),
+    ("SLatMeshDecoder", false),
+    ("SLatRadianceFieldDecoder", false),
+    ("SLatEncoder", false),
+    ("ModulatedMultiViewCond", false),
+    ("ModulatedSLATMultiViewCond", false),
+];
+
+/// Whether recon implements `class` (false for classes it knows but does not run yet).
+pub fn is_implemented(class: &str) -> bool {
+    UPSTREAM_CLASSES.iter().any(|&(name, done)| name == class && done)
+}
+
+/// Whether `class` is one the published pipelines use.
+pub fn is_known(class: &str) -> bool {
+    UPSTREAM_CLASSES.iter().any(|&(name, _)| name == class)
+}
+
+fn parse_args<T: DeserializeOwned>(config: &CheckpointConfig, path: &Path) -> Result<T> {
+    serde_json::from_value(config.args.clone()).map_err(|e| {
+        Error::format(format!(
+            "{}: args of {} do not match the upstream class: {e}",
+            path.display(),
+            config.class
+        ))
+    })
+}
+
+/// Builds the network a checkpoint describes: `<stem>.json` + `<stem>.safetensors`.
+pub fn load_network(
+    config_path: &Path,
+    weights_path: &Path,
+    device: Device,
+) -> Result<(Box<dyn Network>, Weights)> {
+    let config = read_checkpoint_config(config_path)?;
+    let file = SafeTensorsFile::open(weights_path)?;
+    let weights = Weights::from_file(file, Kind::Float, device);
+    let network = build(&config, config_path, &weights)
+        .context(format!("{} ({})", config.class, weights_path.display()))?;
+    Ok((network, weights))
+}
+
+fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Box<dyn Network>> {
+    match config.class.as_str() {
+        "SparseStructureDecoder" => {
+            let args: SparseStructureDecoderConfig = parse_args(config, path)?;
+            Ok(Box::new(SparseStructureDecoder::new(args, weights)?))
+        }
+        other if is_known(other) => Err(Error::unsupported(format!(
+            "the network class {other} is not implemented in recon yet"
+        ))),
+        other => Err(Error::format(format!(
+            "{}: unknown network class '{other}'",
+            path.display()
+        ))),
+    }
+}
+
+/// The named input `name`, or an InvalidArgument error listing what the network takes.
+pub fn required_input<'a>(
+    inputs: &'a NamedTensors,
+    name: &str,
+    network: &dyn Network,
+) -> Result<&'a Tensor> {
+    inputs.get(name).ok_or_else(|| {
+        let expected: Vec<&str> = network.inputs().iter().map(|d| d.name).collect();
+        Error::invalid_argument(format!(
+            "{}: input tensor '{name}' is missing (inputs: {})",
+            network.class_name(),
+            expected.join(", ")
+        ))
+    })
+}
+
+impl Network for SparseStructureDecoder {
+    fn class_name(&self) -> &'static str {
+        "SparseStructureDecoder"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "x",
+            description: "latent [B, latent_channels, D, H, W], float",
+        }]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "logits",
+            description: "occupancy logits [B, out_channels, 4D, 4H, 4W], float32; occupied where > 0",
+        }]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let x = required_input(inputs, "x", self)?;
+        let logits = tch::no_grad(|| self.forward(x))?;
+        Ok(BTreeMap::from([("logits".to_string(), logits)]))
+    }
+}

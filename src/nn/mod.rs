@@ -1,0 +1,10 @@
+//! Dense building blocks shared by the networks, over tch. Each layer is built from a
+//! [`Weights`] view with the upstream state-dict names, and computes in the dtype and order the
+//! reference does (norms in fp32, cast back).
+
+pub mod conv;
+pub mod norm;
+pub mod spatial;
+
+pub use conv::Conv3d;
+pub use norm::{ChannelLayerNorm32, GroupNorm32, Norm};

@@ -1,0 +1,580 @@
+//! The safe Rust API: [`Pipeline::load`] resolves and loads a published pipeline, and
+//! [`Pipeline::run`] turns images into a 3D asset. The C ABI in `ffi/` is a thin wrapper.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tch::Device;
+
+use crate::error::{Error, Result, ResultExt};
+use crate::hub::{self, PipelineConfig, ResolveOptions, ResolvedPipeline};
+use crate::logging::{LogFn, LogLevel};
+use crate::models::{self, Network};
+
+/// More views than this is almost certainly a caller bug (the reference runs 1–16).
+pub const MAX_VIEWS: usize = 64;
+/// Largest accepted image side, in pixels (decompression-bomb guard).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+/// Largest accepted image, in pixels.
+pub const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Where the networks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    /// The first CUDA device when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceRequest {
+    fn resolve(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Cuda(index) => {
+                let count = tch::Cuda::device_count() as usize;
+                if index < count {
+                    Ok(Device::Cuda(index))
+                } else {
+                    Err(Error::new(
+                        crate::ErrorKind::Device,
+                        format!("CUDA device {index} requested, but {count} CUDA device(s) are usable"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// How to load a pipeline.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// A local directory in the published layout, or a Hub repo id (`owner/name[@revision]`).
+    pub source: String,
+    pub device: DeviceRequest,
+    /// Load only these pipeline model keys (None: all that pipeline.json names).
+    pub only_models: Option<Vec<String>>,
+    /// Force Hub offline mode (None: from HF_HUB_OFFLINE).
+    pub offline: Option<bool>,
+    pub log: Arc<LogFn>,
+}
+
+impl LoadOptions {
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            device: DeviceRequest::Auto,
+            only_models: None,
+            offline: None,
+            log: Arc::new(crate::logging::tracing_sink),
+        }
+    }
+}
+
+/// One network of the pipeline, as loaded.
+pub struct LoadedNetwork {
+    /// The key in pipeline.json's `models` (e.g. `sparse_structure_decoder`).
+    pub key: String,
+    /// The checkpoint stem (e.g. `ckpts/ss_dec_conv3d_16l8_fp16`).
+    pub stem: String,
+    /// The upstream class named in the checkpoint json.
+    pub class: String,
+    /// Elements stored in the checkpoint (parameters and buffers).
+    pub num_elements: usize,
+    /// The runnable network, when recon implements its class; otherwise the checkpoint was
+    /// only validated (json parsed, safetensors header checked).
+    pub network: Option<Box<dyn Network>>,
+}
+
+/// A loaded pipeline: immutable after load, shareable across threads.
+pub struct Pipeline {
+    resolved: ResolvedPipeline,
+    device: Device,
+    networks: Vec<LoadedNetwork>,
+}
+
+/// Which pipelines recon knows (pipeline.json's `name`).
+const KNOWN_PIPELINES: &[&str] = &["TrellisImageTo3DPipeline", "TrellisVGGTTo3DPipeline"];
+
+impl Pipeline {
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        let log = options.log.as_ref();
+        let device = options.device.resolve()?;
+        let only: Option<Vec<&str>> = options
+            .only_models
+            .as_ref()
+            .map(|keys| keys.iter().map(String::as_str).collect());
+        let mut resolve_options = ResolveOptions::new(log);
+        resolve_options.only_models = only.as_deref();
+        resolve_options.offline = options.offline;
+        let resolved = hub::resolve(&options.source, &resolve_options)?;
+        if !KNOWN_PIPELINES.contains(&resolved.config.name.as_str()) {
+            return Err(Error::format(format!(
+                "{}: pipeline '{}' is not one recon runs (known: {})",
+                resolved.pipeline_json.display(),
+                resolved.config.name,
+                KNOWN_PIPELINES.join(", ")
+            )));
+        }
+        let mut networks = Vec::new();
+        for files in resolved.models.values() {
+            let network = load_one(files, device, log).context(format!("model '{}'", files.key))?;
+            networks.push(network);
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "loaded {} from {} on {device:?}: {} network(s)",
+                resolved.config.name,
+                resolved.root.display(),
+                networks.len()
+            ),
+        );
+        Ok(Self {
+            resolved,
+            device,
+            networks,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.resolved.config.name
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.resolved.config
+    }
+
+    pub fn root(&self) -> &std::path::Path {
+        &self.resolved.root
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn networks(&self) -> &[LoadedNetwork] {
+        &self.networks
+    }
+
+    /// The network loaded under pipeline key `key`, if recon runs it.
+    pub fn network(&self, key: &str) -> Option<&dyn Network> {
+        self.networks
+            .iter()
+            .find(|n| n.key == key)
+            .and_then(|n| n.network.as_deref())
+    }
+
+    /// Generates a 3D asset from `images` (one or more views of one object).
+    ///
+    /// Every input is validated first, so a bad call fails the same way whatever the build
+    /// implements. Stages this build does not implement end the run with an Unsupported error
+    /// that names them; nothing is ever faked.
+    pub fn run(&self, images: &[ImageInput<'_>], params: &RunParams, control: &RunControl<'_>) -> Result<Output> {
+        validate_views(images)?;
+        params.validate()?;
+        control.check_cancelled()?;
+        control.progress(Stage::Preprocess, 0, images.len())?;
+        Err(Error::unsupported(format!(
+            "this build of recon cannot generate yet: {} needs image \
+             preprocessing, DINOv2 conditioning, the sparse-structure flow sampler, the \
+             structured-latent flow and its decoders; implemented networks: {}",
+            self.name(),
+            self.implemented_summary()
+        )))
+    }
+
+    fn implemented_summary(&self) -> String {
+        let names: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|n| n.network.is_some())
+            .map(|n| format!("{} ({})", n.key, n.class))
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+fn load_one(files: &hub::ModelFiles, device: Device, log: &LogFn) -> Result<LoadedNetwork> {
+    let config = hub::read_checkpoint_config(&files.config)?;
+    let (network, num_elements) = if models::is_implemented(&config.class) {
+        let (network, weights) = models::load_network(&files.config, &files.weights, device)?;
+        weights.report_unused(log);
+        let elements = crate::weights::SafeTensorsFile::open(&files.weights)?.num_elements();
+        (Some(network), elements)
+    } else {
+        // Not runnable yet: still prove the files are sound, so load errors surface now.
+        let file = crate::weights::SafeTensorsFile::open(&files.weights)?;
+        log(
+            LogLevel::Info,
+            &format!(
+                "{}: {} is not implemented yet; checkpoint validated ({} tensors)",
+                files.key,
+                config.class,
+                file.len()
+            ),
+        );
+        (None, file.num_elements())
+    };
+    Ok(LoadedNetwork {
+        key: files.key.clone(),
+        stem: files.stem.clone(),
+        class: config.class,
+        num_elements,
+        network,
+    })
+}
+
+/// One input view.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageInput<'a> {
+    /// An encoded PNG, JPEG or WebP file.
+    Encoded(&'a [u8]),
+    /// Raw 8-bit pixels, rows `stride` bytes apart, `channels` 3 (RGB) or 4 (RGBA).
+    Pixels {
+        data: &'a [u8],
+        width: u32,
+        height: u32,
+        stride: usize,
+        channels: u32,
+    },
+}
+
+fn validate_views(images: &[ImageInput<'_>]) -> Result<()> {
+    if images.is_empty() {
+        return Err(Error::invalid_argument("no input images: give at least one view"));
+    }
+    if images.len() > MAX_VIEWS {
+        return Err(Error::invalid_argument(format!(
+            "{} views given; at most {MAX_VIEWS} are accepted",
+            images.len()
+        )));
+    }
+    for (index, image) in images.iter().enumerate() {
+        validate_image(image).context(format!("image {index}"))?;
+    }
+    Ok(())
+}
+
+fn validate_image(image: &ImageInput<'_>) -> Result<()> {
+    match *image {
+        ImageInput::Encoded(bytes) => validate_encoded(bytes),
+        ImageInput::Pixels {
+            data,
+            width,
+            height,
+            stride,
+            channels,
+        } => validate_pixels(data, width, height, stride, channels),
+    }
+}
+
+fn validate_size(width: u32, height: u32) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(Error::invalid_argument(format!("image is {width}x{height}: empty")));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(Error::invalid_argument(format!(
+            "image is {width}x{height}: larger than the limit of {MAX_IMAGE_SIDE} px a side and {MAX_IMAGE_PIXELS} pixels"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_encoded(bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Err(Error::invalid_argument("encoded image is empty"));
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::format(format!("cannot read image header: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::format(
+            "image bytes are not PNG, JPEG or WebP (unrecognised signature)",
+        ));
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| Error::format(format!("corrupt image header: {e}")))?;
+    validate_size(width, height)
+}
+
+fn validate_pixels(data: &[u8], width: u32, height: u32, stride: usize, channels: u32) -> Result<()> {
+    if channels != 3 && channels != 4 {
+        return Err(Error::invalid_argument(format!(
+            "raw pixels must have 3 (RGB) or 4 (RGBA) channels, got {channels}"
+        )));
+    }
+    validate_size(width, height)?;
+    let row = width as usize * channels as usize;
+    if stride < row {
+        return Err(Error::invalid_argument(format!(
+            "row stride {stride} is smaller than a row of {width} pixels x {channels} channels = {row} bytes"
+        )));
+    }
+    let needed = stride * (height as usize - 1) + row;
+    if data.len() < needed {
+        return Err(Error::invalid_argument(format!(
+            "raw buffer holds {} bytes; {width}x{height} with stride {stride} needs {needed}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How several views are combined (the reference's `run_multi_image` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultiImageMode {
+    /// Each sampler step uses one view's condition, cycling through the views.
+    Stochastic,
+    /// The velocity is averaged over all views' conditions at every step.
+    Multidiffusion,
+}
+
+/// Which representations to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub gaussians: bool,
+    pub mesh: bool,
+    pub radiance_field: bool,
+}
+
+/// Sampler overrides for one stage; None keeps pipeline.json's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplerOverrides {
+    pub steps: Option<u32>,
+    pub cfg_strength: Option<f32>,
+}
+
+/// Generation parameters (the reference's `run` / `run_multi_image` arguments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunParams {
+    pub seed: u64,
+    pub sparse_structure: SamplerOverrides,
+    pub slat: SamplerOverrides,
+    pub formats: Formats,
+    pub mode: MultiImageMode,
+    /// Crop and resize the inputs as the reference does (false: already 518×518 and centred).
+    pub preprocess: bool,
+}
+
+impl Default for RunParams {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            sparse_structure: SamplerOverrides::default(),
+            slat: SamplerOverrides::default(),
+            formats: Formats {
+                gaussians: true,
+                mesh: true,
+                radiance_field: false,
+            },
+            mode: MultiImageMode::Stochastic,
+            preprocess: true,
+        }
+    }
+}
+
+/// Most sampler steps accepted (the reference uses 12–50).
+pub const MAX_STEPS: u32 = 1000;
+
+impl RunParams {
+    pub fn validate(&self) -> Result<()> {
+        for (stage, s) in [("sparse-structure", &self.sparse_structure), ("slat", &self.slat)] {
+            if let Some(steps) = s.steps {
+                if steps == 0 || steps > MAX_STEPS {
+                    return Err(Error::invalid_argument(format!(
+                        "{stage} sampler steps must be 1..={MAX_STEPS}, got {steps}"
+                    )));
+                }
+            }
+            if let Some(cfg) = s.cfg_strength {
+                if !cfg.is_finite() || !(0.0..=100.0).contains(&cfg) {
+                    return Err(Error::invalid_argument(format!(
+                        "{stage} cfg_strength must be a finite number in 0..=100, got {cfg}"
+                    )));
+                }
+            }
+        }
+        let f = self.formats;
+        if !(f.gaussians || f.mesh || f.radiance_field) {
+            return Err(Error::invalid_argument(
+                "no output format requested: ask for Gaussians, a mesh or a radiance field",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Pipeline stages, as reported to progress callbacks (numbers are the C ABI's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Stage {
+    Preprocess = 1,
+    Condition = 2,
+    SparseStructure = 3,
+    StructuredLatent = 4,
+    Decode = 5,
+    Export = 6,
+}
+
+/// Progress callback: (stage, step, total) → false to cancel.
+pub type ProgressFn<'a> = dyn Fn(Stage, usize, usize) -> bool + 'a;
+
+/// Cancellation and progress for one run.
+pub struct RunControl<'a> {
+    pub cancel: Option<&'a AtomicBool>,
+    pub progress: Option<&'a ProgressFn<'a>>,
+}
+
+impl RunControl<'_> {
+    pub fn none() -> Self {
+        Self {
+            cancel: None,
+            progress: None,
+        }
+    }
+
+    pub fn check_cancelled(&self) -> Result<()> {
+        match self.cancel {
+            Some(flag) if flag.load(Ordering::SeqCst) => Err(Error::cancelled("run cancelled by recon_cancel")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reports progress; a callback returning false cancels the run.
+    pub fn progress(&self, stage: Stage, step: usize, total: usize) -> Result<()> {
+        self.check_cancelled()?;
+        match self.progress {
+            Some(callback) if !callback(stage, step, total) => {
+                Err(Error::cancelled("run cancelled by the progress callback"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// 3D Gaussians, activated as the reference's `get_*` properties return them.
+#[derive(Debug, Clone, Default)]
+pub struct Gaussians {
+    /// `[N, 3]` centres.
+    pub xyz: Vec<f32>,
+    /// `[N, 3]` SH degree-0 colour coefficients.
+    pub features_dc: Vec<f32>,
+    /// `[N, 3]` scales.
+    pub scaling: Vec<f32>,
+    /// `[N, 4]` unit quaternions (w, x, y, z).
+    pub rotation: Vec<f32>,
+    /// `[N]` opacities in 0..1.
+    pub opacity: Vec<f32>,
+}
+
+impl Gaussians {
+    pub fn len(&self) -> usize {
+        self.opacity.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.opacity.is_empty()
+    }
+}
+
+/// A triangle mesh.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    /// `[V, 3]` positions.
+    pub positions: Vec<f32>,
+    /// `[V, 3]` vertex colours in 0..1 (empty when the decoder has none).
+    pub colors: Vec<f32>,
+    /// `[F, 3]` vertex indices.
+    pub indices: Vec<u32>,
+}
+
+/// A camera, OpenCV convention, camera-from-world.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Camera {
+    /// 3×4 row-major `[R | t]`.
+    pub extrinsic: [f32; 12],
+    /// 3×3 row-major intrinsics in pixels.
+    pub intrinsic: [f32; 9],
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub gaussians: Option<Gaussians>,
+    pub mesh: Option<Mesh>,
+    pub cameras: Vec<Camera>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_pixel_validation_names_the_problem() {
+        let data = vec![0u8; 4 * 4 * 3];
+        assert!(validate_pixels(&data, 4, 4, 12, 3).is_ok());
+        let err = validate_pixels(&data, 4, 4, 11, 3).unwrap_err();
+        assert!(err.message().contains("stride 11"), "{err}");
+        let err = validate_pixels(&data, 4, 5, 12, 3).unwrap_err();
+        assert!(err.message().contains("needs 60"), "{err}");
+        let err = validate_pixels(&data, 4, 4, 12, 2).unwrap_err();
+        assert!(err.message().contains("got 2"), "{err}");
+        let err = validate_pixels(&data, 0, 4, 12, 3).unwrap_err();
+        assert!(err.message().contains("0x4"), "{err}");
+        let err = validate_pixels(&data, MAX_IMAGE_SIDE + 1, 1, usize::MAX / 2, 3).unwrap_err();
+        assert!(err.message().contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn encoded_validation_rejects_garbage_and_bombs() {
+        let err = validate_encoded(b"definitely not an image").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Format);
+        // A PNG header claiming 100000 x 100000 pixels.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend_from_slice(&100_000u32.to_be_bytes());
+        png.extend_from_slice(&100_000u32.to_be_bytes());
+        png.extend_from_slice(&[8, 6, 0, 0, 0]);
+        let crc = crc32(&png[12..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+        let err = validate_encoded(&png).unwrap_err();
+        assert!(err.message().contains("100000x100000"), "{err}");
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn run_params_reject_nonsense() {
+        let mut p = RunParams::default();
+        assert!(p.validate().is_ok());
+        p.slat.steps = Some(0);
+        assert!(p.validate().unwrap_err().message().contains("slat sampler steps"));
+        p = RunParams::default();
+        p.sparse_structure.cfg_strength = Some(f32::NAN);
+        assert!(p.validate().unwrap_err().message().contains("cfg_strength"));
+        p = RunParams::default();
+        p.formats = Formats {
+            gaussians: false,
+            mesh: false,
+            radiance_field: false,
+        };
+        assert!(p.validate().is_err());
+    }
+}

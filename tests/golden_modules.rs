@@ -1,0 +1,102 @@
+//! Golden parity of single networks against the reference implementation.
+//!
+//! Every folder of tests/fixtures/golden (written by tools/golden/generate.py) holds one
+//! network's checkpoint in the published layout (`ckpts/<stem>.json` + `.safetensors`), its
+//! inputs and the reference outputs. Each is loaded through the real loader, run on CPU in
+//! fp32, and compared at relative L2 ≤ 1e-4 (DESIGN.md §5).
+
+mod common;
+
+use std::path::Path;
+
+use common::{golden_dir, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use recon::models::{load_network, NamedTensors};
+use recon::weights::SafeTensorsFile;
+use tch::Device;
+
+fn read_tensors(path: &Path) -> NamedTensors {
+    SafeTensorsFile::open(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .read_all()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect()
+}
+
+/// The single checkpoint stem of a module case: `ckpts/<stem>.json`.
+fn checkpoint_stem(case: &Path) -> std::path::PathBuf {
+    let mut stems: Vec<_> = std::fs::read_dir(case.join("ckpts"))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| p.with_extension(""))
+        .collect();
+    assert_eq!(stems.len(), 1, "{}: expected one checkpoint json", case.display());
+    stems.remove(0)
+}
+
+/// Runs one case and returns a line per compared output.
+fn check_case(case: &Path) -> Vec<String> {
+    let stem = checkpoint_stem(case);
+    let (network, _) = load_network(
+        &stem.with_extension("json"),
+        &stem.with_extension("safetensors"),
+        Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+    let inputs = read_tensors(&case.join("inputs.safetensors"));
+    let expected = read_tensors(&case.join("outputs.safetensors"));
+    let outputs = network
+        .forward_named(&inputs)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+    let mut report = Vec::new();
+    let mut compared = 0;
+    for (name, reference) in expected.iter().filter(|(n, _)| !n.starts_with("debug.")) {
+        let ours = outputs
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: network produced no '{name}'", case.display()));
+        let (rel, max_abs) = rel_l2(ours, reference);
+        report.push(format!("{}: {name} rel_l2 {rel:.3e} max_abs {max_abs:.3e}", case.display()));
+        assert!(rel <= REL_L2_TOLERANCE, "{}", report.last().unwrap());
+        compared += 1;
+    }
+    assert!(compared > 0, "{}: no outputs compared", case.display());
+    report
+}
+
+#[test]
+fn every_golden_module_matches_the_reference() {
+    let dir = golden_dir();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").exists())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
+    for case in cases {
+        for line in check_case(&case) {
+            println!("{line}");
+        }
+    }
+}
+
+/// The SS decoder inside the team's ReconViaGen end-to-end fixture: another configuration,
+/// computed by the reference pipeline itself.
+#[test]
+fn ss_decoder_matches_reconviagen_pipeline_fixture() {
+    let root = shared_golden_dir().join("reconviagen");
+    let ckpt = root.join("ckpt_pipeline/ckpts/ss_dec");
+    let (network, _) = load_network(
+        &ckpt.with_extension("json"),
+        &ckpt.with_extension("safetensors"),
+        Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("shared golden data ({}): {e}", root.display()));
+    let outputs = read_tensors(&root.join("pipeline_e2e/outputs.safetensors"));
+    let inputs = NamedTensors::from([("x".to_string(), outputs["ss_latent"].shallow_clone())]);
+    let ours = network.forward_named(&inputs).unwrap();
+    let (rel, max_abs) = rel_l2(&ours["logits"], &outputs["ss_decoder_logits"]);
+    println!("reconviagen ss_decoder_logits rel_l2 {rel:.3e} max_abs {max_abs:.3e}");
+    assert!(rel <= REL_L2_TOLERANCE);
+}
