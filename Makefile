@@ -53,11 +53,11 @@ $(CBINDGEN):
 	cargo install --quiet --locked --root $(TOOLS) cbindgen --version $(CBINDGEN_VERSION)
 
 header: $(CBINDGEN)
-	$(CBINDGEN) --config cbindgen.toml --crate recon --output include/recon.h
+	$(CBINDGEN) --quiet --config cbindgen.toml --output include/recon.h src/ffi/mod.rs
 
 # Fails when include/recon.h differs from what src/ffi/ generates.
 check-header: $(CBINDGEN)
-	$(CBINDGEN) --config cbindgen.toml --crate recon --output $(CURDIR)/target/recon.h.check
+	$(CBINDGEN) --quiet --config cbindgen.toml --output $(CURDIR)/target/recon.h.check src/ffi/mod.rs
 	diff -u include/recon.h $(CURDIR)/target/recon.h.check || \
 	  { echo "include/recon.h is stale: run 'make header' and commit it"; exit 1; }
 
@@ -77,3 +77,7 @@ golden:
 
 clean:
 	cargo clean
+
+# Release binaries + test binaries + fixtures in .gpu/ for the GPU machine (see tools/gpu-bundle.sh).
+gpu-bundle: $(TORCH_STAMP)
+	bash tools/gpu-bundle.sh

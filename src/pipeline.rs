@@ -203,6 +203,13 @@ impl Pipeline {
 
 fn load_one(files: &hub::ModelFiles, device: Device, log: &LogFn) -> Result<LoadedNetwork> {
     let config = hub::read_checkpoint_config(&files.config)?;
+    if !models::is_known(&config.class) {
+        return Err(Error::format(format!(
+            "{}: unknown network class '{}'",
+            files.config.display(),
+            config.class
+        )));
+    }
     let (network, num_elements) = if models::is_implemented(&config.class) {
         let (network, weights) = models::load_network(&files.config, &files.weights, device)?;
         weights.report_unused(log);
@@ -545,6 +552,12 @@ mod tests {
         png.extend_from_slice(&[8, 6, 0, 0, 0]);
         let crc = crc32(&png[12..]);
         png.extend_from_slice(&crc.to_be_bytes());
+        // The decoder reads up to the first data chunk before it reports the size.
+        for chunk in [b"IDAT", b"IEND"] {
+            png.extend_from_slice(&0u32.to_be_bytes());
+            png.extend_from_slice(chunk);
+            png.extend_from_slice(&crc32(chunk).to_be_bytes());
+        }
         let err = validate_encoded(&png).unwrap_err();
         assert!(err.message().contains("100000x100000"), "{err}");
     }

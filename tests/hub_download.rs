@@ -70,6 +70,7 @@ fn expect_err(result: Result<ResolvedPipeline, Error>, kind: ErrorKind, needles:
         Ok(resolved) => panic!("expected a {kind:?} error, got {resolved:#?}"),
         Err(err) => err,
     };
+    eprintln!("{kind:?}: {err}"); // shown with --nocapture: what users would read
     assert_eq!(err.kind(), kind, "wrong kind for: {err}");
     for needle in needles {
         assert!(
@@ -293,6 +294,27 @@ fn check_truncated(fault: Fault) {
 #[test]
 fn truncated_download_with_content_length_is_rejected() {
     check_truncated(Fault::Truncate);
+}
+
+#[test]
+fn broken_off_download_resumes_on_the_next_online_run() {
+    let weights = format!("{}.safetensors", SLAT_FLOW.1);
+    let fx = Fixture::new(vec![trellis_repo(REPO)]);
+    fx.server.set_fault(REPO, &weights, Fault::Truncate);
+    expect_err(fx.resolve(REPO, false), ErrorKind::Network, &[&weights]);
+
+    fx.server.set_fault(REPO, &weights, Fault::None);
+    fx.server.clear_requests();
+    let resolved = fx.resolve(REPO, false).unwrap();
+    assert_same_contents(&resolved, &[SS_DEC, SLAT_FLOW]);
+    // Only the rest of the file was asked for (hf-hub keeps the .part file and sends a Range).
+    let total = safetensors_bytes(70_000, 2).len();
+    let resumed = format!("Range: bytes={}-", total / 2);
+    assert!(
+        fx.server.ranges().contains(&resumed),
+        "{:#?}",
+        fx.server.ranges()
+    );
 }
 
 #[test]

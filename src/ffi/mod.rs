@@ -160,3 +160,42 @@ pub(crate) fn finish(result: Result<()>, log: Option<&ErrorLog>) -> recon_status
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let log = ErrorLog::new();
+        let status = finish(guarded(|| -> Result<()> { panic!("boom at depth") }), Some(&log));
+        assert_eq!(status, recon_status::RECON_ERR_INTERNAL);
+        // SAFETY: the log returns a NUL-terminated string it owns.
+        let message = unsafe { CStr::from_ptr(log.last()) }.to_str().unwrap().to_string();
+        assert!(message.contains("boom at depth"), "{message}");
+        assert_eq!(guarded_or(7, || -> i32 { panic!("x") }), 7);
+    }
+
+    #[test]
+    fn error_log_keeps_recent_messages_alive() {
+        let log = ErrorLog::new();
+        log.record(&Error::io("first"));
+        let first = log.last();
+        for i in 0..ERROR_HISTORY - 1 {
+            log.record(&Error::io(format!("later {i}")));
+        }
+        // SAFETY: still within the history window, so the first message is alive.
+        assert_eq!(unsafe { CStr::from_ptr(first) }.to_str().unwrap(), "first");
+    }
+
+    #[test]
+    fn caller_buffers_are_truncated_and_terminated() {
+        let mut buf = [0x7f as c_char; 6];
+        // SAFETY: buf holds 6 writable bytes.
+        unsafe { write_c_buffer(buf.as_mut_ptr(), buf.len(), "abcdefgh") };
+        // SAFETY: write_c_buffer terminated it.
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), "abcde");
+        // SAFETY: NULL and zero length are accepted.
+        unsafe { write_c_buffer(std::ptr::null_mut(), 10, "x") };
+    }
+}

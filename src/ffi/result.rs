@@ -280,3 +280,87 @@ pub unsafe extern "C" fn recon_buffer_free(buffer: *mut recon_buffer) {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Camera, Gaussians, Mesh};
+
+    fn sample_result() -> recon_result {
+        recon_result::new(Output {
+            gaussians: Some(Gaussians {
+                xyz: vec![0.0, 1.0, 2.0],
+                features_dc: vec![0.5; 3],
+                scaling: vec![0.01; 3],
+                rotation: vec![1.0, 0.0, 0.0, 0.0],
+                opacity: vec![0.9],
+            }),
+            mesh: None,
+            cameras: vec![Camera {
+                width: 518,
+                height: 518,
+                ..Camera::default()
+            }],
+        })
+    }
+
+    #[test]
+    fn accessors_borrow_the_result_arrays() {
+        let result = sample_result();
+        let mut g = recon_gaussians {
+            struct_size: size_of::<recon_gaussians>() as u32,
+            count: 0,
+            xyz: std::ptr::null(),
+            features_dc: std::ptr::null(),
+            scaling: std::ptr::null(),
+            rotation: std::ptr::null(),
+            opacity: std::ptr::null(),
+        };
+        // SAFETY: valid pointers to live values.
+        unsafe {
+            assert_eq!(recon_result_gaussians(&result, &mut g), recon_status::RECON_OK);
+            assert_eq!(g.count, 1);
+            assert_eq!(*g.xyz.add(2), 2.0);
+            assert_eq!(recon_result_num_cameras(&result), 1);
+            let mut cam = std::mem::zeroed::<recon_camera>();
+            cam.struct_size = size_of::<recon_camera>() as u32;
+            assert_eq!(recon_result_camera(&result, 0, &mut cam), recon_status::RECON_OK);
+            assert_eq!((cam.width, cam.height), (518, 518));
+            assert_eq!(recon_result_camera(&result, 1, &mut cam), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            let message = std::ffi::CStr::from_ptr(recon_result_last_error(&result));
+            assert!(message.to_str().unwrap().contains("index 1 is out of range"));
+
+            let mut mesh = std::mem::zeroed::<recon_mesh>();
+            mesh.struct_size = size_of::<recon_mesh>() as u32;
+            assert_eq!(recon_result_mesh(&result, &mut mesh), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            // A too-small struct_size is refused and nothing is written.
+            g.struct_size = 4;
+            g.count = 77;
+            assert_eq!(recon_result_gaussians(&result, &mut g), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(g.count, 77);
+        }
+    }
+
+    #[test]
+    fn export_refuses_what_the_result_lacks_and_reports_unimplemented_writers() {
+        let mut result = sample_result();
+        result.output.mesh = Some(Mesh::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::ffi::c_string(&dir.path().join("a.glb").to_string_lossy());
+        let mut buffer = std::ptr::null_mut();
+        // SAFETY: valid pointers to live values.
+        unsafe {
+            assert_eq!(recon_result_export(&result, 99, path.as_ptr()), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                recon_result_export(&result, RECON_EXPORT_GLB, path.as_ptr()),
+                recon_status::RECON_ERR_UNSUPPORTED
+            );
+            assert_eq!(
+                recon_result_export_buffer(&result, RECON_EXPORT_PLY_GAUSSIANS, &mut buffer),
+                recon_status::RECON_ERR_UNSUPPORTED
+            );
+        }
+        assert!(buffer.is_null());
+        assert!(!dir.path().join("a.glb").exists());
+    }
+}

@@ -260,13 +260,14 @@ fn status_error(code: u16, response: &ureq::Response, ctx: &str) -> FetchError {
     if let Some(message) = response.header("x-error-message") {
         detail.push_str(&format!(" {message}"));
     }
-    let hint = match code {
-        401 | 403 => {
+    let hint = match (code, response.header("x-error-code")) {
+        (401 | 403, _) => {
             "; the repo may not exist, or be private or gated: check the id, accept its terms on \
              the Hub and set HF_TOKEN"
         }
-        404 => "; no such file in the repo at this revision",
-        429 => "; rate limited by the Hub, retry later",
+        (404, Some("RevisionNotFound")) => "; no such branch, tag or commit in the repo",
+        (404, _) => "; no such file in the repo at this revision",
+        (429, _) => "; rate limited by the Hub, retry later",
         _ => "",
     };
     FetchError {
@@ -331,7 +332,11 @@ fn token_from_env() -> Option<String> {
 
 /// HF_HUB_OFFLINE as huggingface_hub reads it: 1/true/yes/on, any case.
 pub(crate) fn offline_from_env() -> bool {
-    env_nonempty("HF_HUB_OFFLINE").is_some_and(|value| {
+    is_truthy(env_nonempty("HF_HUB_OFFLINE").as_deref())
+}
+
+fn is_truthy(value: Option<&str>) -> bool {
+    value.is_some_and(|value| {
         matches!(
             value.trim().to_ascii_lowercase().as_str(),
             "1" | "true" | "yes" | "on"
@@ -597,6 +602,17 @@ mod tests {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(1_130_770_840), "1.1 GiB");
+    }
+
+    #[test]
+    fn offline_values() {
+        for yes in ["1", "true", "YES", " On "] {
+            assert!(is_truthy(Some(yes)), "{yes}");
+        }
+        for no in ["0", "false", "", "offline"] {
+            assert!(!is_truthy(Some(no)), "{no}");
+        }
+        assert!(!is_truthy(None));
     }
 
     #[test]

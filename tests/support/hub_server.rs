@@ -110,8 +110,9 @@ impl ServedRepo {
 }
 
 struct State {
-    repos: Vec<ServedRepo>,
+    repos: Mutex<Vec<ServedRepo>>,
     requests: Mutex<Vec<String>>,
+    ranges: Mutex<Vec<String>>,
     addr: SocketAddr,
 }
 
@@ -126,8 +127,9 @@ impl HubServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
-            repos,
+            repos: Mutex::new(repos),
             requests: Mutex::new(Vec::new()),
+            ranges: Mutex::new(Vec::new()),
             addr,
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -151,8 +153,24 @@ impl HubServer {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// `"Range: bytes=0-"` for each request that had a Range header, in arrival order.
+    pub fn ranges(&self) -> Vec<String> {
+        self.state.ranges.lock().unwrap().clone()
+    }
+
     pub fn clear_requests(&self) {
         self.state.requests.lock().unwrap().clear();
+        self.state.ranges.lock().unwrap().clear();
+    }
+
+    /// Changes how `file` of `repo` is served from now on.
+    pub fn set_fault(&self, repo: &str, file: &str, fault: Fault) {
+        let mut repos = self.state.repos.lock().unwrap();
+        let repo = repos
+            .iter_mut()
+            .find(|r| r.id == repo)
+            .expect("no such repo");
+        repo.files.get_mut(file).expect("no such file").fault = fault;
     }
 }
 
@@ -228,13 +246,17 @@ fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
         .lock()
         .unwrap()
         .push(format!("{} {}", request.method, request.path));
+    if let Some(range) = request.headers.get("range") {
+        state.ranges.lock().unwrap().push(format!("Range: {range}"));
+    }
     route(&mut stream, state, &request)
 }
 
 fn route(stream: &mut TcpStream, state: &State, request: &Request) -> std::io::Result<()> {
+    // A snapshot, so a slow transfer does not hold the lock.
+    let repos = state.repos.lock().unwrap().clone();
     if let Some(sha) = request.path.strip_prefix("/cdn/") {
-        let file = state
-            .repos
+        let file = repos
             .iter()
             .flat_map(|repo| repo.files.values())
             .find(|file| file.lfs && file.sha256() == sha);
@@ -253,7 +275,7 @@ fn route(stream: &mut TcpStream, state: &State, request: &Request) -> std::io::R
     };
     let id = format!("{owner}/{name}");
     let revision = revision.replace("%2F", "/");
-    let Some(repo) = state.repos.iter().find(|repo| repo.id == id) else {
+    let Some(repo) = repos.iter().find(|repo| repo.id == id) else {
         let headers = [("X-Error-Code", "RepoNotFound".to_string())];
         return respond(stream, request, "401 Unauthorized", &headers, b"");
     };

@@ -1,0 +1,1032 @@
+/*
+ * test_abi.c — exercises every function of the recon C ABI (include/recon.h) and its error paths.
+ *
+ *     test_abi MODEL_DIR
+ *
+ * MODEL_DIR is the tiny model fixture (tests/fixtures/model_tiny; the MODEL_DIR environment
+ * variable is read when no argument is given). Broken copies of it (malformed pipeline.json,
+ * truncated or altered safetensors) are written to a temporary directory that is removed at the
+ * end. The last line printed is "N passed, M failed" (parsed by CI); the exit status is nonzero
+ * when M > 0.
+ */
+#define _XOPEN_SOURCE 700 /* mkdtemp, setenv, nftw */
+
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "recon.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Minimal assertions: each CHECK counts one check; a failure prints where and goes on.
+ */
+
+static int g_passed;
+static int g_failed;
+
+static void check_impl(int ok, const char *what, const char *detail, int line) {
+    if (ok) {
+        g_passed++;
+    } else {
+        g_failed++;
+        fprintf(stderr, "FAIL test_abi.c:%d: %s%s%s\n", line, what, detail ? " -- " : "",
+                detail ? detail : "");
+    }
+}
+
+#define CHECK(cond) check_impl((cond) ? 1 : 0, #cond, NULL, __LINE__)
+/* CHECK with an extra message printed on failure (e.g. the library's error text). */
+#define CHECK_MSG(cond, msg) check_impl((cond) ? 1 : 0, #cond, (msg), __LINE__)
+
+/* Checks a status; on mismatch prints both codes' names and `detail`. */
+static void check_status_impl(recon_status got, recon_status want, const char *expr,
+                              const char *detail, int line) {
+    if (got == want) {
+        g_passed++;
+        return;
+    }
+    g_failed++;
+    fprintf(stderr, "FAIL test_abi.c:%d: %s returned %d (%s), expected %d (%s)%s%s\n", line, expr,
+            (int)got, recon_status_string(got), (int)want, recon_status_string(want),
+            detail && *detail ? " -- " : "", detail ? detail : "");
+}
+
+#define CHECK_STATUS(expr, want) check_status_impl((expr), (want), #expr, NULL, __LINE__)
+/* As CHECK_STATUS, printing the model's last error on mismatch. */
+#define CHECK_STATUS_M(model, expr, want)                                                    \
+    do {                                                                                     \
+        recon_status st_ = (expr);                                                           \
+        check_status_impl(st_, (want), #expr, recon_model_last_error(model), __LINE__);      \
+    } while (0)
+
+static int contains(const char *haystack, const char *needle) {
+    return haystack && needle && strstr(haystack, needle) != NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Files: the temporary directory and broken copies of the tiny model.
+ */
+
+/* The checkpoint of the tiny model (tests/fixtures/model_tiny/README.md). */
+#define TINY_STEM "ckpts/ss_dec_conv3d_tiny_fp16"
+
+static char g_tmp[256];      /* temporary directory, removed at exit */
+static const char *g_model;  /* the tiny model directory */
+
+/* A 4x4 red RGBA PNG (bindings/c/testdata/red_4x4.png). */
+static const unsigned char k_png[] = {
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
+    0x52, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x04, 0x08, 0x06, 0x00, 0x00, 0x00, 0xa9,
+    0xf1, 0x9e, 0x7e, 0x00, 0x00, 0x00, 0x12, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8,
+    0xcf, 0xc0, 0xf0, 0x1f, 0x19, 0x33, 0x90, 0x2e, 0x00, 0x00, 0x3c, 0x40, 0x1f, 0xe1, 0x1a,
+    0xf3, 0xa5, 0x48, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+
+/* out = a/b; a path that does not fit is a bug of this test, so it stops here. */
+static void path_join(char *out, size_t len, const char *a, const char *b) {
+    int n = snprintf(out, len, "%s/%s", a, b);
+    if (n < 0 || (size_t)n >= len) {
+        fprintf(stderr, "path too long: %s/%s\n", a, b);
+        exit(2);
+    }
+}
+
+/* Reads a whole file (malloc'ed); NULL on failure. */
+static unsigned char *read_all(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *bytes = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        bytes = malloc((size_t)n + 1);
+        if (bytes && fread(bytes, 1, (size_t)n, f) != (size_t)n) {
+            free(bytes);
+            bytes = NULL;
+        }
+    }
+    fclose(f);
+    *size = bytes ? (size_t)n : 0;
+    return bytes;
+}
+
+static int write_all(const char *path, const void *bytes, size_t size) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = fwrite(bytes, 1, size, f) == size;
+    return fclose(f) == 0 && ok;
+}
+
+/* Replaces the first `from` in bytes[0..size) by `to` (same length); 1 when found. */
+static int replace_once(unsigned char *bytes, size_t size, const char *from, const char *to) {
+    size_t n = strlen(from);
+    if (strlen(to) != n) return 0;
+    for (size_t i = 0; i + n <= size; i++) {
+        if (memcmp(bytes + i, from, n) == 0) {
+            memcpy(bytes + i, to, n);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* How a copy of the tiny model is broken. */
+typedef struct {
+    const char *pipeline_json;     /* replaces pipeline.json when not NULL */
+    int skip_config;               /* leave out <stem>.json */
+    size_t truncate_to;            /* cut the safetensors file to this many bytes when > 0 */
+    int garbage_header;            /* overwrite the safetensors JSON header with '!' */
+    const char *from, *to;         /* same-length edit inside the safetensors header */
+} breakage;
+
+/* Writes a copy of the tiny model to g_tmp/<name>, broken as `how` says; returns its path. */
+static const char *broken_model(const char *name, breakage how) {
+    static char dir[512];
+    char src[512], dst[512];
+    path_join(dir, sizeof dir, g_tmp, name);
+    path_join(dst, sizeof dst, dir, "ckpts");
+    if (mkdir(dir, 0700) != 0 || mkdir(dst, 0700) != 0) return NULL;
+
+    size_t size = 0;
+    unsigned char *bytes = NULL;
+    int ok = 1;
+    /* pipeline.json */
+    path_join(dst, sizeof dst, dir, "pipeline.json");
+    if (how.pipeline_json) {
+        ok &= write_all(dst, how.pipeline_json, strlen(how.pipeline_json));
+    } else {
+        path_join(src, sizeof src, g_model, "pipeline.json");
+        ok &= (bytes = read_all(src, &size)) != NULL && write_all(dst, bytes, size);
+        free(bytes);
+    }
+    /* <stem>.json */
+    if (!how.skip_config) {
+        path_join(src, sizeof src, g_model, TINY_STEM ".json");
+        path_join(dst, sizeof dst, dir, TINY_STEM ".json");
+        ok &= (bytes = read_all(src, &size)) != NULL && write_all(dst, bytes, size);
+        free(bytes);
+    }
+    /* <stem>.safetensors: 8-byte little-endian header length, JSON header, data. */
+    path_join(src, sizeof src, g_model, TINY_STEM ".safetensors");
+    path_join(dst, sizeof dst, dir, TINY_STEM ".safetensors");
+    bytes = read_all(src, &size);
+    ok &= bytes != NULL && size > 8;
+    if (ok) {
+        uint64_t header_len = 0;
+        for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | bytes[i];
+        ok &= header_len + 8 <= size;
+        if (ok && how.garbage_header) memset(bytes + 8, '!', (size_t)header_len);
+        if (ok && how.from) ok &= replace_once(bytes + 8, (size_t)header_len, how.from, how.to);
+        if (how.truncate_to > 0 && how.truncate_to < size) size = how.truncate_to;
+        ok &= write_all(dst, bytes, size);
+    }
+    free(bytes);
+    return ok ? dir : NULL;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Loading helpers.
+ */
+
+/* Loads `model` on the CPU; returns the status, the model in *out and the message in err. */
+static recon_status load_cpu(const char *model_dir, recon_model **out, char *err, size_t len) {
+    recon_load_params lp;
+    recon_load_params_init(&lp);
+    lp.model = model_dir;
+    lp.device = RECON_DEVICE_CPU;
+    lp.offline = 1;
+    return recon_load(&lp, out, err, len);
+}
+
+/* Expects loading `dir` to fail with `want`, the message naming `needle` (NULL: non-empty). */
+static void expect_load_failure(const char *what, const char *dir, recon_status want,
+                                const char *needle) {
+    recon_model *model = (recon_model *)&g_tmp; /* sentinel: must stay untouched */
+    char err[1024] = "";
+    CHECK_MSG(dir != NULL, what);
+    if (!dir) return;
+    recon_status st = load_cpu(dir, &model, err, sizeof err);
+    printf("%s -> %s: %s\n", what, recon_status_string(st), err);
+    check_status_impl(st, want, what, err, __LINE__);
+    CHECK_MSG(model == (recon_model *)&g_tmp, what);
+    CHECK_MSG(needle ? contains(err, needle) : err[0] != '\0', err);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Versions, statuses, struct layout.
+ */
+
+static void test_versions(void) {
+    CHECK(recon_abi_version() == RECON_ABI_VERSION);
+    const char *v = recon_version_string();
+    CHECK(v != NULL && v[0] != '\0');
+    CHECK(recon_version_string() == v); /* static storage */
+    int n = recon_cuda_device_count();
+    CHECK(n >= 0);
+    printf("recon %s, ABI %u, %d CUDA device(s)\n", v, (unsigned)recon_abi_version(), n);
+}
+
+static void test_status_strings(void) {
+    static const struct {
+        recon_status code;
+        int number;
+        const char *text;
+    } known[] = {
+        {RECON_OK, 0, "ok"},
+        {RECON_ERR_INVALID_ARGUMENT, 1, "invalid argument"},
+        {RECON_ERR_IO, 2, "I/O error"},
+        {RECON_ERR_NETWORK, 3, "network error"},
+        {RECON_ERR_FORMAT, 4, "malformed file"},
+        {RECON_ERR_CHECKPOINT, 5, "checkpoint does not match the network"},
+        {RECON_ERR_UNSUPPORTED, 6, "not supported by this build"},
+        {RECON_ERR_CANCELLED, 7, "cancelled"},
+        {RECON_ERR_OUT_OF_MEMORY, 8, "out of memory"},
+        {RECON_ERR_DEVICE, 9, "device error"},
+        {RECON_ERR_INTERNAL, 10, "internal error"},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        CHECK(known[i].code == known[i].number); /* stable numbers */
+        const char *s = recon_status_string(known[i].code);
+        CHECK_MSG(s != NULL && strcmp(s, known[i].text) == 0, s);
+    }
+    const int unknown[] = {-1, 11, 99, INT32_MIN, INT32_MAX};
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
+        CHECK(strcmp(recon_status_string(unknown[i]), "unknown status") == 0);
+}
+
+/* The struct sizes are printed for the bindings (bindings/python hard-codes the same table). */
+static void test_struct_layout(void) {
+#define SHOW(T) printf("sizeof(" #T ") = %zu\n", sizeof(T))
+    SHOW(recon_load_params);
+    SHOW(recon_network_info);
+    SHOW(recon_image);
+    SHOW(recon_run_params);
+    SHOW(recon_progress);
+    SHOW(recon_gaussians);
+    SHOW(recon_mesh);
+    SHOW(recon_camera);
+#undef SHOW
+#if UINTPTR_MAX == UINT64_MAX
+    /* LP64 (Linux, macOS x86-64/arm64): the table bindings/python/tests/test_abi.py checks. */
+    CHECK(sizeof(recon_load_params) == 40);
+    CHECK(sizeof(recon_network_info) == 40);
+    CHECK(sizeof(recon_image) == 40);
+    CHECK(sizeof(recon_run_params) == 56);
+    CHECK(sizeof(recon_progress) == 16);
+    CHECK(sizeof(recon_gaussians) == 56);
+    CHECK(sizeof(recon_mesh) == 48);
+    CHECK(sizeof(recon_camera) == 96);
+    CHECK(offsetof(recon_load_params, model) == 8 && offsetof(recon_load_params, log_callback) == 24);
+    CHECK(offsetof(recon_run_params, seed) == 8 && offsetof(recon_run_params, progress_callback) == 40);
+    CHECK(offsetof(recon_image, data) == 8 && offsetof(recon_image, stride) == 32);
+    CHECK(offsetof(recon_network_info, num_elements) == 8 && offsetof(recon_network_info, stem) == 32);
+#endif
+}
+
+/* The *_init functions write sizeof(struct) and the documented defaults; NULL is ignored. */
+static void test_init(void) {
+    recon_load_params lp;
+    memset(&lp, 0xAB, sizeof lp);
+    recon_load_params_init(&lp);
+    CHECK(lp.struct_size == sizeof lp);
+    CHECK(lp.device == RECON_DEVICE_AUTO);
+    CHECK(lp.model == NULL);
+    CHECK(lp.offline == RECON_OFFLINE_FROM_ENV);
+    CHECK(lp.log_level == RECON_LOG_INFO);
+    CHECK(lp.log_callback == NULL && lp.log_user_data == NULL);
+
+    recon_run_params rp;
+    memset(&rp, 0xAB, sizeof rp);
+    recon_run_params_init(&rp);
+    CHECK(rp.struct_size == sizeof rp);
+    CHECK(rp.seed == 42);
+    CHECK(rp.sparse_structure_steps == 0 && rp.slat_steps == 0);
+    CHECK(rp.sparse_structure_cfg_strength == (float)RECON_DEFAULT_CFG_STRENGTH);
+    CHECK(rp.slat_cfg_strength == (float)RECON_DEFAULT_CFG_STRENGTH);
+    CHECK(rp.formats == (RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH));
+    CHECK(rp.multi_image_mode == RECON_MULTI_IMAGE_STOCHASTIC);
+    CHECK(rp.preprocess == 1);
+    CHECK(rp.progress_callback == NULL && rp.progress_user_data == NULL);
+
+    recon_image im;
+    memset(&im, 0xAB, sizeof im);
+    recon_image_init(&im);
+    CHECK(im.struct_size == sizeof im);
+    CHECK(im.format == RECON_IMAGE_ENCODED);
+    CHECK(im.data == NULL && im.size == 0);
+    CHECK(im.width == 0 && im.height == 0 && im.stride == 0);
+
+    recon_load_params_init(NULL);
+    recon_run_params_init(NULL);
+    recon_image_init(NULL);
+    CHECK(1); /* survived the NULLs */
+}
+
+/* Every free and every model/result/buffer accessor accepts NULL. */
+static void test_null_handles(void) {
+    recon_free(NULL);
+    recon_result_free(NULL);
+    recon_buffer_free(NULL);
+    recon_cancel(NULL);
+    CHECK(strcmp(recon_model_last_error(NULL), "") == 0);
+    CHECK(strcmp(recon_model_pipeline_name(NULL), "") == 0);
+    CHECK(recon_model_device(NULL) == RECON_DEVICE_CPU);
+    CHECK(recon_model_num_networks(NULL) == 0);
+    recon_network_info info = {.struct_size = sizeof info};
+    CHECK_STATUS(recon_model_network(NULL, 0, &info), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_model_network(NULL, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+
+    /* Result accessors with a NULL result (no run can succeed yet in this build). */
+    char path[512];
+    path_join(path, sizeof path, g_tmp, "never.glb");
+    CHECK(strcmp(recon_result_last_error(NULL), "") == 0);
+    recon_gaussians g = {.struct_size = sizeof g};
+    CHECK_STATUS(recon_result_gaussians(NULL, &g), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_gaussians(NULL, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(g.count == 0 && g.xyz == NULL); /* untouched */
+    recon_mesh m = {.struct_size = sizeof m};
+    CHECK_STATUS(recon_result_mesh(NULL, &m), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_mesh(NULL, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(recon_result_num_cameras(NULL) == 0);
+    recon_camera c = {.struct_size = sizeof c};
+    CHECK_STATUS(recon_result_camera(NULL, 0, &c), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_camera(NULL, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_export(NULL, RECON_EXPORT_GLB, path), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_export(NULL, RECON_EXPORT_OBJ, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(access(path, F_OK) != 0); /* nothing written */
+    recon_buffer *buf = (recon_buffer *)&g_tmp;
+    CHECK_STATUS(recon_result_export_buffer(NULL, RECON_EXPORT_GLB, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp);
+    CHECK_STATUS(recon_result_export_buffer(NULL, RECON_EXPORT_PLY_GAUSSIANS, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(recon_buffer_data(NULL) == NULL);
+    CHECK(recon_buffer_size(NULL) == 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * recon_load: arguments, error buffer, files, Hub, device.
+ */
+
+static void test_load_arguments(void) {
+    recon_model *model = (recon_model *)&g_tmp;
+    char err[512];
+    recon_load_params lp;
+
+    /* NULL pointers. */
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    err[0] = '\0';
+    CHECK_STATUS(recon_load(NULL, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "recon_load_params"), err);
+    CHECK_STATUS(recon_load(&lp, NULL, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "out_model"), err);
+    CHECK_STATUS(recon_load(NULL, NULL, NULL, 0), RECON_ERR_INVALID_ARGUMENT);
+    lp.model = NULL;
+    CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "model"), err);
+
+    /* Bad values. */
+    struct {
+        const char *what;
+        int32_t device, offline, log_level;
+        const char *model;
+    } bad[] = {
+        {"device -3", -3, 1, RECON_LOG_INFO, g_model},
+        {"offline 2", RECON_DEVICE_CPU, 2, RECON_LOG_INFO, g_model},
+        {"log_level 5", RECON_DEVICE_CPU, 1, 5, g_model},
+        {"log_level -1", RECON_DEVICE_CPU, 1, -1, g_model},
+        {"empty model", RECON_DEVICE_CPU, 1, RECON_LOG_INFO, ""},
+        {"model is a file", RECON_DEVICE_CPU, 1, RECON_LOG_INFO, "/dev/null"},
+        {"neither dir nor repo id", RECON_DEVICE_CPU, 1, RECON_LOG_INFO, "no_such_thing"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        recon_load_params_init(&lp);
+        lp.device = bad[i].device;
+        lp.offline = bad[i].offline;
+        lp.log_level = bad[i].log_level;
+        lp.model = bad[i].model;
+        err[0] = '\0';
+        check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT,
+                          bad[i].what, err, __LINE__);
+        CHECK_MSG(err[0] != '\0', bad[i].what);
+    }
+
+    /* struct_size: zero, too small, too large (the struct sits in a larger buffer). */
+    struct {
+        recon_load_params p;
+        unsigned char tail[64];
+    } big;
+    const uint32_t sizes[] = {0, 4, (uint32_t)sizeof(recon_load_params) - 8,
+                              (uint32_t)sizeof(recon_load_params) + 8, UINT32_MAX};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        memset(&big, 0, sizeof big);
+        recon_load_params_init(&big.p);
+        big.p.model = g_model;
+        big.p.device = RECON_DEVICE_CPU;
+        big.p.struct_size = sizes[i];
+        err[0] = '\0';
+        check_status_impl(recon_load(&big.p, &model, err, sizeof err),
+                          RECON_ERR_INVALID_ARGUMENT, "recon_load struct_size", err, __LINE__);
+        CHECK_MSG(contains(err, "struct_size"), err);
+    }
+    CHECK(model == (recon_model *)&g_tmp); /* never written on failure */
+}
+
+/* The error buffer is truncated, NUL-terminated, and may be NULL or zero-length. */
+static void test_error_buffer(void) {
+    const char *full = "recon_load_params is NULL";
+    char err[64];
+
+    memset(err, 'X', sizeof err);
+    CHECK_STATUS(recon_load(NULL, NULL, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strcmp(err, full) == 0 || strstr(err, "NULL") != NULL, err);
+
+    memset(err, 'X', sizeof err);
+    CHECK_STATUS(recon_load(NULL, NULL, err, 8), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(err[7] == '\0' && strlen(err) == 7);
+    CHECK(err[8] == 'X'); /* nothing past error_buf_len */
+
+    memset(err, 'X', sizeof err);
+    CHECK_STATUS(recon_load(NULL, NULL, err, 1), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(err[0] == '\0' && err[1] == 'X');
+
+    memset(err, 'X', sizeof err);
+    CHECK_STATUS(recon_load(NULL, NULL, err, 0), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(err[0] == 'X'); /* len 0: untouched */
+
+    CHECK_STATUS(recon_load(NULL, NULL, NULL, 100), RECON_ERR_INVALID_ARGUMENT);
+}
+
+static void test_load_files(void) {
+    char missing[512];
+    path_join(missing, sizeof missing, g_tmp, "no_such_model_dir");
+    expect_load_failure("missing model directory", missing, RECON_ERR_IO, "no_such_model_dir");
+
+    /* An existing directory without pipeline.json. */
+    char empty[512];
+    path_join(empty, sizeof empty, g_tmp, "empty_dir");
+    CHECK(mkdir(empty, 0700) == 0);
+    expect_load_failure("directory without pipeline.json", empty, RECON_ERR_IO, "pipeline.json");
+
+    breakage b;
+    memset(&b, 0, sizeof b);
+    b.pipeline_json = "{ \"name\": \"TrellisImageTo3DPipeline\", \"args\": ";
+    expect_load_failure("malformed pipeline.json", broken_model("bad_pipeline_json", b),
+                        RECON_ERR_FORMAT, "pipeline.json");
+
+    memset(&b, 0, sizeof b);
+    b.skip_config = 1;
+    expect_load_failure("missing checkpoint json", broken_model("no_ckpt_json", b), RECON_ERR_IO,
+                        "ss_dec_conv3d_tiny_fp16.json");
+
+    memset(&b, 0, sizeof b);
+    b.truncate_to = 100; /* inside the JSON header */
+    expect_load_failure("safetensors truncated in its header", broken_model("trunc_header", b),
+                        RECON_ERR_FORMAT, "safetensors");
+
+    memset(&b, 0, sizeof b);
+    b.truncate_to = 10000; /* inside the data */
+    expect_load_failure("safetensors truncated in its data", broken_model("trunc_data", b),
+                        RECON_ERR_FORMAT, "safetensors");
+
+    memset(&b, 0, sizeof b);
+    b.truncate_to = 5; /* not even the length prefix */
+    expect_load_failure("safetensors of 5 bytes", broken_model("trunc_5", b), RECON_ERR_FORMAT,
+                        "safetensors");
+
+    memset(&b, 0, sizeof b);
+    b.garbage_header = 1;
+    expect_load_failure("safetensors with a garbage header", broken_model("garbage_header", b),
+                        RECON_ERR_FORMAT, "safetensors");
+
+    /* A tensor the network needs is renamed (header length unchanged). */
+    memset(&b, 0, sizeof b);
+    b.from = "\"input_layer.bias\"";
+    b.to = "\"input_layer.biaz\"";
+    expect_load_failure("missing tensor", broken_model("missing_tensor", b), RECON_ERR_CHECKPOINT,
+                        "input_layer.bias");
+
+    /* A tensor with the right size but the wrong shape ([12,8,3,3,3] -> [8,12,3,3,3]). */
+    memset(&b, 0, sizeof b);
+    b.from = "\"input_layer.weight\":{\"dtype\":\"F32\",\"shape\":[12,8,";
+    b.to = "\"input_layer.weight\":{\"dtype\":\"F32\",\"shape\":[8,12,";
+    expect_load_failure("mis-shaped tensor", broken_model("misshaped_tensor", b),
+                        RECON_ERR_CHECKPOINT, "input_layer.weight");
+
+    /* The unmodified copy loads: the breakage, not the copying, caused the failures above. */
+    memset(&b, 0, sizeof b);
+    const char *copy = broken_model("intact_copy", b);
+    recon_model *model = NULL;
+    char err[1024] = "";
+    CHECK_MSG(copy != NULL, "copying the tiny model");
+    if (copy) {
+        check_status_impl(load_cpu(copy, &model, err, sizeof err), RECON_OK, "load intact copy",
+                          err, __LINE__);
+        recon_free(model);
+    }
+}
+
+/* Offline with an empty cache: RECON_ERR_NETWORK naming the repo. */
+static void test_offline_hub(void) {
+    char home[512];
+    path_join(home, sizeof home, g_tmp, "hf_home");
+    CHECK(mkdir(home, 0700) == 0);
+    const char *old_home = getenv("HF_HOME");
+    const char *old_cache = getenv("HF_HUB_CACHE");
+    char *saved_home = old_home ? strdup(old_home) : NULL;
+    char *saved_cache = old_cache ? strdup(old_cache) : NULL;
+    setenv("HF_HOME", home, 1);
+    unsetenv("HF_HUB_CACHE");
+
+    expect_load_failure("offline Hub, not cached", "someone/missing-repo", RECON_ERR_NETWORK,
+                        "someone/missing-repo");
+
+    /* offline = RECON_OFFLINE_FROM_ENV with HF_HUB_OFFLINE=1 behaves the same. */
+    const char *old_offline = getenv("HF_HUB_OFFLINE");
+    char *saved_offline = old_offline ? strdup(old_offline) : NULL;
+    setenv("HF_HUB_OFFLINE", "1", 1);
+    recon_load_params lp;
+    recon_load_params_init(&lp);
+    lp.model = "someone/missing-repo@v1.0";
+    lp.device = RECON_DEVICE_CPU;
+    recon_model *model = NULL;
+    char err[1024] = "";
+    check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_ERR_NETWORK,
+                      "HF_HUB_OFFLINE=1", err, __LINE__);
+    CHECK_MSG(contains(err, "someone/missing-repo"), err);
+    CHECK(model == NULL);
+
+    if (saved_offline) setenv("HF_HUB_OFFLINE", saved_offline, 1); else unsetenv("HF_HUB_OFFLINE");
+    if (saved_home) setenv("HF_HOME", saved_home, 1); else unsetenv("HF_HOME");
+    if (saved_cache) setenv("HF_HUB_CACHE", saved_cache, 1);
+    free(saved_offline);
+    free(saved_home);
+    free(saved_cache);
+}
+
+static void test_devices(void) {
+    recon_load_params lp;
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    lp.offline = 1;
+    lp.device = 99; /* more than any machine has */
+    recon_model *model = NULL;
+    char err[512] = "";
+    check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_ERR_DEVICE, "device 99",
+                      err, __LINE__);
+    CHECK_MSG(contains(err, "99"), err);
+    CHECK(model == NULL);
+
+    /* RECON_DEVICE_AUTO picks CUDA 0 when there is a GPU, else the CPU. */
+    int gpus = recon_cuda_device_count();
+    lp.device = RECON_DEVICE_AUTO;
+    check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_OK, "device AUTO", err,
+                      __LINE__);
+    CHECK(recon_model_device(model) == (gpus > 0 ? 0 : RECON_DEVICE_CPU));
+    recon_free(model);
+    model = NULL;
+    if (gpus > 0) {
+        lp.device = gpus - 1;
+        check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_OK, "last CUDA device",
+                          err, __LINE__);
+        CHECK(recon_model_device(model) == gpus - 1);
+        recon_free(model);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A loaded model: log callback, introspection, recon_run's validation, cancel, threads.
+ */
+
+typedef struct {
+    int count;
+    int bad_level;
+    int max_level_seen;
+    char first[256];
+} log_capture;
+
+static void on_log(int32_t level, const char *message, void *user_data) {
+    log_capture *cap = user_data;
+    if (level < RECON_LOG_ERROR || level > RECON_LOG_DEBUG || message == NULL) cap->bad_level++;
+    if (level > cap->max_level_seen) cap->max_level_seen = level;
+    if (cap->count++ == 0 && message) snprintf(cap->first, sizeof cap->first, "%s", message);
+}
+
+typedef struct {
+    int calls;
+    int bad;           /* reports that broke the contract */
+    int32_t last_stage;
+    uint32_t last_total;
+    int32_t answer;    /* what the callback returns */
+} progress_capture;
+
+static int32_t on_progress(const recon_progress *p, void *user_data) {
+    progress_capture *cap = user_data;
+    cap->calls++;
+    if (!p || p->struct_size != sizeof(recon_progress) || p->stage < RECON_STAGE_PREPROCESS ||
+        p->stage > RECON_STAGE_EXPORT || p->step > p->total)
+        cap->bad++;
+    if (p) {
+        cap->last_stage = p->stage;
+        cap->last_total = p->total;
+    }
+    return cap->answer;
+}
+
+static recon_model *load_tiny(log_capture *cap, int32_t log_level) {
+    recon_load_params lp;
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    lp.device = RECON_DEVICE_CPU;
+    lp.offline = 1;
+    lp.log_level = log_level;
+    lp.log_callback = on_log;
+    lp.log_user_data = cap;
+    recon_model *model = NULL;
+    char err[1024] = "";
+    check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_OK, "load the tiny model",
+                      err, __LINE__);
+    CHECK(model != NULL);
+    return model;
+}
+
+static void test_logging(void) {
+    log_capture cap;
+    memset(&cap, 0, sizeof cap);
+    recon_model *model = load_tiny(&cap, RECON_LOG_DEBUG);
+    CHECK_MSG(cap.count > 0, "no log message during recon_load");
+    CHECK(cap.bad_level == 0);
+    CHECK(cap.max_level_seen <= RECON_LOG_DEBUG);
+    printf("first log message: %s\n", cap.first);
+    recon_free(model);
+
+    /* Only errors: a successful load reports none. */
+    memset(&cap, 0, sizeof cap);
+    model = load_tiny(&cap, RECON_LOG_ERROR);
+    CHECK(cap.count == 0);
+    recon_free(model);
+}
+
+static void test_model_introspection(recon_model *model) {
+    CHECK(strcmp(recon_model_last_error(model), "") == 0); /* nothing failed yet */
+    CHECK(strcmp(recon_model_pipeline_name(model), "TrellisImageTo3DPipeline") == 0);
+    CHECK(recon_model_device(model) == RECON_DEVICE_CPU);
+    CHECK(recon_model_num_networks(model) == 1);
+
+    recon_network_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    CHECK_STATUS_M(model, recon_model_network(model, 0, &info), RECON_OK);
+    CHECK(info.struct_size == sizeof info); /* kept */
+    CHECK(info.key && strcmp(info.key, "sparse_structure_decoder") == 0);
+    CHECK(info.class_name && strcmp(info.class_name, "SparseStructureDecoder") == 0);
+    CHECK(info.stem && strcmp(info.stem, TINY_STEM) == 0);
+    CHECK(info.implemented == 1);
+    CHECK(info.num_elements > 0);
+    printf("network 0: %s (%s) %s, %llu elements, implemented %d\n", info.key, info.class_name,
+           info.stem, (unsigned long long)info.num_elements, (int)info.implemented);
+    /* The strings are owned by the model: a second call returns the same pointers. */
+    recon_network_info again = {.struct_size = sizeof again};
+    CHECK_STATUS_M(model, recon_model_network(model, 0, &again), RECON_OK);
+    CHECK(again.key == info.key && again.class_name == info.class_name);
+
+    /* Out of range, NULL out, bad struct_size: INVALID_ARGUMENT and a message. */
+    recon_network_info bad = {.struct_size = sizeof bad};
+    CHECK_STATUS(recon_model_network(model, 1, &bad), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(bad.key == NULL); /* untouched */
+    CHECK(contains(recon_model_last_error(model), "out of range"));
+    CHECK_STATUS(recon_model_network(model, SIZE_MAX, &bad), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_model_network(model, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+    struct {
+        recon_network_info info;
+        unsigned char tail[64];
+    } big;
+    const uint32_t sizes[] = {0, 4, (uint32_t)sizeof(recon_network_info) - 8,
+                              (uint32_t)sizeof(recon_network_info) + 8};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        memset(&big, 0, sizeof big);
+        big.info.struct_size = sizes[i];
+        CHECK_STATUS(recon_model_network(model, 0, &big.info), RECON_ERR_INVALID_ARGUMENT);
+        CHECK(big.info.key == NULL && big.info.num_elements == 0);
+        CHECK(contains(recon_model_last_error(model), "struct_size"));
+    }
+}
+
+/* recon_run with `n` copies of `view` and `params`; the result sentinel must stay untouched. */
+static recon_status run_views(recon_model *model, const recon_image *views, size_t n,
+                              const recon_run_params *params) {
+    static char sentinel;
+    recon_result *result = (recon_result *)&sentinel;
+    recon_status st = recon_run(model, views, n, params, &result);
+    if (st != RECON_OK) {
+        CHECK(result == (recon_result *)&sentinel);
+    } else {
+        recon_result_free(result);
+    }
+    return st;
+}
+
+static recon_image png_view(void) {
+    recon_image v;
+    recon_image_init(&v);
+    v.format = RECON_IMAGE_ENCODED;
+    v.data = k_png;
+    v.size = sizeof k_png;
+    return v;
+}
+
+static void test_run_validation(recon_model *model) {
+    recon_image png = png_view();
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    static char sentinel;
+    recon_result *result = (recon_result *)&sentinel;
+
+    /* NULL pointers and counts. */
+    CHECK_STATUS(recon_run(NULL, &png, 1, &rp, &result), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_run(model, &png, 1, &rp, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "out_result"));
+    CHECK_STATUS(run_views(model, &png, 0, &rp), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "num_images"));
+    CHECK_STATUS(run_views(model, NULL, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "images"));
+    CHECK_STATUS(run_views(model, NULL, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+    recon_image many[65];
+    for (size_t i = 0; i < 65; i++) many[i] = png;
+    CHECK_STATUS(run_views(model, many, 65, &rp), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(result == (recon_result *)&sentinel);
+
+    /* Encoded images. */
+    static const unsigned char garbage[] = "this is not an image at all";
+    recon_image v = png;
+    v.data = garbage;
+    v.size = sizeof garbage;
+    CHECK_STATUS_M(model, run_views(model, &v, 1, &rp), RECON_ERR_FORMAT);
+    v = png;
+    v.size = 20; /* a PNG cut inside its IHDR chunk */
+    CHECK_STATUS_M(model, run_views(model, &v, 1, &rp), RECON_ERR_FORMAT);
+    v = png;
+    v.size = 0;
+    CHECK_STATUS(run_views(model, &v, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    v = png;
+    v.data = NULL;
+    CHECK_STATUS(run_views(model, &v, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "images[0]"));
+    v = png;
+    v.format = 7;
+    CHECK_STATUS(run_views(model, &v, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+
+    /* A bad second view is reported with its index. */
+    recon_image two[2] = {png, png};
+    two[1].data = garbage;
+    two[1].size = sizeof garbage;
+    CHECK_STATUS(run_views(model, two, 2, &rp), RECON_ERR_FORMAT);
+    CHECK(contains(recon_model_last_error(model), "1"));
+
+    /* recon_image.struct_size. */
+    const uint32_t image_sizes[] = {0, 4, (uint32_t)sizeof(recon_image) - 8,
+                                    (uint32_t)sizeof(recon_image) + 8};
+    for (size_t i = 0; i < sizeof image_sizes / sizeof image_sizes[0]; i++) {
+        recon_image big[2] = {png, png}; /* room behind the struct for a too-large size */
+        big[0].struct_size = image_sizes[i];
+        CHECK_STATUS(run_views(model, big, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+        CHECK(contains(recon_model_last_error(model), "struct_size"));
+    }
+
+    /* Raw pixels: 4x4 RGB is 48 bytes tightly packed. */
+    unsigned char pixels[4 * 20];
+    memset(pixels, 200, sizeof pixels);
+    recon_image raw;
+    recon_image_init(&raw);
+    raw.format = RECON_IMAGE_RGB8;
+    raw.data = pixels;
+    raw.size = 47;
+    raw.width = 4;
+    raw.height = 4;
+    CHECK_STATUS(run_views(model, &raw, 1, &rp), RECON_ERR_INVALID_ARGUMENT); /* too short */
+    CHECK(contains(recon_model_last_error(model), "48"));
+    raw.size = 48;
+    raw.stride = 11; /* smaller than a row of 12 bytes */
+    CHECK_STATUS(run_views(model, &raw, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "stride"));
+    raw.stride = 16; /* padded rows need 3*16+12 = 60 bytes */
+    CHECK_STATUS(run_views(model, &raw, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    raw.stride = 0;
+    raw.width = 0;
+    CHECK_STATUS(run_views(model, &raw, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+    raw.width = 100000; /* over the size limit */
+    raw.height = 100000;
+    CHECK_STATUS(run_views(model, &raw, 1, &rp), RECON_ERR_INVALID_ARGUMENT);
+
+    /* Parameters. */
+    recon_run_params p;
+#define BAD_PARAM(stmt, needle)                                                          \
+    do {                                                                                 \
+        recon_run_params_init(&p);                                                       \
+        stmt;                                                                            \
+        check_status_impl(run_views(model, &png, 1, &p), RECON_ERR_INVALID_ARGUMENT, #stmt, \
+                          recon_model_last_error(model), __LINE__);                     \
+        CHECK_MSG(contains(recon_model_last_error(model), needle),                       \
+                  recon_model_last_error(model));                                        \
+    } while (0)
+    BAD_PARAM(p.sparse_structure_cfg_strength = NAN, "cfg_strength");
+    BAD_PARAM(p.slat_cfg_strength = NAN, "cfg_strength");
+    BAD_PARAM(p.slat_cfg_strength = INFINITY, "cfg_strength");
+    BAD_PARAM(p.sparse_structure_cfg_strength = -2.0f, "cfg_strength");
+    BAD_PARAM(p.slat_cfg_strength = 101.0f, "cfg_strength");
+    BAD_PARAM(p.formats = 8, "formats");
+    BAD_PARAM(p.formats = 0xFFFFFFFFu, "formats");
+    BAD_PARAM(p.formats = 0, "format");
+    BAD_PARAM(p.multi_image_mode = 2, "multi_image_mode");
+    BAD_PARAM(p.multi_image_mode = -1, "multi_image_mode");
+    BAD_PARAM(p.sparse_structure_steps = 1001, "steps");
+    BAD_PARAM(p.slat_steps = UINT32_MAX, "steps");
+    BAD_PARAM(p.struct_size = 0, "struct_size");
+    BAD_PARAM(p.struct_size = 4, "struct_size");
+    BAD_PARAM(p.struct_size = sizeof(recon_run_params) - 8, "struct_size");
+#undef BAD_PARAM
+    struct {
+        recon_run_params p;
+        unsigned char tail[64];
+    } big;
+    memset(&big, 0, sizeof big);
+    recon_run_params_init(&big.p);
+    big.p.struct_size = sizeof(recon_run_params) + 8;
+    CHECK_STATUS(run_views(model, &png, 1, &big.p), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_model_last_error(model), "struct_size"));
+}
+
+/* Valid requests reach generation, which this build does not have: RECON_ERR_UNSUPPORTED. */
+static void test_run_unsupported(recon_model *model) {
+    recon_image png = png_view();
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+
+    CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
+    const char *msg = recon_model_last_error(model);
+    CHECK(msg != NULL && msg[0] != '\0');
+    printf("recon_run: %s\n", msg);
+    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+
+    /* Explicit, in-range settings are accepted. */
+    rp.seed = 7;
+    rp.sparse_structure_steps = 12;
+    rp.slat_steps = 1000;
+    rp.sparse_structure_cfg_strength = 0.0f;
+    rp.slat_cfg_strength = 100.0f;
+    rp.formats = RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH | RECON_FORMAT_RADIANCE_FIELD;
+    rp.preprocess = 0;
+    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+
+    /* Several views, both modes, raw RGB and padded RGBA. */
+    unsigned char rgb[4 * 4 * 3], rgba[4 * 20];
+    memset(rgb, 128, sizeof rgb);
+    memset(rgba, 255, sizeof rgba);
+    recon_image views[3] = {png, png, png};
+    views[1].format = RECON_IMAGE_RGB8;
+    views[1].data = rgb;
+    views[1].size = sizeof rgb;
+    views[1].width = views[1].height = 4;
+    views[2].format = RECON_IMAGE_RGBA8;
+    views[2].data = rgba;
+    views[2].size = sizeof rgba;
+    views[2].width = views[2].height = 4;
+    views[2].stride = 20;
+    recon_run_params_init(&rp);
+    rp.multi_image_mode = RECON_MULTI_IMAGE_STOCHASTIC;
+    CHECK_STATUS_M(model, run_views(model, views, 3, &rp), RECON_ERR_UNSUPPORTED);
+    rp.multi_image_mode = RECON_MULTI_IMAGE_MULTIDIFFUSION;
+    CHECK_STATUS_M(model, run_views(model, views, 3, &rp), RECON_ERR_UNSUPPORTED);
+
+    /* Progress: reports arrive with user_data; returning 0 cancels the run. */
+    progress_capture cap;
+    memset(&cap, 0, sizeof cap);
+    cap.answer = 1;
+    recon_run_params_init(&rp);
+    rp.progress_callback = on_progress;
+    rp.progress_user_data = &cap;
+    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK(cap.calls >= 1);
+    CHECK(cap.bad == 0);
+    CHECK(cap.last_stage >= RECON_STAGE_PREPROCESS);
+    memset(&cap, 0, sizeof cap);
+    cap.answer = 0;
+    CHECK_STATUS_M(model, run_views(model, views, 2, &rp), RECON_ERR_CANCELLED);
+    CHECK(cap.calls == 1);
+    CHECK(cap.last_stage == RECON_STAGE_PREPROCESS && cap.last_total == 2);
+    CHECK(contains(recon_model_last_error(model), "cancel"));
+}
+
+static void *cancel_thread(void *model) {
+    recon_cancel(model);
+    recon_cancel(model);
+    return NULL;
+}
+
+typedef struct {
+    recon_model *model;
+    recon_status status;
+} run_job;
+
+static void *run_thread(void *arg) {
+    run_job *job = arg;
+    recon_image png = png_view();
+    recon_result *result = NULL;
+    job->status = recon_run(job->model, &png, 1, NULL, &result);
+    recon_result_free(result);
+    return NULL;
+}
+
+static void test_threads(recon_model *model) {
+    /* A cancel while no run is active is harmless: the next run clears it. */
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, cancel_thread, model) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    recon_image png = png_view();
+    CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
+
+    /* Concurrent runs on one model are serialised and each gets its own answer. */
+    enum { N = 4 };
+    pthread_t threads[N];
+    run_job jobs[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i].model = model;
+        jobs[i].status = RECON_OK;
+        CHECK(pthread_create(&threads[i], NULL, run_thread, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK(pthread_join(threads[i], NULL) == 0);
+        CHECK_STATUS(jobs[i].status, RECON_ERR_UNSUPPORTED);
+    }
+}
+
+/* Two models of the same directory are independent, and each keeps its own error log. */
+static void test_two_models(void) {
+    log_capture cap;
+    memset(&cap, 0, sizeof cap);
+    recon_model *a = load_tiny(&cap, RECON_LOG_INFO);
+    recon_model *b = load_tiny(&cap, RECON_LOG_INFO);
+    CHECK(a != b);
+    recon_image png = png_view();
+    CHECK_STATUS(run_views(a, &png, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(recon_model_last_error(a)[0] != '\0');
+    CHECK(strcmp(recon_model_last_error(b), "") == 0);
+    recon_free(a);
+    CHECK(strcmp(recon_model_pipeline_name(b), "TrellisImageTo3DPipeline") == 0);
+    recon_free(b);
+}
+
+int main(int argc, char **argv) {
+    g_model = argc > 1 ? argv[1] : getenv("MODEL_DIR");
+    if (!g_model || !*g_model) {
+        fprintf(stderr, "usage: %s MODEL_DIR (the tiny model, tests/fixtures/model_tiny)\n",
+                argv[0]);
+        return 2;
+    }
+    const char *tmpdir = getenv("TMPDIR");
+    snprintf(g_tmp, sizeof g_tmp, "%s/recon_test_abi.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+    if (!mkdtemp(g_tmp)) {
+        perror("mkdtemp");
+        return 2;
+    }
+
+    test_versions();
+    test_status_strings();
+    test_struct_layout();
+    test_init();
+    test_null_handles();
+    test_load_arguments();
+    test_error_buffer();
+    test_load_files();
+    test_offline_hub();
+    test_devices();
+    test_logging();
+    test_two_models();
+
+    log_capture cap;
+    memset(&cap, 0, sizeof cap);
+    recon_model *model = load_tiny(&cap, RECON_LOG_INFO);
+    if (model) {
+        test_model_introspection(model);
+        test_run_validation(model);
+        test_run_unsupported(model);
+        test_threads(model);
+        recon_cancel(model); /* idle model, main thread */
+        recon_free(model);
+    }
+
+    nftw(g_tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed > 0 ? 1 : 0;
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds what the GPU machine runs (it has libtorch in /opt/torch/.venv but no Rust toolchain)
+# into .gpu/: the CLI, the cdylib, the test binaries and the fixtures they read. Run there with
+#   SP=/opt/torch/.venv/lib/python3.12/site-packages
+#   export LD_LIBRARY_PATH=$SP/torch/lib:$SP/nvidia/cu13/lib:$LD_LIBRARY_PATH
+#   .gpu/run-tests.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.gpu
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/tests/fixtures"
+cargo build --release --lib --bins
+cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["kind"] != ["bin"]:
+        print(msg["target"]["name"], msg["executable"])
+' | while read -r name exe; do cp "$exe" "$out/bin/$name"; done
+cp target/release/recon target/release/librecon.so "$out/bin/"
+strip "$out"/bin/* 2>/dev/null || true
+cp -r tests/fixtures/golden tests/fixtures/model_tiny tests/fixtures/images "$out/tests/fixtures/"
+mkdir -p "$out/shared/golden/reconviagen"
+cp -r ../shared/golden/reconviagen/ckpt_pipeline ../shared/golden/reconviagen/pipeline_e2e "$out/shared/golden/reconviagen/"
+cat > "$out/run-tests.sh" <<'RUN'
+#!/usr/bin/env bash
+# The GPU checks: the golden tests (CUDA ones included) and the CLI on CUDA.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export RECON_GOLDEN_DIR=$here/tests/fixtures/golden RECON_SHARED_GOLDEN_DIR=$here/shared/golden
+cd "$here"
+bin/golden_modules --include-ignored --nocapture --test-threads 1
+bin/recon info --model tests/fixtures/model_tiny --device cuda
+bin/recon module --device cuda --ckpt tests/fixtures/golden/ss_dec_fp16layout/ckpts/ss_dec \
+  --input tests/fixtures/golden/ss_dec_fp16layout/inputs.safetensors --output /tmp/recon-ss-dec-cuda.safetensors
+RUN
+chmod +x "$out/run-tests.sh"
+du -sh "$out"
