@@ -422,7 +422,7 @@ void recon_image_init(struct recon_image *image);
 // defaults. On success writes a new result to `*out_result` (free it with
 // `recon_result_free`); on failure writes nothing and `recon_model_last_error(model)` says
 // why. Runs on one model are serialised.
-recon_status recon_run(struct recon_model *model,
+recon_status recon_run(const struct recon_model *model,
                        const struct recon_image *images,
                        size_t num_images,
                        const struct recon_run_params *params,

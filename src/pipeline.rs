@@ -126,9 +126,10 @@ impl Pipeline {
         log(
             LogLevel::Info,
             &format!(
-                "loaded {} from {} on {device:?}: {} network(s)",
+                "loaded {} from {} on {}: {} network(s)",
                 resolved.config.name,
                 resolved.root.display(),
+                device_name(device),
                 networks.len()
             ),
         );
@@ -198,6 +199,14 @@ impl Pipeline {
         } else {
             names.join(", ")
         }
+    }
+}
+
+/// "cpu" or "cuda:N", as the CLI's --device takes it.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(index) => format!("cuda:{index}"),
+        _ => "cpu".to_string(),
     }
 }
 

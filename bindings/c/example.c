@@ -88,7 +88,8 @@ int main(int argc, char **argv) {
     }
     printf("loaded %s on %s", recon_model_pipeline_name(model),
            recon_model_device(model) == RECON_DEVICE_CPU ? "CPU" : "CUDA");
-    if (recon_model_device(model) != RECON_DEVICE_CPU) printf(" %d", (int)recon_model_device(model));
+    if (recon_model_device(model) != RECON_DEVICE_CPU)
+        printf(" %d", (int)recon_model_device(model));
     printf(", %zu network(s)\n", recon_model_num_networks(model));
     for (size_t i = 0; i < recon_model_num_networks(model); i++) {
         recon_network_info info = {.struct_size = sizeof info};

@@ -286,10 +286,14 @@ static void test_struct_layout(void) {
     CHECK(sizeof(recon_gaussians) == 56);
     CHECK(sizeof(recon_mesh) == 48);
     CHECK(sizeof(recon_camera) == 96);
-    CHECK(offsetof(recon_load_params, model) == 8 && offsetof(recon_load_params, log_callback) == 24);
-    CHECK(offsetof(recon_run_params, seed) == 8 && offsetof(recon_run_params, progress_callback) == 40);
-    CHECK(offsetof(recon_image, data) == 8 && offsetof(recon_image, stride) == 32);
-    CHECK(offsetof(recon_network_info, num_elements) == 8 && offsetof(recon_network_info, stem) == 32);
+    CHECK(offsetof(recon_load_params, model) == 8);
+    CHECK(offsetof(recon_load_params, log_callback) == 24);
+    CHECK(offsetof(recon_run_params, seed) == 8);
+    CHECK(offsetof(recon_run_params, progress_callback) == 40);
+    CHECK(offsetof(recon_image, data) == 8);
+    CHECK(offsetof(recon_image, stride) == 32);
+    CHECK(offsetof(recon_network_info, num_elements) == 8);
+    CHECK(offsetof(recon_network_info, stem) == 32);
 #endif
 }
 

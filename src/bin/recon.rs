@@ -107,7 +107,12 @@ fn load(args: &Args) -> Result<Pipeline> {
 
 fn info(args: &Args) -> Result<()> {
     let pipeline = load(args)?;
-    println!("pipeline {} from {} on {:?}", pipeline.name(), pipeline.root().display(), pipeline.device());
+    println!(
+        "pipeline {} from {} on {}",
+        pipeline.name(),
+        pipeline.root().display(),
+        recon::pipeline::device_name(pipeline.device())
+    );
     for n in pipeline.networks() {
         let state = if n.network.is_some() { "runnable" } else { "validated, not implemented yet" };
         println!("  {:<30} {:<28} {:>12} elements  {state}", n.key, n.class, n.num_elements);

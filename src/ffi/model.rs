@@ -52,7 +52,10 @@ pub struct recon_load_params {
     pub log_user_data: *mut c_void,
 }
 
-const LOAD_PARAMS_V1_SIZE: usize = size_of::<recon_load_params>();
+/// Size of the v1 struct (through `log_user_data`): the smallest `struct_size` accepted, fixed
+/// forever so that callers built against v1 keep working when fields are appended.
+const LOAD_PARAMS_V1_SIZE: usize = offset_of!(recon_load_params, log_user_data) + size_of::<*mut c_void>();
+const _: () = assert!(LOAD_PARAMS_V1_SIZE == 40);
 
 impl recon_load_params {
     fn defaults() -> Self {
@@ -96,6 +99,10 @@ pub struct recon_network_info {
     /// Checkpoint stem, e.g. "ckpts/ss_dec_conv3d_16l8_fp16". Owned by the model.
     pub stem: *const c_char,
 }
+
+/// Size of the v1 `recon_network_info` (through `stem`).
+const NETWORK_INFO_V1_SIZE: usize = offset_of!(recon_network_info, stem) + size_of::<*const c_char>();
+const _: () = assert!(NETWORK_INFO_V1_SIZE == 40);
 
 struct NetworkStrings {
     key: CString,
@@ -334,7 +341,7 @@ pub unsafe extern "C" fn recon_model_network(
             stem: net.stem.as_ptr(),
         };
         // SAFETY: the caller passes NULL or a recon_network_info with its struct_size set.
-        unsafe { write_versioned(out, info, offset_of!(recon_network_info, stem) + size_of::<*const c_char>(), "out") }
+        unsafe { write_versioned(out, info, NETWORK_INFO_V1_SIZE, "out") }
     });
     finish(result, model_ref.map(|m| &m.errors))
 }

@@ -86,6 +86,12 @@ pub struct recon_camera {
     pub intrinsic: [f32; 9],
 }
 
+// v1 sizes of the output structs: the smallest `struct_size` a caller may pass, fixed forever.
+const GAUSSIANS_V1_SIZE: usize = offset_of!(recon_gaussians, opacity) + size_of::<*const f32>();
+const MESH_V1_SIZE: usize = offset_of!(recon_mesh, indices) + size_of::<*const u32>();
+const CAMERA_V1_SIZE: usize = offset_of!(recon_camera, intrinsic) + 9 * size_of::<f32>();
+const _: () = assert!(GAUSSIANS_V1_SIZE == 56 && MESH_V1_SIZE == 48 && CAMERA_V1_SIZE == 96);
+
 fn result_ref<'a>(result: *const recon_result) -> Option<&'a recon_result> {
     // SAFETY: NULL or a live result, per the header.
     unsafe { result.as_ref() }
@@ -128,7 +134,7 @@ pub unsafe extern "C" fn recon_result_gaussians(result: *const recon_result, out
             opacity: g.opacity.as_ptr(),
         };
         // SAFETY: NULL or a caller struct with struct_size set.
-        unsafe { write_versioned(out, view, size_of::<recon_gaussians>(), "out") }
+        unsafe { write_versioned(out, view, GAUSSIANS_V1_SIZE, "out") }
     });
     finish(status, result_ref(result).map(|r| &r.errors))
 }
@@ -153,7 +159,7 @@ pub unsafe extern "C" fn recon_result_mesh(result: *const recon_result, out: *mu
             indices: m.indices.as_ptr(),
         };
         // SAFETY: NULL or a caller struct with struct_size set.
-        unsafe { write_versioned(out, view, size_of::<recon_mesh>(), "out") }
+        unsafe { write_versioned(out, view, MESH_V1_SIZE, "out") }
     });
     finish(status, result_ref(result).map(|r| &r.errors))
 }
@@ -185,7 +191,7 @@ pub unsafe extern "C" fn recon_result_camera(result: *const recon_result, index:
             intrinsic: cam.intrinsic,
         };
         // SAFETY: NULL or a caller struct with struct_size set.
-        unsafe { write_versioned(out, view, offset_of!(recon_camera, intrinsic) + 9 * 4, "out") }
+        unsafe { write_versioned(out, view, CAMERA_V1_SIZE, "out") }
     });
     finish(status, result_ref(result).map(|r| &r.errors))
 }
@@ -226,7 +232,10 @@ pub unsafe extern "C" fn recon_result_export(result: *const recon_result, format
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("recon-tmp");
+    // Appended, not replacing the extension, so exports of a.glb and a.obj never collide.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".recon-tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).map_err(|e| Error::io_at(&tmp, &e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -1,7 +1,7 @@
 //! `recon_run`: images and generation parameters in, a `recon_result` out.
 
 use std::ffi::c_void;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::Ordering;
 
 use super::model::recon_model;
@@ -103,7 +103,12 @@ pub struct recon_run_params {
     pub progress_user_data: *mut c_void,
 }
 
-const RUN_PARAMS_V1_SIZE: usize = size_of::<recon_run_params>();
+/// Size of the v1 struct (through `progress_user_data`): the smallest `struct_size` accepted.
+const RUN_PARAMS_V1_SIZE: usize = offset_of!(recon_run_params, progress_user_data) + size_of::<*mut c_void>();
+const _: () = assert!(RUN_PARAMS_V1_SIZE == 56);
+/// Size of the v1 `recon_image` (through `stride`).
+const IMAGE_V1_SIZE: usize = offset_of!(recon_image, stride) + size_of::<usize>();
+const _: () = assert!(IMAGE_V1_SIZE == 40);
 
 impl recon_run_params {
     fn defaults() -> Self {
@@ -216,6 +221,9 @@ unsafe fn image_input<'a>(image: &recon_image) -> Result<ImageInput<'a>> {
     if image.data.is_null() {
         return Err(Error::invalid_argument("data is NULL"));
     }
+    if image.size > isize::MAX as usize {
+        return Err(Error::invalid_argument(format!("size {} is not a possible buffer size", image.size)));
+    }
     // SAFETY: forwarded to the caller.
     let data = unsafe { std::slice::from_raw_parts(image.data, image.size) };
     let channels = match image.format {
@@ -259,13 +267,28 @@ unsafe fn image_inputs<'a>(images: *const recon_image, count: usize) -> Result<V
             crate::pipeline::MAX_VIEWS
         )));
     }
+    // The array's element size is the caller's sizeof(recon_image), which its first element's
+    // struct_size tells; a caller built against an older header has smaller elements.
+    // SAFETY: a non-NULL caller array has at least one element, which begins with struct_size.
+    let stride = unsafe { *(images as *const u32) } as usize;
+    if !(IMAGE_V1_SIZE..=size_of::<recon_image>()).contains(&stride) || stride % 8 != 0 {
+        return Err(Error::invalid_argument(format!(
+            "images[0].struct_size is {stride}, expected {} (call recon_image_init)",
+            size_of::<recon_image>()
+        )));
+    }
     (0..count)
         .map(|i| {
-            // SAFETY: i < count elements of a caller array. Each element's struct_size is
-            // checked, and the array stride is this library's sizeof(recon_image).
-            let image = unsafe {
-                read_versioned(images.add(i), recon_image::defaults(), size_of::<recon_image>(), "recon_image")
-            }?;
+            // SAFETY: i < count elements of `stride` bytes each in the caller's array.
+            let element = unsafe { (images as *const u8).add(i * stride) } as *const recon_image;
+            // SAFETY: as above; each element's struct_size is checked again.
+            let image = unsafe { read_versioned(element, recon_image::defaults(), IMAGE_V1_SIZE, "recon_image") }?;
+            if image.struct_size as usize != stride {
+                return Err(Error::invalid_argument(format!(
+                    "images[{i}].struct_size is {}, but images[0].struct_size is {stride}",
+                    image.struct_size
+                )));
+            }
             // SAFETY: per this function's contract.
             unsafe { image_input(&image) }.context(format!("images[{i}]"))
         })
@@ -278,7 +301,7 @@ unsafe fn image_inputs<'a>(images: *const recon_image, count: usize) -> Result<V
 /// why. Runs on one model are serialised.
 #[no_mangle]
 pub unsafe extern "C" fn recon_run(
-    model: *mut recon_model,
+    model: *const recon_model,
     images: *const recon_image,
     num_images: usize,
     params: *const recon_run_params,
@@ -288,7 +311,7 @@ pub unsafe extern "C" fn recon_run(
     let model_ref = unsafe { model.as_ref() };
     let result = guarded(|| {
         // SAFETY: NULL or a live model.
-        let model = unsafe { non_null(model as *const recon_model, "model") }?;
+        let model = unsafe { non_null(model, "model") }?;
         if out_result.is_null() {
             return Err(Error::invalid_argument("out_result is NULL"));
         }

@@ -95,7 +95,8 @@ class ReconError(Exception):
     status: int = RECON_ERR_INTERNAL
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status_string(status)}: {message}" if message else status_string(status))
+        text = status_string(status)
+        super().__init__(f"{text}: {message}" if message else text)
         self.status = status
         self.message = message
 
@@ -326,7 +327,8 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
                 fn.restype, fn.argtypes = restype, argtypes
             found = cdll.recon_abi_version()
             if found != ABI_VERSION:
-                raise OSError(f"{cdll._name}: ABI version {found}, these bindings need {ABI_VERSION}")
+                raise OSError(f"{cdll._name}: ABI version {found}, "
+                              f"these bindings need {ABI_VERSION}")
             _LIB = cdll
         return _LIB
 
@@ -397,14 +399,16 @@ def _image_struct(image: ImageInput, keep: list) -> Image:
         view.format, view.size = RECON_IMAGE_ENCODED, len(image)
     elif np is not None and isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"pixel arrays must be uint8 HxWx3 or HxWx4, got {image.dtype} {image.shape}")
+            raise ValueError("pixel arrays must be uint8 HxWx3 or HxWx4, "
+                             f"got {image.dtype} {image.shape}")
         image = np.ascontiguousarray(image)
         buf = image.ctypes.data_as(POINTER(c_uint8))
         view.format = RECON_IMAGE_RGB8 if image.shape[2] == 3 else RECON_IMAGE_RGBA8
         view.size, view.stride = image.nbytes, image.strides[0]
         view.height, view.width = image.shape[:2]
     else:
-        raise TypeError(f"an image is encoded bytes or a numpy uint8 array, not {type(image).__name__}")
+        raise TypeError("an image is encoded bytes or a numpy uint8 array, "
+                        f"not {type(image).__name__}")
     keep += [image, buf]
     view.data = ctypes.cast(buf, POINTER(c_uint8))
     return view
