@@ -331,97 +331,189 @@ extern "C" {
 #endif // __cplusplus
 
 // Fills `params` with defaults (NULL is ignored).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_load_params_init(struct recon_load_params *params);
 
 // Loads a pipeline. On success writes a new model to `*out_model` (free it with
 // `recon_free`). On failure writes nothing to `*out_model` and, when `error_buf` is not
 // NULL, a NUL-terminated message (truncated to `error_buf_len` bytes) naming what was wrong.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_load(const struct recon_load_params *params,
                         struct recon_model **out_model,
                         char *error_buf,
                         size_t error_buf_len);
 
 // Frees a model (NULL is ignored). No call on it may be in progress or follow.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_free(struct recon_model *model);
 
 // The message of the latest failed call on `model` ("" when none; "" for NULL). Owned by the
 // model; valid until `recon_free` or until 16 more calls on the model have failed.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 const char *recon_model_last_error(const struct recon_model *model);
 
 // Asks the run in progress on `model` to stop; it returns `RECON_ERR_CANCELLED` at the next
 // step or stage boundary. Callable from any thread; NULL is ignored. Each `recon_run` clears
 // the request when it starts, so a cancel sent while no run is active has no effect.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_cancel(const struct recon_model *model);
 
 // The pipeline's name from pipeline.json (e.g. "TrellisImageTo3DPipeline"); "" for NULL.
 // Owned by the model.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 const char *recon_model_pipeline_name(const struct recon_model *model);
 
 // The device the model runs on: `RECON_DEVICE_CPU` or a CUDA index (`RECON_DEVICE_CPU` for
 // NULL).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 int32_t recon_model_device(const struct recon_model *model);
 
 // Number of networks the model loaded (0 for NULL).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 size_t recon_model_num_networks(const struct recon_model *model);
 
 // Describes network `index` (0 ≤ index < `recon_model_num_networks`). Set
 // `out->struct_size = sizeof(recon_network_info)` first.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_model_network(const struct recon_model *model,
                                  size_t index,
                                  struct recon_network_info *out);
 
 // Frees a result (NULL is ignored).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_result_free(struct recon_result *result);
 
 // The message of the latest failed call on `result` ("" when none or NULL). Owned by the
 // result; valid until `recon_result_free` or until 16 more calls on it have failed.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 const char *recon_result_last_error(const struct recon_result *result);
 
 // The Gaussians of `result`; fails when the run did not produce them.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_result_gaussians(const struct recon_result *result, struct recon_gaussians *out);
 
 // The mesh of `result`; fails when the run did not produce one.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_result_mesh(const struct recon_result *result, struct recon_mesh *out);
 
 // Number of cameras in `result` (one per input view when the pipeline estimates poses; 0
 // otherwise or for NULL).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 size_t recon_result_num_cameras(const struct recon_result *result);
 
 // Camera `index` of `result`.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_result_camera(const struct recon_result *result,
                                  size_t index,
                                  struct recon_camera *out);
 
 // Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
 // whole or not at all.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_result_export(const struct recon_result *result,
                                  int32_t format,
                                  const char *path);
 
 // Exports `result` in `format` to a new library-owned buffer (free with `recon_buffer_free`).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_result_export_buffer(const struct recon_result *result,
                                         int32_t format,
                                         struct recon_buffer **out_buffer);
 
 // The bytes of `buffer` (NULL for NULL), valid until `recon_buffer_free`.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 const uint8_t *recon_buffer_data(const struct recon_buffer *buffer);
 
 // The size of `buffer` in bytes (0 for NULL).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 size_t recon_buffer_size(const struct recon_buffer *buffer);
 
 // Frees a buffer (NULL is ignored).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_buffer_free(struct recon_buffer *buffer);
 
 // Fills `params` with defaults (NULL is ignored).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_run_params_init(struct recon_run_params *params);
 
 // Fills `image` with defaults: an empty encoded image (NULL is ignored).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_image_init(struct recon_image *image);
 
 // Generates a 3D asset from `num_images` views of one object. `params` may be NULL for
 // defaults. On success writes a new result to `*out_result` (free it with
 // `recon_result_free`); on failure writes nothing and `recon_model_last_error(model)` says
 // why. Runs on one model are serialised.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 recon_status recon_run(const struct recon_model *model,
                        const struct recon_image *images,
                        size_t num_images,

@@ -5,6 +5,9 @@
 //! For a repo id only pipeline.json and the files it names are fetched, through hf-hub into the
 //! standard Hugging Face cache (shared with Python). Environment, as huggingface_hub reads it:
 //! HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE (then only the cache is used).
+//! A file already in the cache for the revision is used without asking the Hub (hf-hub's `get`
+//! semantics), so a warm cache costs no requests; pin `@<commit>` for exact reproducibility.
+//! Every fresh download is checked against the announced size and the etag before it is kept.
 //!
 //! Stems follow the upstream TRELLIS convention: relative to the model directory, or, when that
 //! file does not exist, `owner/repo/path/in/repo` on the Hub (how one pipeline reuses another
@@ -180,7 +183,7 @@ fn selected_keys(
         if !config.models.contains_key(*key) {
             let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
             return Err(Error::invalid_argument(format!(
-                "model `{key}` is not in {} (it has: {})",
+                "model '{key}' is not in {} (it has: {})",
                 pipeline_json.display(),
                 known.join(", ")
             )));
@@ -195,7 +198,7 @@ fn selected_keys(
 /// Reads what is cheap to read now, so a broken file is reported here with its model key rather
 /// than deep inside model construction.
 fn check_model_files(key: &str, config: &Path, weights: &Path) -> Result<()> {
-    let context = |e: Error| e.context(format!("model `{key}`"));
+    let context = |e: Error| e.context(format!("model '{key}'"));
     read_checkpoint_config(config).map_err(context)?;
     check_safetensors_complete(weights).map_err(context)
 }
@@ -249,7 +252,7 @@ impl Place for Local<'_, '_> {
         }
         let missing = if has_config { &weights } else { &config };
         Err(Error::io(format!(
-            "model `{key}`: {} not found",
+            "model '{key}': {} not found",
             missing.display()
         )))
     }
@@ -299,7 +302,7 @@ fn fetch_pair(
 ) -> std::result::Result<(PathBuf, PathBuf), FetchError> {
     let fetch = |file: String| {
         hub.fetch(repo, &file).map_err(|e| FetchError {
-            error: e.error.context(format!("model `{key}`")),
+            error: e.error.context(format!("model '{key}'")),
             not_found: e.not_found,
         })
     };

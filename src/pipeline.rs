@@ -40,7 +40,9 @@ impl DeviceRequest {
                 } else {
                     Err(Error::new(
                         crate::ErrorKind::Device,
-                        format!("CUDA device {index} requested, but {count} CUDA device(s) are usable"),
+                        format!(
+                            "CUDA device {index} requested, but {count} CUDA device(s) are usable"
+                        ),
                     ))
                 }
             }
@@ -173,7 +175,12 @@ impl Pipeline {
     /// Every input is validated first, so a bad call fails the same way whatever the build
     /// implements. Stages this build does not implement end the run with an Unsupported error
     /// that names them; nothing is ever faked.
-    pub fn run(&self, images: &[ImageInput<'_>], params: &RunParams, control: &RunControl<'_>) -> Result<Output> {
+    pub fn run(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        control: &RunControl<'_>,
+    ) -> Result<Output> {
         validate_views(images)?;
         params.validate()?;
         control.check_cancelled()?;
@@ -264,7 +271,9 @@ pub enum ImageInput<'a> {
 
 fn validate_views(images: &[ImageInput<'_>]) -> Result<()> {
     if images.is_empty() {
-        return Err(Error::invalid_argument("no input images: give at least one view"));
+        return Err(Error::invalid_argument(
+            "no input images: give at least one view",
+        ));
     }
     if images.len() > MAX_VIEWS {
         return Err(Error::invalid_argument(format!(
@@ -293,9 +302,14 @@ fn validate_image(image: &ImageInput<'_>) -> Result<()> {
 
 fn validate_size(width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 {
-        return Err(Error::invalid_argument(format!("image is {width}x{height}: empty")));
+        return Err(Error::invalid_argument(format!(
+            "image is {width}x{height}: empty"
+        )));
     }
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS
+    {
         return Err(Error::invalid_argument(format!(
             "image is {width}x{height}: larger than the limit of {MAX_IMAGE_SIDE} px a side and {MAX_IMAGE_PIXELS} pixels"
         )));
@@ -321,7 +335,13 @@ fn validate_encoded(bytes: &[u8]) -> Result<()> {
     validate_size(width, height)
 }
 
-fn validate_pixels(data: &[u8], width: u32, height: u32, stride: usize, channels: u32) -> Result<()> {
+fn validate_pixels(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    channels: u32,
+) -> Result<()> {
     if channels != 3 && channels != 4 {
         return Err(Error::invalid_argument(format!(
             "raw pixels must have 3 (RGB) or 4 (RGBA) channels, got {channels}"
@@ -402,7 +422,10 @@ pub const MAX_STEPS: u32 = 1000;
 
 impl RunParams {
     pub fn validate(&self) -> Result<()> {
-        for (stage, s) in [("sparse-structure", &self.sparse_structure), ("slat", &self.slat)] {
+        for (stage, s) in [
+            ("sparse-structure", &self.sparse_structure),
+            ("slat", &self.slat),
+        ] {
             if let Some(steps) = s.steps {
                 if steps == 0 || steps > MAX_STEPS {
                     return Err(Error::invalid_argument(format!(
@@ -459,7 +482,9 @@ impl RunControl<'_> {
 
     pub fn check_cancelled(&self) -> Result<()> {
         match self.cancel {
-            Some(flag) if flag.load(Ordering::SeqCst) => Err(Error::cancelled("run cancelled by recon_cancel")),
+            Some(flag) if flag.load(Ordering::SeqCst) => {
+                Err(Error::cancelled("run cancelled by recon_cancel"))
+            }
             _ => Ok(()),
         }
     }
@@ -576,7 +601,11 @@ mod tests {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -587,7 +616,11 @@ mod tests {
         let mut p = RunParams::default();
         assert!(p.validate().is_ok());
         p.slat.steps = Some(0);
-        assert!(p.validate().unwrap_err().message().contains("slat sampler steps"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .message()
+            .contains("slat sampler steps"));
         p = RunParams::default();
         p.sparse_structure.cfg_strength = Some(f32::NAN);
         assert!(p.validate().unwrap_err().message().contains("cfg_strength"));

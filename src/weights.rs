@@ -226,13 +226,20 @@ impl Weights {
     /// The stored shape of `name` under this prefix, or a Checkpoint error naming it.
     pub fn shape_of(&self, name: &str) -> Result<Vec<i64>> {
         let full = self.full_name(name);
-        self.shared.file.shape(&full).ok_or_else(|| self.missing(&full))
+        self.shared
+            .file
+            .shape(&full)
+            .ok_or_else(|| self.missing(&full))
     }
 
     /// The parameter `name`, which must have exactly `shape`.
     pub fn get(&self, shape: &[i64], name: &str) -> Result<Tensor> {
         let full = self.full_name(name);
-        let found = self.shared.file.shape(&full).ok_or_else(|| self.missing(&full))?;
+        let found = self
+            .shared
+            .file
+            .shape(&full)
+            .ok_or_else(|| self.missing(&full))?;
         if found != shape {
             return Err(Error::checkpoint(format!(
                 "{}: tensor '{full}' has shape {found:?}, expected {shape:?}",
@@ -375,16 +382,30 @@ mod tests {
         let weights = Weights::open(&path, Kind::Float, Device::Cpu).unwrap();
         let got = weights.pp("blocks").pp(0).get(&[2, 3], "weight").unwrap();
         assert_eq!(got.kind(), Kind::Float);
-        assert_eq!(f64::try_from((got - &w).abs().sum(Kind::Float)).unwrap(), 0.0);
+        assert_eq!(
+            f64::try_from((got - &w).abs().sum(Kind::Float)).unwrap(),
+            0.0
+        );
 
-        let err = weights.pp("blocks").pp(0).get(&[3, 2], "weight").unwrap_err();
+        let err = weights
+            .pp("blocks")
+            .pp(0)
+            .get(&[3, 2], "weight")
+            .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Checkpoint);
         assert!(err.message().contains("blocks.0.weight"), "{err}");
         assert!(err.message().contains("[2, 3]") && err.message().contains("[3, 2]"));
         assert!(err.message().contains("m.safetensors"));
 
-        let err = weights.pp("blocks").pp(1).get(&[2, 3], "weight").unwrap_err();
-        assert!(err.message().contains("'blocks.1.weight' is missing"), "{err}");
+        let err = weights
+            .pp("blocks")
+            .pp(1)
+            .get(&[2, 3], "weight")
+            .unwrap_err();
+        assert!(
+            err.message().contains("'blocks.1.weight' is missing"),
+            "{err}"
+        );
         assert_eq!(weights.unused(), vec!["extra".to_string()]);
     }
 
@@ -439,7 +460,9 @@ mod tests {
             assert_eq!(err.kind(), crate::ErrorKind::Format, "{name}: {err}");
             assert!(err.message().contains(name), "{name}: {err}");
         }
-        let err = SafeTensorsFile::open(&dir.path().join("absent")).err().unwrap();
+        let err = SafeTensorsFile::open(&dir.path().join("absent"))
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), crate::ErrorKind::Io);
     }
 }

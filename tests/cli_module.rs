@@ -26,7 +26,11 @@ fn module_runner_reproduces_the_ss_decoder_golden_output() {
         .arg(&output)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let stdout = String::from_utf8_lossy(&status.stdout);
     assert!(stdout.contains("logits"), "{stdout}");
     let (rel, max_abs) = rel_l2(

@@ -31,7 +31,12 @@ fn checkpoint_stem(case: &Path) -> std::path::PathBuf {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| p.with_extension(""))
         .collect();
-    assert_eq!(stems.len(), 1, "{}: expected one checkpoint json", case.display());
+    assert_eq!(
+        stems.len(),
+        1,
+        "{}: expected one checkpoint json",
+        case.display()
+    );
     stems.remove(0)
 }
 
@@ -56,7 +61,10 @@ fn check_case(case: &Path) -> Vec<String> {
             .get(name)
             .unwrap_or_else(|| panic!("{}: network produced no '{name}'", case.display()));
         let (rel, max_abs) = rel_l2(ours, reference);
-        report.push(format!("{}: {name} rel_l2 {rel:.3e} max_abs {max_abs:.3e}", case.display()));
+        report.push(format!(
+            "{}: {name} rel_l2 {rel:.3e} max_abs {max_abs:.3e}",
+            case.display()
+        ));
         assert!(rel <= REL_L2_TOLERANCE, "{}", report.last().unwrap());
         compared += 1;
     }
@@ -107,7 +115,10 @@ fn ss_decoder_matches_reconviagen_pipeline_fixture() {
 #[test]
 #[ignore = "needs a CUDA device; run on the GPU machine with --ignored"]
 fn golden_modules_on_cuda_match_the_reference() {
-    assert!(tch::Cuda::is_available(), "no CUDA device visible to libtorch");
+    assert!(
+        tch::Cuda::is_available(),
+        "no CUDA device visible to libtorch"
+    );
     let dir = golden_dir();
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -133,7 +144,10 @@ fn golden_modules_on_cuda_match_the_reference() {
         for (name, reference) in expected.iter().filter(|(n, _)| !n.starts_with("debug.")) {
             let ours = outputs[name].to_device(Device::Cpu);
             let (rel, max_abs) = rel_l2(&ours, reference);
-            println!("cuda {}: {name} rel_l2 {rel:.3e} max_abs {max_abs:.3e}", case.display());
+            println!(
+                "cuda {}: {name} rel_l2 {rel:.3e} max_abs {max_abs:.3e}",
+                case.display()
+            );
             assert!(rel <= 1e-2);
         }
     }

@@ -53,30 +53,47 @@ fn run_validates_then_reports_what_is_missing() {
     let pipeline = load(&fixture_model_dir()).unwrap();
     let png = std::fs::read(fixture_model_dir().join("../images/example.png")).unwrap();
     let err = pipeline
-        .run(&[ImageInput::Encoded(&png)], &RunParams::default(), &RunControl::none())
+        .run(
+            &[ImageInput::Encoded(&png)],
+            &RunParams::default(),
+            &RunControl::none(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(err.message().contains("DINOv2"), "{err}");
     let err = pipeline
-        .run(&[ImageInput::Encoded(b"garbage")], &RunParams::default(), &RunControl::none())
+        .run(
+            &[ImageInput::Encoded(b"garbage")],
+            &RunParams::default(),
+            &RunControl::none(),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Format);
     assert!(err.message().contains("image 0"), "{err}");
-    let err = pipeline.run(&[], &RunParams::default(), &RunControl::none()).unwrap_err();
+    let err = pipeline
+        .run(&[], &RunParams::default(), &RunControl::none())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
 #[test]
 fn missing_directory_is_an_io_error() {
     let err = load(Path::new("/nonexistent/recon-model")).err().unwrap();
-    assert!(matches!(err.kind(), ErrorKind::Io | ErrorKind::InvalidArgument), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Io | ErrorKind::InvalidArgument),
+        "{err}"
+    );
     assert!(err.message().contains("/nonexistent/recon-model"), "{err}");
 }
 
 #[test]
 fn malformed_pipeline_json_is_a_format_error() {
     let (_tmp, dir) = copy_fixture();
-    std::fs::write(dir.join("pipeline.json"), b"{\"name\": \"TrellisImageTo3DPipeline\", ").unwrap();
+    std::fs::write(
+        dir.join("pipeline.json"),
+        b"{\"name\": \"TrellisImageTo3DPipeline\", ",
+    )
+    .unwrap();
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Format, "{err}");
     assert!(err.message().contains("pipeline.json"), "{err}");
@@ -90,7 +107,11 @@ fn truncated_safetensors_is_a_format_error() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Format, "{err}");
-    assert!(err.message().contains("ss_dec_conv3d_tiny_fp16.safetensors"), "{err}");
+    assert!(
+        err.message()
+            .contains("ss_dec_conv3d_tiny_fp16.safetensors"),
+        "{err}"
+    );
 }
 
 /// Rewrites the checkpoint without `remove` and with `reshape` one element shorter.
@@ -122,7 +143,10 @@ fn missing_tensor_is_a_checkpoint_error_naming_it() {
     rewrite_checkpoint(&dir, Some("blocks.2.conv.weight"), None);
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Checkpoint, "{err}");
-    assert!(err.message().contains("'blocks.2.conv.weight' is missing"), "{err}");
+    assert!(
+        err.message().contains("'blocks.2.conv.weight' is missing"),
+        "{err}"
+    );
     assert!(err.message().contains("sparse_structure_decoder"), "{err}");
 }
 
@@ -132,7 +156,11 @@ fn misshaped_tensor_is_a_checkpoint_error_with_both_shapes() {
     rewrite_checkpoint(&dir, None, Some("out_layer.0.weight"));
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Checkpoint, "{err}");
-    assert!(err.message().contains("'out_layer.0.weight' has shape [3], expected [4]"), "{err}");
+    assert!(
+        err.message()
+            .contains("'out_layer.0.weight' has shape [3], expected [4]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -140,11 +168,19 @@ fn unknown_class_and_bad_args_are_format_errors() {
     let (_tmp, dir) = copy_fixture();
     let json = dir.join(format!("{STEM}.json"));
     let original = std::fs::read_to_string(&json).unwrap();
-    std::fs::write(&json, original.replace("SparseStructureDecoder", "NoSuchNet")).unwrap();
+    std::fs::write(
+        &json,
+        original.replace("SparseStructureDecoder", "NoSuchNet"),
+    )
+    .unwrap();
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Format, "{err}");
     assert!(err.message().contains("NoSuchNet"), "{err}");
-    std::fs::write(&json, original.replace("\"num_res_blocks\"", "\"num_res_blockz\"")).unwrap();
+    std::fs::write(
+        &json,
+        original.replace("\"num_res_blocks\"", "\"num_res_blockz\""),
+    )
+    .unwrap();
     let err = load(&dir).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Format, "{err}");
     assert!(err.message().contains("num_res_blockz"), "{err}");

@@ -53,7 +53,9 @@ impl Args {
                     .ok_or_else(|| Error::invalid_argument(format!("{flag} needs a value")))?;
                 values.entry(flag.clone()).or_default().push(value.clone());
             } else {
-                return Err(Error::invalid_argument(format!("unexpected argument '{flag}'")));
+                return Err(Error::invalid_argument(format!(
+                    "unexpected argument '{flag}'"
+                )));
             }
         }
         Ok(Self { values, switches })
@@ -62,7 +64,9 @@ impl Args {
     fn one(&self, flag: &str) -> Result<&str> {
         match self.values.get(flag).map(Vec::as_slice) {
             Some([value]) => Ok(value),
-            Some(_) => Err(Error::invalid_argument(format!("{flag} given more than once"))),
+            Some(_) => Err(Error::invalid_argument(format!(
+                "{flag} given more than once"
+            ))),
             None => Err(Error::invalid_argument(format!("{flag} is required"))),
         }
     }
@@ -93,7 +97,11 @@ fn device(args: &Args) -> Result<DeviceRequest> {
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(DeviceRequest::Cuda)
-            .ok_or_else(|| Error::invalid_argument(format!("--device '{other}': use auto, cpu, cuda or cuda:N"))),
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "--device '{other}': use auto, cpu, cuda or cuda:N"
+                ))
+            }),
     }
 }
 
@@ -114,8 +122,15 @@ fn info(args: &Args) -> Result<()> {
         recon::pipeline::device_name(pipeline.device())
     );
     for n in pipeline.networks() {
-        let state = if n.network.is_some() { "runnable" } else { "validated, not implemented yet" };
-        println!("  {:<30} {:<28} {:>12} elements  {state}", n.key, n.class, n.num_elements);
+        let state = if n.network.is_some() {
+            "runnable"
+        } else {
+            "validated, not implemented yet"
+        };
+        println!(
+            "  {:<30} {:<28} {:>12} elements  {state}",
+            n.key, n.class, n.num_elements
+        );
     }
     Ok(())
 }
@@ -130,9 +145,9 @@ fn run(args: &Args) -> Result<()> {
     let images: Vec<ImageInput<'_>> = files.iter().map(|b| ImageInput::Encoded(b)).collect();
     let mut params = RunParams::default();
     if let Some(seed) = args.optional("--seed")? {
-        params.seed = seed
-            .parse()
-            .map_err(|_| Error::invalid_argument(format!("--seed '{seed}' is not an unsigned integer")))?;
+        params.seed = seed.parse().map_err(|_| {
+            Error::invalid_argument(format!("--seed '{seed}' is not an unsigned integer"))
+        })?;
     }
     let output = pipeline.run(&images, &params, &RunControl::none())?;
     println!(
@@ -145,8 +160,14 @@ fn run(args: &Args) -> Result<()> {
 
 /// `--ckpt DIR/NAME` → (DIR/NAME.json, DIR/NAME.safetensors).
 fn checkpoint_paths(ckpt: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let stem = ckpt.strip_suffix(".json").or_else(|| ckpt.strip_suffix(".safetensors")).unwrap_or(ckpt);
-    (format!("{stem}.json").into(), format!("{stem}.safetensors").into())
+    let stem = ckpt
+        .strip_suffix(".json")
+        .or_else(|| ckpt.strip_suffix(".safetensors"))
+        .unwrap_or(ckpt);
+    (
+        format!("{stem}.json").into(),
+        format!("{stem}.safetensors").into(),
+    )
 }
 
 fn module(args: &Args) -> Result<()> {
@@ -182,14 +203,21 @@ unsafe extern "C" fn demo_log(level: i32, message: *const c_char, _user_data: *m
 
 fn status_text(status: recon_status) -> String {
     // SAFETY: recon_status_string returns a static NUL-terminated string.
-    unsafe { CStr::from_ptr(recon_status_string(status as i32)) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(recon_status_string(status as i32)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Loads the model and runs one image through the C API, as an embedding program would.
 fn demo(args: &Args) -> Result<()> {
-    let model_path = CString::new(args.one("--model")?).map_err(|_| Error::invalid_argument("--model contains NUL"))?;
+    let model_path = CString::new(args.one("--model")?)
+        .map_err(|_| Error::invalid_argument("--model contains NUL"))?;
     let image = std::fs::read(args.one("--image")?).map_err(|e| Error::io(e.to_string()))?;
-    println!("recon {} (ABI {})", recon::VERSION, recon::ffi::status::recon_abi_version());
+    println!(
+        "recon {} (ABI {})",
+        recon::VERSION,
+        recon::ffi::status::recon_abi_version()
+    );
     // SAFETY: plain C API use with valid pointers, as the header documents.
     unsafe {
         let mut params = std::mem::zeroed::<recon_load_params>();
@@ -201,8 +229,13 @@ fn demo(args: &Args) -> Result<()> {
         let mut error = [0 as c_char; 1024];
         let status = recon_load(&params, &mut model, error.as_mut_ptr(), error.len());
         if status != recon_status::RECON_OK {
-            let text = CStr::from_ptr(error.as_ptr()).to_string_lossy().into_owned();
-            return Err(Error::io(format!("recon_load: {}: {text}", status_text(status))));
+            let text = CStr::from_ptr(error.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            return Err(Error::io(format!(
+                "recon_load: {}: {text}",
+                status_text(status)
+            )));
         }
         let name = CStr::from_ptr(recon_model_pipeline_name(model)).to_string_lossy();
         println!("loaded {name} on device {}", recon_model_device(model));
@@ -215,7 +248,11 @@ fn demo(args: &Args) -> Result<()> {
                     CStr::from_ptr(info.key).to_string_lossy(),
                     CStr::from_ptr(info.class_name).to_string_lossy(),
                     info.num_elements,
-                    if info.implemented != 0 { "runnable" } else { "not implemented yet" }
+                    if info.implemented != 0 {
+                        "runnable"
+                    } else {
+                        "not implemented yet"
+                    }
                 );
             }
         }
@@ -225,13 +262,22 @@ fn demo(args: &Args) -> Result<()> {
         view.size = image.len();
         let mut result = std::ptr::null_mut();
         let status = recon_run(model, &view, 1, std::ptr::null(), &mut result);
-        let message = CStr::from_ptr(recon_model_last_error(model)).to_string_lossy().into_owned();
+        let message = CStr::from_ptr(recon_model_last_error(model))
+            .to_string_lossy()
+            .into_owned();
         recon_result_free(result);
         recon_free(model);
         match status {
             recon_status::RECON_OK => println!("generated a result"),
-            recon_status::RECON_ERR_UNSUPPORTED => println!("generation is not available yet: {message}"),
-            other => return Err(Error::internal(format!("recon_run: {}: {message}", status_text(other)))),
+            recon_status::RECON_ERR_UNSUPPORTED => {
+                println!("generation is not available yet: {message}")
+            }
+            other => {
+                return Err(Error::internal(format!(
+                    "recon_run: {}: {message}",
+                    status_text(other)
+                )))
+            }
         }
     }
     Ok(())
@@ -257,7 +303,9 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 Ok(())
             }
-            other => Err(Error::invalid_argument(format!("unknown command '{other}'\n{USAGE}"))),
+            other => Err(Error::invalid_argument(format!(
+                "unknown command '{other}'\n{USAGE}"
+            ))),
         }
     });
     match outcome {

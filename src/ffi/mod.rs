@@ -77,7 +77,12 @@ pub(crate) unsafe fn utf8<'a>(ptr: *const c_char, what: &str) -> Result<&'a str>
 /// # Safety
 /// `ptr` must be NULL or point to at least `struct_size` readable bytes, where `struct_size`
 /// is the struct's first field (`u32`).
-pub(crate) unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T, min_size: usize, what: &str) -> Result<T> {
+pub(crate) unsafe fn read_versioned<T: Copy>(
+    ptr: *const T,
+    defaults: T,
+    min_size: usize,
+    what: &str,
+) -> Result<T> {
     if ptr.is_null() {
         return Err(Error::invalid_argument(format!("{what} is NULL")));
     }
@@ -91,7 +96,9 @@ pub(crate) unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T, min_siz
     }
     let mut value = defaults;
     // SAFETY: the caller owns `size` bytes at `ptr`; `value` is `ours >= size` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, size) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, size)
+    };
     Ok(value)
 }
 
@@ -168,10 +175,16 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_internal_error() {
         let log = ErrorLog::new();
-        let status = finish(guarded(|| -> Result<()> { panic!("boom at depth") }), Some(&log));
+        let status = finish(
+            guarded(|| -> Result<()> { panic!("boom at depth") }),
+            Some(&log),
+        );
         assert_eq!(status, recon_status::RECON_ERR_INTERNAL);
         // SAFETY: the log returns a NUL-terminated string it owns.
-        let message = unsafe { CStr::from_ptr(log.last()) }.to_str().unwrap().to_string();
+        let message = unsafe { CStr::from_ptr(log.last()) }
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(message.contains("boom at depth"), "{message}");
         assert_eq!(guarded_or(7, || -> i32 { panic!("x") }), 7);
     }
@@ -194,7 +207,10 @@ mod tests {
         // SAFETY: buf holds 6 writable bytes.
         unsafe { write_c_buffer(buf.as_mut_ptr(), buf.len(), "abcdefgh") };
         // SAFETY: write_c_buffer terminated it.
-        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), "abcde");
+        assert_eq!(
+            unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(),
+            "abcde"
+        );
         // SAFETY: NULL and zero length are accepted.
         unsafe { write_c_buffer(std::ptr::null_mut(), 10, "x") };
     }

@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use super::status::recon_status;
-use super::{c_string, finish, guarded, guarded_or, non_null, read_versioned, utf8, write_c_buffer, ErrorLog};
+use super::{
+    c_string, finish, guarded, guarded_or, non_null, read_versioned, utf8, write_c_buffer, ErrorLog,
+};
 use crate::error::{Error, Result};
 use crate::logging::{LogFn, LogLevel};
 use crate::pipeline::{DeviceRequest, LoadOptions, Pipeline};
@@ -27,7 +29,8 @@ pub const RECON_LOG_DEBUG: i32 = 4;
 
 /// Receives log messages. Called on the thread that called `recon_load` / `recon_run`;
 /// `message` is valid only during the call.
-pub type recon_log_callback = Option<unsafe extern "C" fn(level: i32, message: *const c_char, user_data: *mut c_void)>;
+pub type recon_log_callback =
+    Option<unsafe extern "C" fn(level: i32, message: *const c_char, user_data: *mut c_void)>;
 
 /// How to load a model. Fill with `recon_load_params_init`, then set fields.
 #[repr(C)]
@@ -54,7 +57,8 @@ pub struct recon_load_params {
 
 /// Size of the v1 struct (through `log_user_data`): the smallest `struct_size` accepted, fixed
 /// forever so that callers built against v1 keep working when fields are appended.
-const LOAD_PARAMS_V1_SIZE: usize = offset_of!(recon_load_params, log_user_data) + size_of::<*mut c_void>();
+const LOAD_PARAMS_V1_SIZE: usize =
+    offset_of!(recon_load_params, log_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(LOAD_PARAMS_V1_SIZE == 40);
 
 impl recon_load_params {
@@ -72,6 +76,10 @@ impl recon_load_params {
 }
 
 /// Fills `params` with defaults (NULL is ignored).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_load_params_init(params: *mut recon_load_params) {
     guarded_or((), || {
@@ -101,7 +109,8 @@ pub struct recon_network_info {
 }
 
 /// Size of the v1 `recon_network_info` (through `stem`).
-const NETWORK_INFO_V1_SIZE: usize = offset_of!(recon_network_info, stem) + size_of::<*const c_char>();
+const NETWORK_INFO_V1_SIZE: usize =
+    offset_of!(recon_network_info, stem) + size_of::<*const c_char>();
 const _: () = assert!(NETWORK_INFO_V1_SIZE == 40);
 
 struct NetworkStrings {
@@ -222,6 +231,10 @@ fn new_model(pipeline: Pipeline) -> recon_model {
 /// Loads a pipeline. On success writes a new model to `*out_model` (free it with
 /// `recon_free`). On failure writes nothing to `*out_model` and, when `error_buf` is not
 /// NULL, a NUL-terminated message (truncated to `error_buf_len` bytes) naming what was wrong.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_load(
     params: *const recon_load_params,
@@ -235,7 +248,12 @@ pub unsafe extern "C" fn recon_load(
         }
         // SAFETY: the caller passes NULL or a recon_load_params with a valid struct_size.
         let params = unsafe {
-            read_versioned(params, recon_load_params::defaults(), LOAD_PARAMS_V1_SIZE, "recon_load_params")
+            read_versioned(
+                params,
+                recon_load_params::defaults(),
+                LOAD_PARAMS_V1_SIZE,
+                "recon_load_params",
+            )
         }?;
         let options = load_options(&params)?;
         let pipeline = Pipeline::load(&options)?;
@@ -252,6 +270,10 @@ pub unsafe extern "C" fn recon_load(
 }
 
 /// Frees a model (NULL is ignored). No call on it may be in progress or follow.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_free(model: *mut recon_model) {
     guarded_or((), || {
@@ -264,6 +286,10 @@ pub unsafe extern "C" fn recon_free(model: *mut recon_model) {
 
 /// The message of the latest failed call on `model` ("" when none; "" for NULL). Owned by the
 /// model; valid until `recon_free` or until 16 more calls on the model have failed.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_model_last_error(model: *const recon_model) -> *const c_char {
     guarded_or(c"".as_ptr(), || {
@@ -278,18 +304,28 @@ pub unsafe extern "C" fn recon_model_last_error(model: *const recon_model) -> *c
 /// Asks the run in progress on `model` to stop; it returns `RECON_ERR_CANCELLED` at the next
 /// step or stage boundary. Callable from any thread; NULL is ignored. Each `recon_run` clears
 /// the request when it starts, so a cancel sent while no run is active has no effect.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_cancel(model: *const recon_model) {
     guarded_or((), || {
         // SAFETY: NULL or a live model.
         if let Some(model) = unsafe { model.as_ref() } {
-            model.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            model
+                .cancel
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     })
 }
 
 /// The pipeline's name from pipeline.json (e.g. "TrellisImageTo3DPipeline"); "" for NULL.
 /// Owned by the model.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_model_pipeline_name(model: *const recon_model) -> *const c_char {
     guarded_or(c"".as_ptr(), || {
@@ -300,21 +336,37 @@ pub unsafe extern "C" fn recon_model_pipeline_name(model: *const recon_model) ->
 
 /// The device the model runs on: `RECON_DEVICE_CPU` or a CUDA index (`RECON_DEVICE_CPU` for
 /// NULL).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_model_device(model: *const recon_model) -> i32 {
     // SAFETY: NULL or a live model.
-    guarded_or(RECON_DEVICE_CPU, || unsafe { model.as_ref() }.map_or(RECON_DEVICE_CPU, |m| m.device))
+    guarded_or(RECON_DEVICE_CPU, || {
+        unsafe { model.as_ref() }.map_or(RECON_DEVICE_CPU, |m| m.device)
+    })
 }
 
 /// Number of networks the model loaded (0 for NULL).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_model_num_networks(model: *const recon_model) -> usize {
     // SAFETY: NULL or a live model.
-    guarded_or(0, || unsafe { model.as_ref() }.map_or(0, |m| m.networks.len()))
+    guarded_or(0, || {
+        unsafe { model.as_ref() }.map_or(0, |m| m.networks.len())
+    })
 }
 
 /// Describes network `index` (0 ≤ index < `recon_model_num_networks`). Set
 /// `out->struct_size = sizeof(recon_network_info)` first.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_model_network(
     model: *const recon_model,
@@ -351,7 +403,12 @@ pub unsafe extern "C" fn recon_model_network(
 /// # Safety
 /// `out` must be NULL or point to a struct whose first field (u32 struct_size) tells how many
 /// bytes are writable.
-pub(crate) unsafe fn write_versioned<T: Copy>(out: *mut T, value: T, min_size: usize, what: &str) -> Result<()> {
+pub(crate) unsafe fn write_versioned<T: Copy>(
+    out: *mut T,
+    value: T,
+    min_size: usize,
+    what: &str,
+) -> Result<()> {
     if out.is_null() {
         return Err(Error::invalid_argument(format!("{what} is NULL")));
     }

@@ -98,6 +98,10 @@ fn result_ref<'a>(result: *const recon_result) -> Option<&'a recon_result> {
 }
 
 /// Frees a result (NULL is ignored).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_result_free(result: *mut recon_result) {
     guarded_or((), || {
@@ -110,19 +114,34 @@ pub unsafe extern "C" fn recon_result_free(result: *mut recon_result) {
 
 /// The message of the latest failed call on `result` ("" when none or NULL). Owned by the
 /// result; valid until `recon_result_free` or until 16 more calls on it have failed.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_result_last_error(result: *const recon_result) -> *const c_char {
-    guarded_or(c"".as_ptr(), || result_ref(result).map_or(c"".as_ptr(), |r| r.errors.last()))
+    guarded_or(c"".as_ptr(), || {
+        result_ref(result).map_or(c"".as_ptr(), |r| r.errors.last())
+    })
 }
 
 /// The Gaussians of `result`; fails when the run did not produce them.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
-pub unsafe extern "C" fn recon_result_gaussians(result: *const recon_result, out: *mut recon_gaussians) -> recon_status {
+pub unsafe extern "C" fn recon_result_gaussians(
+    result: *const recon_result,
+    out: *mut recon_gaussians,
+) -> recon_status {
     let status = guarded(|| {
         // SAFETY: NULL or a live result.
         let r = unsafe { non_null(result, "result") }?;
         let g = r.output.gaussians.as_ref().ok_or_else(|| {
-            Error::invalid_argument("the result has no Gaussians (not requested in recon_run_params.formats)")
+            Error::invalid_argument(
+                "the result has no Gaussians (not requested in recon_run_params.formats)",
+            )
         })?;
         let view = recon_gaussians {
             struct_size: size_of::<recon_gaussians>() as u32,
@@ -140,21 +159,32 @@ pub unsafe extern "C" fn recon_result_gaussians(result: *const recon_result, out
 }
 
 /// The mesh of `result`; fails when the run did not produce one.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
-pub unsafe extern "C" fn recon_result_mesh(result: *const recon_result, out: *mut recon_mesh) -> recon_status {
+pub unsafe extern "C" fn recon_result_mesh(
+    result: *const recon_result,
+    out: *mut recon_mesh,
+) -> recon_status {
     let status = guarded(|| {
         // SAFETY: NULL or a live result.
         let r = unsafe { non_null(result, "result") }?;
-        let m = r
-            .output
-            .mesh
-            .as_ref()
-            .ok_or_else(|| Error::invalid_argument("the result has no mesh (not requested in recon_run_params.formats)"))?;
+        let m = r.output.mesh.as_ref().ok_or_else(|| {
+            Error::invalid_argument(
+                "the result has no mesh (not requested in recon_run_params.formats)",
+            )
+        })?;
         let view = recon_mesh {
             struct_size: size_of::<recon_mesh>() as u32,
             num_vertices: m.positions.len() / 3,
             positions: m.positions.as_ptr(),
-            colors: if m.colors.is_empty() { std::ptr::null() } else { m.colors.as_ptr() },
+            colors: if m.colors.is_empty() {
+                std::ptr::null()
+            } else {
+                m.colors.as_ptr()
+            },
             num_faces: m.indices.len() / 3,
             indices: m.indices.as_ptr(),
         };
@@ -166,14 +196,28 @@ pub unsafe extern "C" fn recon_result_mesh(result: *const recon_result, out: *mu
 
 /// Number of cameras in `result` (one per input view when the pipeline estimates poses; 0
 /// otherwise or for NULL).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_result_num_cameras(result: *const recon_result) -> usize {
-    guarded_or(0, || result_ref(result).map_or(0, |r| r.output.cameras.len()))
+    guarded_or(0, || {
+        result_ref(result).map_or(0, |r| r.output.cameras.len())
+    })
 }
 
 /// Camera `index` of `result`.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
-pub unsafe extern "C" fn recon_result_camera(result: *const recon_result, index: usize, out: *mut recon_camera) -> recon_status {
+pub unsafe extern "C" fn recon_result_camera(
+    result: *const recon_result,
+    index: usize,
+    out: *mut recon_camera,
+) -> recon_status {
     let status = guarded(|| {
         // SAFETY: NULL or a live result.
         let r = unsafe { non_null(result, "result") }?;
@@ -204,7 +248,7 @@ fn export_bytes(output: &Output, format: i32) -> Result<Vec<u8>> {
         RECON_EXPORT_OBJ => ("OBJ", output.mesh.is_some()),
         other => {
             return Err(Error::invalid_argument(format!(
-                "export format {other} is not one of RECON_EXPORT_GLB, _PLY_GAUSSIANS, _PLY_MESH, _OBJ"
+                "export format {other} is not a RECON_EXPORT_* value"
             )))
         }
     };
@@ -213,13 +257,23 @@ fn export_bytes(output: &Output, format: i32) -> Result<Vec<u8>> {
             "cannot export {name}: the result holds no data for it"
         )));
     }
-    Err(Error::unsupported(format!("{name} export is not implemented in this build of recon yet")))
+    Err(Error::unsupported(format!(
+        "{name} export is not implemented in this build of recon yet"
+    )))
 }
 
 /// Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
 /// whole or not at all.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
-pub unsafe extern "C" fn recon_result_export(result: *const recon_result, format: i32, path: *const c_char) -> recon_status {
+pub unsafe extern "C" fn recon_result_export(
+    result: *const recon_result,
+    format: i32,
+    path: *const c_char,
+) -> recon_status {
     let status = guarded(|| {
         // SAFETY: NULL or a live result.
         let r = unsafe { non_null(result, "result") }?;
@@ -244,6 +298,10 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Exports `result` in `format` to a new library-owned buffer (free with `recon_buffer_free`).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_result_export_buffer(
     result: *const recon_result,
@@ -266,20 +324,36 @@ pub unsafe extern "C" fn recon_result_export_buffer(
 }
 
 /// The bytes of `buffer` (NULL for NULL), valid until `recon_buffer_free`.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_buffer_data(buffer: *const recon_buffer) -> *const u8 {
     // SAFETY: NULL or a live buffer.
-    guarded_or(std::ptr::null(), || unsafe { buffer.as_ref() }.map_or(std::ptr::null(), |b| b.bytes.as_ptr()))
+    guarded_or(std::ptr::null(), || {
+        unsafe { buffer.as_ref() }.map_or(std::ptr::null(), |b| b.bytes.as_ptr())
+    })
 }
 
 /// The size of `buffer` in bytes (0 for NULL).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_buffer_size(buffer: *const recon_buffer) -> usize {
     // SAFETY: NULL or a live buffer.
-    guarded_or(0, || unsafe { buffer.as_ref() }.map_or(0, |b| b.bytes.len()))
+    guarded_or(0, || {
+        unsafe { buffer.as_ref() }.map_or(0, |b| b.bytes.len())
+    })
 }
 
 /// Frees a buffer (NULL is ignored).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_buffer_free(buffer: *mut recon_buffer) {
     guarded_or((), || {
@@ -327,25 +401,43 @@ mod tests {
         };
         // SAFETY: valid pointers to live values.
         unsafe {
-            assert_eq!(recon_result_gaussians(&result, &mut g), recon_status::RECON_OK);
+            assert_eq!(
+                recon_result_gaussians(&result, &mut g),
+                recon_status::RECON_OK
+            );
             assert_eq!(g.count, 1);
             assert_eq!(*g.xyz.add(2), 2.0);
             assert_eq!(recon_result_num_cameras(&result), 1);
             let mut cam = std::mem::zeroed::<recon_camera>();
             cam.struct_size = size_of::<recon_camera>() as u32;
-            assert_eq!(recon_result_camera(&result, 0, &mut cam), recon_status::RECON_OK);
+            assert_eq!(
+                recon_result_camera(&result, 0, &mut cam),
+                recon_status::RECON_OK
+            );
             assert_eq!((cam.width, cam.height), (518, 518));
-            assert_eq!(recon_result_camera(&result, 1, &mut cam), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                recon_result_camera(&result, 1, &mut cam),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
             let message = std::ffi::CStr::from_ptr(recon_result_last_error(&result));
-            assert!(message.to_str().unwrap().contains("index 1 is out of range"));
+            assert!(message
+                .to_str()
+                .unwrap()
+                .contains("index 1 is out of range"));
 
             let mut mesh = std::mem::zeroed::<recon_mesh>();
             mesh.struct_size = size_of::<recon_mesh>() as u32;
-            assert_eq!(recon_result_mesh(&result, &mut mesh), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                recon_result_mesh(&result, &mut mesh),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
             // A too-small struct_size is refused and nothing is written.
             g.struct_size = 4;
             g.count = 77;
-            assert_eq!(recon_result_gaussians(&result, &mut g), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                recon_result_gaussians(&result, &mut g),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
             assert_eq!(g.count, 77);
         }
     }
@@ -359,7 +451,10 @@ mod tests {
         let mut buffer = std::ptr::null_mut();
         // SAFETY: valid pointers to live values.
         unsafe {
-            assert_eq!(recon_result_export(&result, 99, path.as_ptr()), recon_status::RECON_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                recon_result_export(&result, 99, path.as_ptr()),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
             assert_eq!(
                 recon_result_export(&result, RECON_EXPORT_GLB, path.as_ptr()),
                 recon_status::RECON_ERR_UNSUPPORTED

@@ -9,7 +9,9 @@ use super::result::recon_result;
 use super::status::recon_status;
 use super::{finish, guarded, guarded_or, non_null, read_versioned};
 use crate::error::{Error, Result, ResultExt};
-use crate::pipeline::{Formats, ImageInput, MultiImageMode, RunControl, RunParams, SamplerOverrides, Stage};
+use crate::pipeline::{
+    Formats, ImageInput, MultiImageMode, RunControl, RunParams, SamplerOverrides, Stage,
+};
 
 /// `recon_image.format`: encoded PNG, JPEG or WebP bytes (`data`, `size`).
 pub const RECON_IMAGE_ENCODED: i32 = 0;
@@ -72,7 +74,8 @@ pub struct recon_progress {
 
 /// Progress callback, called on the thread running `recon_run`. Return nonzero to go on, 0 to
 /// cancel (the run then returns `RECON_ERR_CANCELLED`).
-pub type recon_progress_callback = Option<unsafe extern "C" fn(progress: *const recon_progress, user_data: *mut c_void) -> i32>;
+pub type recon_progress_callback =
+    Option<unsafe extern "C" fn(progress: *const recon_progress, user_data: *mut c_void) -> i32>;
 
 /// Generation parameters. Fill with `recon_run_params_init`, then set fields.
 #[repr(C)]
@@ -104,7 +107,8 @@ pub struct recon_run_params {
 }
 
 /// Size of the v1 struct (through `progress_user_data`): the smallest `struct_size` accepted.
-const RUN_PARAMS_V1_SIZE: usize = offset_of!(recon_run_params, progress_user_data) + size_of::<*mut c_void>();
+const RUN_PARAMS_V1_SIZE: usize =
+    offset_of!(recon_run_params, progress_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(RUN_PARAMS_V1_SIZE == 56);
 /// Size of the v1 `recon_image` (through `stride`).
 const IMAGE_V1_SIZE: usize = offset_of!(recon_image, stride) + size_of::<usize>();
@@ -143,6 +147,10 @@ impl recon_image {
 }
 
 /// Fills `params` with defaults (NULL is ignored).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_run_params_init(params: *mut recon_run_params) {
     guarded_or((), || {
@@ -154,6 +162,10 @@ pub unsafe extern "C" fn recon_run_params_init(params: *mut recon_run_params) {
 }
 
 /// Fills `image` with defaults: an empty encoded image (NULL is ignored).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_image_init(image: *mut recon_image) {
     guarded_or((), || {
@@ -199,7 +211,11 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
     };
     let params = RunParams {
         seed: p.seed,
-        sparse_structure: sampler_overrides(p.sparse_structure_steps, p.sparse_structure_cfg_strength, "sparse_structure")?,
+        sparse_structure: sampler_overrides(
+            p.sparse_structure_steps,
+            p.sparse_structure_cfg_strength,
+            "sparse_structure",
+        )?,
         slat: sampler_overrides(p.slat_steps, p.slat_cfg_strength, "slat")?,
         formats: Formats {
             gaussians: p.formats & RECON_FORMAT_GAUSSIANS != 0,
@@ -222,7 +238,10 @@ unsafe fn image_input<'a>(image: &recon_image) -> Result<ImageInput<'a>> {
         return Err(Error::invalid_argument("data is NULL"));
     }
     if image.size > isize::MAX as usize {
-        return Err(Error::invalid_argument(format!("size {} is not a possible buffer size", image.size)));
+        return Err(Error::invalid_argument(format!(
+            "size {} is not a possible buffer size",
+            image.size
+        )));
     }
     // SAFETY: forwarded to the caller.
     let data = unsafe { std::slice::from_raw_parts(image.data, image.size) };
@@ -254,9 +273,14 @@ unsafe fn image_input<'a>(image: &recon_image) -> Result<ImageInput<'a>> {
 ///
 /// # Safety
 /// `images` must be NULL or point to `count` recon_image structs whose data stays valid for 'a.
-unsafe fn image_inputs<'a>(images: *const recon_image, count: usize) -> Result<Vec<ImageInput<'a>>> {
+unsafe fn image_inputs<'a>(
+    images: *const recon_image,
+    count: usize,
+) -> Result<Vec<ImageInput<'a>>> {
     if count == 0 {
-        return Err(Error::invalid_argument("num_images is 0: give at least one view"));
+        return Err(Error::invalid_argument(
+            "num_images is 0: give at least one view",
+        ));
     }
     if images.is_null() {
         return Err(Error::invalid_argument("images is NULL"));
@@ -282,7 +306,14 @@ unsafe fn image_inputs<'a>(images: *const recon_image, count: usize) -> Result<V
             // SAFETY: i < count elements of `stride` bytes each in the caller's array.
             let element = unsafe { (images as *const u8).add(i * stride) } as *const recon_image;
             // SAFETY: as above; each element's struct_size is checked again.
-            let image = unsafe { read_versioned(element, recon_image::defaults(), IMAGE_V1_SIZE, "recon_image") }?;
+            let image = unsafe {
+                read_versioned(
+                    element,
+                    recon_image::defaults(),
+                    IMAGE_V1_SIZE,
+                    "recon_image",
+                )
+            }?;
             if image.struct_size as usize != stride {
                 return Err(Error::invalid_argument(format!(
                     "images[{i}].struct_size is {}, but images[0].struct_size is {stride}",
@@ -299,6 +330,10 @@ unsafe fn image_inputs<'a>(images: *const recon_image, count: usize) -> Result<V
 /// defaults. On success writes a new result to `*out_result` (free it with
 /// `recon_result_free`); on failure writes nothing and `recon_model_last_error(model)` says
 /// why. Runs on one model are serialised.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_run(
     model: *const recon_model,
@@ -319,7 +354,14 @@ pub unsafe extern "C" fn recon_run(
             recon_run_params::defaults()
         } else {
             // SAFETY: the caller passes a recon_run_params with a valid struct_size.
-            unsafe { read_versioned(params, recon_run_params::defaults(), RUN_PARAMS_V1_SIZE, "recon_run_params") }?
+            unsafe {
+                read_versioned(
+                    params,
+                    recon_run_params::defaults(),
+                    RUN_PARAMS_V1_SIZE,
+                    "recon_run_params",
+                )
+            }?
         };
         let run_params = run_params(&c_params)?;
         // SAFETY: the caller's array and bytes stay valid for the duration of this call.

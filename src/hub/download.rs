@@ -123,8 +123,8 @@ impl<'a> HubClient<'a> {
             Some(api) => self.download(api, hf_repo, repo, file),
             None => Err(FetchError {
                 error: Error::network(format!(
-                    "offline mode (HF_HUB_OFFLINE): {file} from {} (revision {}) is not in the \
-                     Hub cache {}; run once online, or unset HF_HUB_OFFLINE",
+                    "offline mode (HF_HUB_OFFLINE or the caller's offline setting): {file} from {} \
+                     (revision {}) is not in the Hub cache {}; run once online to download it",
                     repo.id,
                     repo.revision,
                     self.cache_dir.display()

@@ -137,7 +137,7 @@ impl Stem {
     pub(crate) fn parse(key: &str, stem: &str, file: &Path) -> Result<Self> {
         let bad = |why: &str| {
             Error::format(format!(
-                "{}: model `{key}` has stem \"{stem}\", which {why}",
+                "{}: model '{key}' has stem \"{stem}\", which {why}",
                 file.display()
             ))
         };

@@ -56,7 +56,9 @@ pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
 
 /// Whether recon implements `class` (false for classes it knows but does not run yet).
 pub fn is_implemented(class: &str) -> bool {
-    UPSTREAM_CLASSES.iter().any(|&(name, done)| name == class && done)
+    UPSTREAM_CLASSES
+        .iter()
+        .any(|&(name, done)| name == class && done)
 }
 
 /// Whether `class` is one the published pipelines use.
@@ -83,8 +85,11 @@ pub fn load_network(
     let config = read_checkpoint_config(config_path)?;
     let file = SafeTensorsFile::open(weights_path)?;
     let weights = Weights::from_file(file, Kind::Float, device);
-    let network = build(&config, config_path, &weights)
-        .context(format!("{} ({})", config.class, weights_path.display()))?;
+    let network = build(&config, config_path, &weights).context(format!(
+        "{} ({})",
+        config.class,
+        weights_path.display()
+    ))?;
     Ok((network, weights))
 }
 
@@ -133,7 +138,8 @@ impl Network for SparseStructureDecoder {
     fn outputs(&self) -> &'static [TensorDoc] {
         &[TensorDoc {
             name: "logits",
-            description: "occupancy logits [B, out_channels, 4D, 4H, 4W], float32; occupied where > 0",
+            description:
+                "occupancy logits [B, out_channels, 4D, 4H, 4W], float32; occupied where > 0",
         }]
     }
     fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {

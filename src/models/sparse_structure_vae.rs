@@ -166,7 +166,10 @@ impl SparseStructureDecoder {
     }
 
     /// `blocks`: per level, `num_res_blocks` ResBlocks, then an upsample to the next level.
-    fn build_blocks(config: &SparseStructureDecoderConfig, weights: &Weights) -> Result<Vec<DecoderBlock>> {
+    fn build_blocks(
+        config: &SparseStructureDecoderConfig,
+        weights: &Weights,
+    ) -> Result<Vec<DecoderBlock>> {
         let mut blocks = Vec::new();
         let norm = config.norm_type.as_str();
         for (level, &ch) in config.channels.iter().enumerate() {
@@ -207,7 +210,9 @@ impl SparseStructureDecoder {
             h = block.forward(&h)?;
         }
         let h = h.f_to_kind(Kind::Float)?;
-        let h = self.out_conv.forward(&self.out_norm.forward(&h)?.f_silu()?)?;
+        let h = self
+            .out_conv
+            .forward(&self.out_norm.forward(&h)?.f_silu()?)?;
         Ok(h.f_to_kind(input_kind)?)
     }
 }

@@ -13,7 +13,12 @@ pub struct Conv3d {
 }
 
 impl Conv3d {
-    pub fn new(weights: &Weights, in_channels: i64, out_channels: i64, kernel: i64) -> Result<Self> {
+    pub fn new(
+        weights: &Weights,
+        in_channels: i64,
+        out_channels: i64,
+        kernel: i64,
+    ) -> Result<Self> {
         let weight = weights.get(
             &[out_channels, in_channels, kernel, kernel, kernel],
             "weight",
@@ -28,6 +33,13 @@ impl Conv3d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let p = self.padding;
-        Ok(x.f_conv3d(&self.weight, Some(&self.bias), [1, 1, 1], [p, p, p], [1, 1, 1], 1)?)
+        Ok(x.f_conv3d(
+            &self.weight,
+            Some(&self.bias),
+            [1, 1, 1],
+            [p, p, p],
+            [1, 1, 1],
+            1,
+        )?)
     }
 }

@@ -45,7 +45,9 @@ impl ChannelLayerNorm32 {
             TORCH_NORM_EPS,
             true,
         )?;
-        Ok(h.f_permute(&to_first)?.f_contiguous()?.f_to_kind(x.kind())?)
+        Ok(h.f_permute(&to_first)?
+            .f_contiguous()?
+            .f_to_kind(x.kind())?)
     }
 }
 

@@ -20,8 +20,7 @@ pub fn pixel_shuffle_3d(x: &Tensor, scale: i64) -> Result<Tensor> {
         )));
     }
     let c_out = c / cube;
-    Ok(x
-        .f_reshape([b, c_out, scale, scale, scale, d, h, w])?
+    Ok(x.f_reshape([b, c_out, scale, scale, scale, d, h, w])?
         .f_permute([0, 1, 5, 2, 6, 3, 7, 4])?
         .f_reshape([b, c_out, d * scale, h * scale, w * scale])?)
 }
