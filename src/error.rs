@@ -128,3 +128,14 @@ impl<T> ResultExt<T> for Result<T> {
         self.map_err(|e| e.context(what))
     }
 }
+
+/// The text of a caught panic's payload (a `&str` or `String` for `panic!` with a message).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}

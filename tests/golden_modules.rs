@@ -40,6 +40,31 @@ fn checkpoint_stem(case: &Path) -> std::path::PathBuf {
     stems.remove(0)
 }
 
+/// Whether a case folder is a single-network case: its manifest has no `harness`, or
+/// `"harness": "module"` (other harnesses — samplers, preprocessing, whole stages — have their
+/// own tests).
+fn is_module_case(case: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(case.join("manifest.json")) else {
+        return false;
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+    matches!(manifest.get("harness").and_then(|h| h.as_str()), None | Some("module"))
+}
+
+/// Every single-network case folder of the golden fixtures, sorted.
+fn golden_cases() -> Vec<std::path::PathBuf> {
+    let dir = golden_dir();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| is_module_case(p))
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
+    cases
+}
+
 /// Runs one case and returns a line per compared output.
 fn check_case(case: &Path) -> Vec<String> {
     let stem = checkpoint_stem(case);
@@ -74,15 +99,7 @@ fn check_case(case: &Path) -> Vec<String> {
 
 #[test]
 fn every_golden_module_matches_the_reference() {
-    let dir = golden_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.join("manifest.json").exists())
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
-    for case in cases {
+    for case in golden_cases() {
         for line in check_case(&case) {
             println!("{line}");
         }
@@ -119,14 +136,7 @@ fn golden_modules_on_cuda_match_the_reference() {
         tch::Cuda::is_available(),
         "no CUDA device visible to libtorch"
     );
-    let dir = golden_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.join("manifest.json").exists())
-        .collect();
-    cases.sort();
-    for case in cases {
+    for case in golden_cases() {
         let stem = checkpoint_stem(&case);
         let device = Device::Cuda(0);
         let (network, _) = load_network(

@@ -12,7 +12,6 @@ pub mod result;
 pub mod run;
 pub mod status;
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,7 +27,7 @@ pub(crate) fn guarded<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
         Ok(result) => result,
         Err(payload) => Err(Error::internal(format!(
             "internal error (panic): {}",
-            panic_message(payload.as_ref())
+            crate::error::panic_message(payload.as_ref())
         ))),
     }
 }
@@ -36,16 +35,6 @@ pub(crate) fn guarded<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
 /// Runs an infallible accessor inside the panic boundary, returning `default` on panic.
 pub(crate) fn guarded_or<T>(default: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(default)
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
-    }
 }
 
 /// A `&T` from a C pointer, or InvalidArgument naming the parameter.

@@ -11,7 +11,6 @@
 //! - errors: hf-hub's `ApiError` becomes Network (HTTP status, transport, truncation) or Io (cache
 //!   writes), naming repo, revision, file and endpoint; progress goes to the caller's log.
 
-use std::any::Any;
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -172,7 +171,7 @@ impl<'a> HubClient<'a> {
             Err(panic) => {
                 return Err(FetchError::other(Error::network(format!(
                     "{ctx}: unexpected answer from the server ({})",
-                    panic_text(panic.as_ref())
+                    crate::error::panic_message(panic.as_ref())
                 ))))
             }
         };
@@ -468,16 +467,6 @@ fn discard(pointer: &Path) -> String {
 
 fn is_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "hf-hub panicked".to_string()
-    }
 }
 
 /// Turns hf-hub's per-chunk callbacks into a few log lines: start, every 10% or 5 s for big

@@ -3,8 +3,10 @@
 //! reference does (norms in fp32, cast back).
 
 pub mod conv;
+pub mod linear;
 pub mod norm;
 pub mod spatial;
 
 pub use conv::Conv3d;
-pub use norm::{ChannelLayerNorm32, GroupNorm32, Norm};
+pub use linear::Linear;
+pub use norm::{ChannelLayerNorm32, GroupNorm32, LayerNorm32, Norm};

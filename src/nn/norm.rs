@@ -9,6 +9,49 @@ use crate::weights::Weights;
 /// PyTorch's default eps for `nn.LayerNorm` / `nn.GroupNorm`.
 const TORCH_NORM_EPS: f64 = 1e-5;
 
+/// `LayerNorm32(C, elementwise_affine, eps)`: LayerNorm over the last axis, computed in fp32
+/// and cast back to the input dtype.
+pub struct LayerNorm32 {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    channels: i64,
+    eps: f64,
+}
+
+impl LayerNorm32 {
+    /// With affine parameters `weight` and `bias` `[C]`.
+    pub fn new(weights: &Weights, channels: i64, eps: f64) -> Result<Self> {
+        let weights = weights.with_kind(Kind::Float);
+        Ok(Self {
+            weight: Some(weights.get(&[channels], "weight")?),
+            bias: Some(weights.get(&[channels], "bias")?),
+            channels,
+            eps,
+        })
+    }
+
+    /// Without affine parameters (`elementwise_affine=False`).
+    pub fn without_affine(channels: i64, eps: f64) -> Self {
+        Self {
+            weight: None,
+            bias: None,
+            channels,
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.f_to_kind(Kind::Float)?.f_layer_norm(
+            [self.channels],
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            self.eps,
+            true,
+        )?;
+        Ok(h.f_to_kind(x.kind())?)
+    }
+}
+
 /// `ChannelLayerNorm32(C)`: LayerNorm over the channel axis of `[B, C, *spatial]`.
 pub struct ChannelLayerNorm32 {
     weight: Tensor,

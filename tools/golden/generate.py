@@ -22,6 +22,7 @@ The output is deterministic: same versions -> byte-identical files.
 import reference_env  # noqa: F401  (must precede torch: threads, env vars, shim path)
 
 import argparse
+import importlib
 import hashlib
 import json
 import os
@@ -450,7 +451,24 @@ def dir_size(root: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
 
 
+def load_case_modules() -> None:
+    """Imports every tools/golden/cases/*.py; each registers its cases with @case.
+
+    A case module does `from generate import case, FixtureWriter, ...`. When this file runs as
+    a script it is `__main__`, so it is registered as `generate` too: the case modules then
+    share this registry instead of importing a second copy of it.
+    """
+    sys.modules.setdefault("generate", sys.modules[__name__])
+    cases_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases")
+    if cases_dir not in sys.path:
+        sys.path.insert(0, cases_dir)
+    for name in sorted(os.listdir(cases_dir)) if os.path.isdir(cases_dir) else []:
+        if name.endswith(".py") and not name.startswith("_"):
+            importlib.import_module(name[:-3])
+
+
 def main(argv=None) -> int:
+    load_case_modules()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="golden fixture root (default: tests/fixtures/golden)")
     ap.add_argument("--model-out", default=DEFAULT_MODEL_OUT,
