@@ -13,6 +13,7 @@ pub mod logging;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod samplers;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};

@@ -49,7 +49,10 @@ fn is_module_case(case: &Path) -> bool {
     };
     let manifest: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-    matches!(manifest.get("harness").and_then(|h| h.as_str()), None | Some("module"))
+    matches!(
+        manifest.get("harness").and_then(|h| h.as_str()),
+        None | Some("module")
+    )
 }
 
 /// Every single-network case folder of the golden fixtures, sorted.
