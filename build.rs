@@ -7,9 +7,14 @@
 //! * An rpath to libtorch's directory lets `target/*/recon`, the tests and `librecon.so` run
 //!   without `LD_LIBRARY_PATH` (which still takes precedence, as on the GPU machine).
 //! * The committed C header is copied to `OUT_DIR/include` for crates that build on us.
+//! * The sparse engine's C++ host code (`cpp/`, bridged by `src/sparse/engine.rs`) is compiled
+//!   with cxx-build against the headers of the libtorch we link: `<torch>/include`, where
+//!   `<torch>/lib` is torch-sys's `DEP_TCH_LIBTORCH_LIB`. `_GLIBCXX_USE_CXX11_ABI` must match
+//!   that libtorch: 1 for PyTorch 2.x wheels (`torch._C._GLIBCXX_USE_CXX11_ABI` is True for
+//!   torch 2.11), overridable with `LIBTORCH_CXX11_ABI` as for torch-sys itself.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -37,10 +42,39 @@ fn main() {
         }
     }
 
+    build_sparse_engine(lib_dir.as_deref());
+
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("include");
     if std::fs::create_dir_all(&out).is_ok()
         && std::fs::copy("include/recon.h", out.join("recon.h")).is_ok()
     {
         println!("cargo:include={}", out.display());
     }
+}
+
+/// Compiles the cxx bridge of `src/sparse/engine.rs` and `cpp/sparse_engine.cpp` (two
+/// translation units, built in parallel) into a static library linked into recon.
+fn build_sparse_engine(libtorch_lib: Option<&Path>) {
+    for path in [
+        "src/sparse/engine.rs",
+        "cpp/sparse_engine.h",
+        "cpp/sparse_engine.cpp",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let lib = libtorch_lib.expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB");
+    let include = lib
+        .parent()
+        .expect("libtorch's lib directory has a parent")
+        .join("include");
+    let cxx11_abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    cxx_build::bridge("src/sparse/engine.rs")
+        .file("cpp/sparse_engine.cpp")
+        .std("c++17")
+        // -isystem: libtorch's headers are not ours to keep warning-free.
+        .flag(format!("-isystem{}", include.display()))
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .compile("recon_sparse_engine");
 }

@@ -14,6 +14,7 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod samplers;
+pub mod sparse;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};

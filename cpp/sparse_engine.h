@@ -1,0 +1,79 @@
+// recon's sparse-convolution engine: host code over ATen, bridged to Rust with cxx
+// (src/sparse/engine.rs declares the bridge; this header is what it includes).
+//
+// Tensors cross the bridge as `at::Tensor` (tch's `C_tensor*` is an `at::Tensor*`):
+//  * arguments are borrowed for the duration of the call (`const at::Tensor&`); the engine
+//    copies a handle (refcount) if it needs one and never keeps a reference past the call;
+//  * results are `std::unique_ptr<at::Tensor>` allocated with `new`; Rust releases the pointer
+//    into a `tch::Tensor`, whose drop calls `delete` (torch-sys's `at_free`).
+// Every function may throw (`c10::Error` from ATen, `std::exception`); the `trycatch` below
+// turns each into a Rust `Err` with the message, so nothing aborts the host process.
+//
+// Only <ATen/core/Tensor.h> is included here (the Tensor class and its methods): this header
+// is compiled twice (by the cxx-generated bridge and by sparse_engine.cpp), and the full
+// <ATen/ATen.h> triples the compile time of each translation unit.
+
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <exception>
+#include <memory>
+
+#include "rust/cxx.h"
+
+namespace rust {
+namespace behavior {
+
+// cxx's customisation point for exceptions thrown by a bridged C++ function that returns
+// Result: ATen's errors without their C++ backtrace, anything else as a generic message.
+template <typename Try, typename Fail>
+static void trycatch(Try &&func, Fail &&fail) noexcept try {
+  func();
+} catch (const c10::Error &e) {
+  fail(e.what_without_backtrace());
+} catch (const std::exception &e) {
+  fail(e.what());
+} catch (...) {
+  fail("unknown C++ exception in the sparse engine");
+}
+
+}  // namespace behavior
+}  // namespace rust
+
+namespace recon {
+namespace sparse {
+
+// Kernel map of a submanifold convolution over `coords` (int32/int64 [N, 4] = batch, x, y, z;
+// unique rows). For kernel offset k (KRSC order: x slowest, z fastest) with displacement
+// d_k = (r - kernel_size / 2) * dilation, every output row o whose neighbour o + d_k is an
+// active site i of the same batch item gives a pair (i, o). Returns the pairs as int64 [2, P]
+// (row 0 input rows, row 1 output rows), grouped by offset in KRSC order, output rows
+// increasing within an offset; `pair_counts[k]` receives the number of pairs of offset k.
+// The centre offset's pairs are the identity and are not stored (its count is 0): the
+// convolution applies the centre weight to every row as one GEMM.
+std::unique_ptr<at::Tensor> build_submanifold_kernel_map(const at::Tensor &coords,
+                                                         rust::Slice<const int64_t> kernel_size,
+                                                         rust::Slice<const int64_t> dilation,
+                                                         rust::Slice<int64_t> pair_counts);
+
+// The engine's weight layout [K, C_in, C_out] from spconv's stored KRSC layout
+// [C_out, kx, ky, kz, C_in]. For a kernel volume of 1 the stored memory is reinterpreted as
+// [C_in, C_out] without a transpose, as spconv 2.x does (its 1x1x1 convolution is
+// `features @ weight.view(C_in, C_out)`; the published checkpoints were trained that way).
+std::unique_ptr<at::Tensor> prepare_conv_weight(const at::Tensor &weight_krsc);
+
+// Submanifold convolution, gather-GEMM-scatter (spconv's "native" algorithm):
+// out = feats @ W[centre] (+ bias), then for every other offset k with pairs,
+// out[out_rows] += feats[in_rows] @ W[k]. `weight` is [K, C_in, C_out] from
+// prepare_conv_weight, `bias` [C_out] or null, `pairs` and `pair_counts` from
+// build_submanifold_kernel_map (the same device as `feats`). One gather buffer and one product
+// buffer, sized for the largest offset, are reused across offsets.
+std::unique_ptr<at::Tensor> submanifold_conv(const at::Tensor &feats, const at::Tensor &weight,
+                                             const at::Tensor *bias, const at::Tensor &pairs,
+                                             rust::Slice<const int64_t> pair_counts,
+                                             int64_t centre);
+
+}  // namespace sparse
+}  // namespace recon
