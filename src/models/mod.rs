@@ -2,6 +2,7 @@
 //! checkpoint (`ckpts/<stem>.json` names the class and its args; `<stem>.safetensors` holds the
 //! state dict under the upstream names).
 
+pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::hub::{read_checkpoint_config, CheckpointConfig};
 use crate::weights::{SafeTensorsFile, Weights};
 
+use sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
 
 /// Named tensors in and out of a network (the module runner's and the tests' currency).
@@ -43,7 +45,7 @@ pub struct TensorDoc {
 pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
     ("SparseStructureDecoder", true),
     ("SparseStructureEncoder", false),
-    ("SparseStructureFlowModel", false),
+    ("SparseStructureFlowModel", true),
     ("SLatFlowModel", false),
     ("ElasticSLatFlowModel", false),
     ("SLatGaussianDecoder", false),
@@ -99,6 +101,10 @@ fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Bo
             let args: SparseStructureDecoderConfig = parse_args(config, path)?;
             Ok(Box::new(SparseStructureDecoder::new(args, weights)?))
         }
+        "SparseStructureFlowModel" => {
+            let args: SparseStructureFlowConfig = parse_args(config, path)?;
+            Ok(Box::new(SparseStructureFlowModel::new(args, weights)?))
+        }
         other if is_known(other) => Err(Error::unsupported(format!(
             "the network class {other} is not implemented in recon yet"
         ))),
@@ -146,5 +152,40 @@ impl Network for SparseStructureDecoder {
         let x = required_input(inputs, "x", self)?;
         let logits = tch::no_grad(|| self.forward(x))?;
         Ok(BTreeMap::from([("logits".to_string(), logits)]))
+    }
+}
+
+impl Network for SparseStructureFlowModel {
+    fn class_name(&self) -> &'static str {
+        "SparseStructureFlowModel"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[
+            TensorDoc {
+                name: "x",
+                description: "noisy latent x_t [B, in_channels, R, R, R], float32",
+            },
+            TensorDoc {
+                name: "t",
+                description: "timesteps [B], float32, already scaled by 1000 (1000·t)",
+            },
+            TensorDoc {
+                name: "cond",
+                description: "condition tokens [B, L, cond_channels], float32",
+            },
+        ]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "v",
+            description: "predicted velocity [B, out_channels, R, R, R], float32",
+        }]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let x = required_input(inputs, "x", self)?;
+        let t = required_input(inputs, "t", self)?;
+        let cond = required_input(inputs, "cond", self)?;
+        let v = tch::no_grad(|| self.forward(x, t, cond))?;
+        Ok(BTreeMap::from([("v".to_string(), v)]))
     }
 }

@@ -2,10 +2,14 @@
 //! [`Weights`] view with the upstream state-dict names, and computes in the dtype and order the
 //! reference does (norms in fp32, cast back).
 
+pub mod attention;
 pub mod conv;
+pub mod embed;
+pub mod layout;
 pub mod linear;
 pub mod norm;
 pub mod spatial;
+pub mod transformer;
 
 pub use conv::Conv3d;
 pub use linear::Linear;

@@ -13,7 +13,9 @@
 //! * [`SparseDownsample`], [`SparseUpsample`], [`SparseSubdivide`] (`spatial.rs`),
 //!   [`SparseGroupNorm32`], [`SparseLayerNorm32`] (`norm.rs`), [`SparseLinear`]
 //!   (`linear.rs`), activations (`nonlinearity.rs`).
+//! * [`attention`]: sparse attention (full varlen, swin windows, cross).
 
+pub mod attention;
 pub mod basic;
 pub mod conv;
 pub mod engine;
