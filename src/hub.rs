@@ -129,6 +129,41 @@ pub fn resolve(source: &str, opts: &ResolveOptions<'_>) -> Result<ResolvedPipeli
     }
 }
 
+/// Fetches named files of one Hub repo (`owner/name[@revision]`) into the Hub cache and returns
+/// their local paths, in the order asked. For networks a pipeline names outside its own folder
+/// (TRELLIS's `image_cond_model`); same cache, endpoint, token and offline rules as [`resolve`].
+/// Errors: InvalidArgument (not a repo id, unsafe file name), Network, Io.
+pub fn fetch_repo_files(
+    repo: &str,
+    files: &[&str],
+    opts: &ResolveOptions<'_>,
+) -> Result<Vec<PathBuf>> {
+    let repo_ref = source::parse_repo_ref(repo).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "'{repo}' is not a Hugging Face repo id (owner/name[@revision])"
+        ))
+    })?;
+    if let Some(bad) = files.iter().find(|f| !is_plain_repo_file(f)) {
+        return Err(Error::invalid_argument(format!(
+            "'{bad}' is not a file path inside a repo"
+        )));
+    }
+    let hub = HubClient::new(&settings(opts), opts.log)?;
+    files
+        .iter()
+        .map(|file| hub.fetch(&repo_ref, file).map_err(|e| e.error))
+        .collect()
+}
+
+/// A relative path with no empty, `.` or `..` component (it becomes a path in the cache).
+fn is_plain_repo_file(file: &str) -> bool {
+    !file.is_empty()
+        && !file.starts_with('/')
+        && file
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\\'))
+}
+
 /// Where the pipeline's files come from: a local directory or a Hub repo.
 trait Place {
     fn pipeline_json(&mut self) -> Result<PathBuf>;

@@ -2,6 +2,7 @@
 //! checkpoint (`ckpts/<stem>.json` names the class and its args; `<stem>.safetensors` holds the
 //! state dict under the upstream names).
 
+pub mod dinov2;
 pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;
 
@@ -15,6 +16,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::hub::{read_checkpoint_config, CheckpointConfig};
 use crate::weights::{SafeTensorsFile, Weights};
 
+use dinov2::{Dinov2, Dinov2Config};
 use sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
 
@@ -105,6 +107,12 @@ fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Bo
             let args: SparseStructureFlowConfig = parse_args(config, path)?;
             Ok(Box::new(SparseStructureFlowModel::new(args, weights)?))
         }
+        // The image encoder: not named by a pipeline's ckpts/, but runnable from a checkpoint
+        // json in the hub's constructor terms (golden fixtures, `recon module`).
+        dinov2::DINOV2_CLASS => {
+            let args: Dinov2Config = parse_args(config, path)?;
+            Ok(Box::new(Dinov2::new(args, weights)?))
+        }
         other if is_known(other) => Err(Error::unsupported(format!(
             "the network class {other} is not implemented in recon yet"
         ))),
@@ -187,5 +195,50 @@ impl Network for SparseStructureFlowModel {
         let cond = required_input(inputs, "cond", self)?;
         let v = tch::no_grad(|| self.forward(x, t, cond))?;
         Ok(BTreeMap::from([("v".to_string(), v)]))
+    }
+}
+
+impl Network for Dinov2 {
+    fn class_name(&self) -> &'static str {
+        dinov2::DINOV2_CLASS
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "image",
+            description: "image [B, in_chans, H, W], float, already ImageNet-normalised \
+                          (dinov2::imagenet_normalize); H, W multiples of patch_size",
+        }]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[
+            TensorDoc {
+                name: "tokens",
+                description: "TRELLIS conditioning tokens: layer_norm(x_prenorm) without affine, \
+                              [B, 1 + registers + h*w, C], float32",
+            },
+            TensorDoc {
+                name: "x_prenorm",
+                description: "last block output [B, 1 + registers + h*w, C] (cls, registers, \
+                              patches row-major), float32",
+            },
+            TensorDoc {
+                name: "x_norm",
+                description: "x_prenorm through the final norm [B, 1 + registers + h*w, C]",
+            },
+        ]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let image = required_input(inputs, "image", self)?;
+        tch::no_grad(|| {
+            let x_prenorm = self.forward_features(image)?;
+            Ok(BTreeMap::from([
+                (
+                    "tokens".to_string(),
+                    dinov2::trellis_condition_tokens(&x_prenorm)?,
+                ),
+                ("x_norm".to_string(), self.final_norm(&x_prenorm)?),
+                ("x_prenorm".to_string(), x_prenorm),
+            ]))
+        })
     }
 }
