@@ -9,6 +9,7 @@
 pub mod error;
 pub mod ffi;
 pub mod hub;
+pub mod image;
 pub mod logging;
 pub mod models;
 pub mod nn;

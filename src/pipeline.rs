@@ -1,7 +1,6 @@
 //! The safe Rust API: [`Pipeline::load`] resolves and loads a published pipeline, and
 //! [`Pipeline::run`] turns images into a 3D asset. The C ABI in `ffi/` is a thin wrapper.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,10 +13,7 @@ use crate::models::{self, Network};
 
 /// More views than this is almost certainly a caller bug (the reference runs 1–16).
 pub const MAX_VIEWS: usize = 64;
-/// Largest accepted image side, in pixels (decompression-bomb guard).
-pub const MAX_IMAGE_SIDE: u32 = 16384;
-/// Largest accepted image, in pixels.
-pub const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+pub use crate::image::{MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
 
 /// Where the networks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,84 +278,7 @@ fn validate_views(images: &[ImageInput<'_>]) -> Result<()> {
         )));
     }
     for (index, image) in images.iter().enumerate() {
-        validate_image(image).context(format!("image {index}"))?;
-    }
-    Ok(())
-}
-
-fn validate_image(image: &ImageInput<'_>) -> Result<()> {
-    match *image {
-        ImageInput::Encoded(bytes) => validate_encoded(bytes),
-        ImageInput::Pixels {
-            data,
-            width,
-            height,
-            stride,
-            channels,
-        } => validate_pixels(data, width, height, stride, channels),
-    }
-}
-
-fn validate_size(width: u32, height: u32) -> Result<()> {
-    if width == 0 || height == 0 {
-        return Err(Error::invalid_argument(format!(
-            "image is {width}x{height}: empty"
-        )));
-    }
-    if width > MAX_IMAGE_SIDE
-        || height > MAX_IMAGE_SIDE
-        || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS
-    {
-        return Err(Error::invalid_argument(format!(
-            "image is {width}x{height}: larger than the limit of {MAX_IMAGE_SIDE} px a side and {MAX_IMAGE_PIXELS} pixels"
-        )));
-    }
-    Ok(())
-}
-
-fn validate_encoded(bytes: &[u8]) -> Result<()> {
-    if bytes.is_empty() {
-        return Err(Error::invalid_argument("encoded image is empty"));
-    }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::format(format!("cannot read image header: {e}")))?;
-    if reader.format().is_none() {
-        return Err(Error::format(
-            "image bytes are not PNG, JPEG or WebP (unrecognised signature)",
-        ));
-    }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| Error::format(format!("corrupt image header: {e}")))?;
-    validate_size(width, height)
-}
-
-fn validate_pixels(
-    data: &[u8],
-    width: u32,
-    height: u32,
-    stride: usize,
-    channels: u32,
-) -> Result<()> {
-    if channels != 3 && channels != 4 {
-        return Err(Error::invalid_argument(format!(
-            "raw pixels must have 3 (RGB) or 4 (RGBA) channels, got {channels}"
-        )));
-    }
-    validate_size(width, height)?;
-    let row = width as usize * channels as usize;
-    if stride < row {
-        return Err(Error::invalid_argument(format!(
-            "row stride {stride} is smaller than a row of {width} pixels x {channels} channels = {row} bytes"
-        )));
-    }
-    let needed = stride * (height as usize - 1) + row;
-    if data.len() < needed {
-        return Err(Error::invalid_argument(format!(
-            "raw buffer holds {} bytes; {width}x{height} with stride {stride} needs {needed}",
-            data.len()
-        )));
+        crate::image::validate(image).context(format!("image {index}"))?;
     }
     Ok(())
 }
@@ -558,6 +477,7 @@ pub struct Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{validate_encoded, validate_pixels};
 
     #[test]
     fn raw_pixel_validation_names_the_problem() {
