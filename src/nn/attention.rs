@@ -73,13 +73,60 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
     Ok(out.f_permute([0, 2, 1, 3])?)
 }
 
-/// How a [`MultiHeadAttention`] gets its keys and values.
-enum Projection {
+/// How an attention module (dense or sparse) gets its queries, keys and values: the upstream
+/// `to_qkv` / `to_q` + `to_kv` Linears.
+pub enum QkvProjection {
     /// `to_qkv`: one Linear(C, 3C) whose output is laid out `[q | k | v]`, each head-major.
     SelfAttention { to_qkv: Linear },
     /// `to_q`: Linear(C, C) on the tokens; `to_kv`: Linear(ctx, 2C) on the context, laid out
     /// `[k | v]`.
     CrossAttention { to_q: Linear, to_kv: Linear },
+}
+
+impl QkvProjection {
+    /// Self-attention when `ctx_channels` is None, cross-attention otherwise.
+    pub fn new(
+        weights: &Weights,
+        channels: i64,
+        ctx_channels: Option<i64>,
+        bias: bool,
+    ) -> Result<Self> {
+        let c = channels;
+        Ok(match ctx_channels {
+            None => Self::SelfAttention {
+                to_qkv: Linear::with_bias(&weights.pp("to_qkv"), bias, c, 3 * c)?,
+            },
+            Some(ctx) => Self::CrossAttention {
+                to_q: Linear::with_bias(&weights.pp("to_q"), bias, c, c)?,
+                to_kv: Linear::with_bias(&weights.pp("to_kv"), bias, ctx, 2 * c)?,
+            },
+        })
+    }
+
+    /// The tensors [`QkvProjection::new`] reads under `prefix`, in `state_dict()` order.
+    pub fn layout(
+        prefix: &str,
+        channels: i64,
+        ctx_channels: Option<i64>,
+        bias: bool,
+        kind: Kind,
+    ) -> Vec<TensorSpec> {
+        let c = channels;
+        match ctx_channels {
+            None => Linear::layout(&format!("{prefix}.to_qkv"), bias, c, 3 * c, kind),
+            Some(ctx) => {
+                let mut specs = Linear::layout(&format!("{prefix}.to_q"), bias, c, c, kind);
+                specs.extend(Linear::layout(
+                    &format!("{prefix}.to_kv"),
+                    bias,
+                    ctx,
+                    2 * c,
+                    kind,
+                ));
+                specs
+            }
+        }
+    }
 }
 
 /// The shape of one `MultiHeadAttention` module, as its upstream constructor arguments.
@@ -119,36 +166,10 @@ impl AttentionConfig {
 /// and TRELLIS-VGGT networks use).
 pub struct MultiHeadAttention {
     config: AttentionConfig,
-    projection: Projection,
+    projection: QkvProjection,
     /// `q_rms_norm`, `k_rms_norm` when `qk_rms_norm`.
     qk_norms: Option<(MultiHeadRmsNorm, MultiHeadRmsNorm)>,
     to_out: Linear,
-}
-
-fn linear(weights: &Weights, bias: bool, inputs: i64, outputs: i64) -> Result<Linear> {
-    if bias {
-        Linear::new(weights, inputs, outputs)
-    } else {
-        Linear::new_no_bias(weights, inputs, outputs)
-    }
-}
-
-fn linear_layout(
-    prefix: &str,
-    bias: bool,
-    inputs: i64,
-    outputs: i64,
-    kind: Kind,
-) -> Vec<TensorSpec> {
-    let mut specs = vec![TensorSpec::new(
-        format!("{prefix}.weight"),
-        &[outputs, inputs],
-        kind,
-    )];
-    if bias {
-        specs.push(TensorSpec::new(format!("{prefix}.bias"), &[outputs], kind));
-    }
-    specs
 }
 
 impl MultiHeadAttention {
@@ -157,15 +178,7 @@ impl MultiHeadAttention {
     pub fn new(weights: &Weights, config: AttentionConfig) -> Result<Self> {
         config.validate()?;
         let c = config.channels;
-        let projection = match config.ctx_channels {
-            None => Projection::SelfAttention {
-                to_qkv: linear(&weights.pp("to_qkv"), config.qkv_bias, c, 3 * c)?,
-            },
-            Some(ctx) => Projection::CrossAttention {
-                to_q: linear(&weights.pp("to_q"), config.qkv_bias, c, c)?,
-                to_kv: linear(&weights.pp("to_kv"), config.qkv_bias, ctx, 2 * c)?,
-            },
-        };
+        let projection = QkvProjection::new(weights, c, config.ctx_channels, config.qkv_bias)?;
         let (heads, head_dim) = (config.num_heads, config.head_dim());
         let qk_norms = if config.qk_rms_norm {
             Some((
@@ -189,20 +202,7 @@ impl MultiHeadAttention {
     pub fn layout(prefix: &str, config: &AttentionConfig, linear_kind: Kind) -> Vec<TensorSpec> {
         let c = config.channels;
         let bias = config.qkv_bias;
-        let mut specs = match config.ctx_channels {
-            None => linear_layout(&format!("{prefix}.to_qkv"), bias, c, 3 * c, linear_kind),
-            Some(ctx) => {
-                let mut specs = linear_layout(&format!("{prefix}.to_q"), bias, c, c, linear_kind);
-                specs.extend(linear_layout(
-                    &format!("{prefix}.to_kv"),
-                    bias,
-                    ctx,
-                    2 * c,
-                    linear_kind,
-                ));
-                specs
-            }
-        };
+        let mut specs = QkvProjection::layout(prefix, c, config.ctx_channels, bias, linear_kind);
         if config.qk_rms_norm {
             let (heads, head_dim) = (config.num_heads, config.head_dim());
             specs.extend(MultiHeadRmsNorm::layout(
@@ -216,7 +216,7 @@ impl MultiHeadAttention {
                 head_dim,
             ));
         }
-        specs.extend(linear_layout(
+        specs.extend(Linear::layout(
             &format!("{prefix}.to_out"),
             true,
             c,
@@ -236,7 +236,7 @@ impl MultiHeadAttention {
         let (b, l) = self.check_tokens(x)?;
         let (heads, c) = (self.config.num_heads, self.config.channels);
         let (q, k, v) = match (&self.projection, context) {
-            (Projection::SelfAttention { to_qkv }, None) => {
+            (QkvProjection::SelfAttention { to_qkv }, None) => {
                 let qkv = to_qkv.forward(x)?.f_reshape([b, l, 3, heads, -1])?;
                 let parts = qkv.f_unbind(2)?;
                 let [q, k, v]: [Tensor; 3] = parts
@@ -244,7 +244,7 @@ impl MultiHeadAttention {
                     .map_err(|_| Error::internal("to_qkv output did not split into q, k, v"))?;
                 (q, k, v)
             }
-            (Projection::CrossAttention { to_q, to_kv }, Some(context)) => {
+            (QkvProjection::CrossAttention { to_q, to_kv }, Some(context)) => {
                 let lc = self.check_context(context, b)?;
                 let q = to_q.forward(x)?.f_reshape([b, l, heads, -1])?;
                 let kv = to_kv.forward(context)?.f_reshape([b, lc, 2, heads, -1])?;
@@ -254,12 +254,12 @@ impl MultiHeadAttention {
                     .map_err(|_| Error::internal("to_kv output did not split into k, v"))?;
                 (q, k, v)
             }
-            (Projection::SelfAttention { .. }, Some(_)) => {
+            (QkvProjection::SelfAttention { .. }, Some(_)) => {
                 return Err(Error::invalid_argument(
                     "MultiHeadAttention: a self-attention module takes no context",
                 ))
             }
-            (Projection::CrossAttention { .. }, None) => {
+            (QkvProjection::CrossAttention { .. }, None) => {
                 return Err(Error::invalid_argument(
                     "MultiHeadAttention: a cross-attention module needs a context",
                 ))

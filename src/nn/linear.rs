@@ -3,6 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::nn::layout::TensorSpec;
 use crate::weights::Weights;
 
 /// `nn.Linear(in, out, bias)`: weight `[out, in]`, optional bias `[out]`. Computes in the
@@ -26,6 +27,43 @@ impl Linear {
             weight: weights.get(&[out_features, in_features], "weight")?,
             bias: None,
         })
+    }
+
+    /// With or without a bias, as the upstream module's `bias` argument says.
+    pub fn with_bias(
+        weights: &Weights,
+        bias: bool,
+        in_features: i64,
+        out_features: i64,
+    ) -> Result<Self> {
+        if bias {
+            Self::new(weights, in_features, out_features)
+        } else {
+            Self::new_no_bias(weights, in_features, out_features)
+        }
+    }
+
+    /// The tensors a Linear reads under `prefix`, stored as `kind`.
+    pub fn layout(
+        prefix: &str,
+        bias: bool,
+        in_features: i64,
+        out_features: i64,
+        kind: Kind,
+    ) -> Vec<TensorSpec> {
+        let mut specs = vec![TensorSpec::new(
+            format!("{prefix}.weight"),
+            &[out_features, in_features],
+            kind,
+        )];
+        if bias {
+            specs.push(TensorSpec::new(
+                format!("{prefix}.bias"),
+                &[out_features],
+                kind,
+            ));
+        }
+        specs
     }
 
     pub fn kind(&self) -> Kind {

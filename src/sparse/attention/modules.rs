@@ -14,7 +14,7 @@ use super::full::{cu_seqlens, varlen_attention};
 use super::windowed::windowed_self_attention;
 use super::AttentionSequences;
 use crate::error::{Error, Result};
-use crate::nn::attention::MultiHeadRmsNorm;
+use crate::nn::attention::{MultiHeadRmsNorm, QkvProjection};
 use crate::nn::layout::TensorSpec;
 use crate::nn::Linear;
 use crate::sparse::basic::SparseTensor;
@@ -191,48 +191,13 @@ impl SparseMultiHeadAttentionArgs {
     }
 }
 
-/// How a [`SparseMultiHeadAttention`] gets its keys and values.
-enum Projection {
-    /// `to_qkv`: Linear(C, 3C), output laid out `[q | k | v]`, each head-major.
-    SelfAttention { to_qkv: Linear },
-    /// `to_q`: Linear(C, C) on the voxels; `to_kv`: Linear(ctx, 2C) on the dense context,
-    /// laid out `[k | v]`.
-    CrossAttention { to_q: Linear, to_kv: Linear },
-}
-
 /// `SparseMultiHeadAttention` without RoPE, in "full" or "windowed" mode.
 pub struct SparseMultiHeadAttention {
     config: SparseAttentionConfig,
-    projection: Projection,
+    projection: QkvProjection,
     /// `q_rms_norm`, `k_rms_norm` when `qk_rms_norm`.
     qk_norms: Option<(SparseMultiHeadRmsNorm, SparseMultiHeadRmsNorm)>,
     to_out: Linear,
-}
-
-fn linear(weights: &Weights, bias: bool, inputs: i64, outputs: i64) -> Result<Linear> {
-    if bias {
-        Linear::new(weights, inputs, outputs)
-    } else {
-        Linear::new_no_bias(weights, inputs, outputs)
-    }
-}
-
-fn linear_layout(
-    prefix: &str,
-    bias: bool,
-    inputs: i64,
-    outputs: i64,
-    kind: Kind,
-) -> Vec<TensorSpec> {
-    let mut specs = vec![TensorSpec::new(
-        format!("{prefix}.weight"),
-        &[outputs, inputs],
-        kind,
-    )];
-    if bias {
-        specs.push(TensorSpec::new(format!("{prefix}.bias"), &[outputs], kind));
-    }
-    specs
 }
 
 impl SparseMultiHeadAttention {
@@ -241,15 +206,7 @@ impl SparseMultiHeadAttention {
     pub fn new(weights: &Weights, config: SparseAttentionConfig) -> Result<Self> {
         config.validate()?;
         let c = config.channels;
-        let projection = match config.ctx_channels {
-            None => Projection::SelfAttention {
-                to_qkv: linear(&weights.pp("to_qkv"), config.qkv_bias, c, 3 * c)?,
-            },
-            Some(ctx) => Projection::CrossAttention {
-                to_q: linear(&weights.pp("to_q"), config.qkv_bias, c, c)?,
-                to_kv: linear(&weights.pp("to_kv"), config.qkv_bias, ctx, 2 * c)?,
-            },
-        };
+        let projection = QkvProjection::new(weights, c, config.ctx_channels, config.qkv_bias)?;
         let (heads, head_dim) = (config.num_heads, config.head_dim());
         let qk_norms = if config.qk_rms_norm {
             Some((
@@ -275,20 +232,7 @@ impl SparseMultiHeadAttention {
         linear_kind: Kind,
     ) -> Vec<TensorSpec> {
         let (c, bias) = (config.channels, config.qkv_bias);
-        let mut specs = match config.ctx_channels {
-            None => linear_layout(&format!("{prefix}.to_qkv"), bias, c, 3 * c, linear_kind),
-            Some(ctx) => {
-                let mut specs = linear_layout(&format!("{prefix}.to_q"), bias, c, c, linear_kind);
-                specs.extend(linear_layout(
-                    &format!("{prefix}.to_kv"),
-                    bias,
-                    ctx,
-                    2 * c,
-                    linear_kind,
-                ));
-                specs
-            }
-        };
+        let mut specs = QkvProjection::layout(prefix, c, config.ctx_channels, bias, linear_kind);
         if config.qk_rms_norm {
             for norm in ["q_rms_norm", "k_rms_norm"] {
                 specs.extend(SparseMultiHeadRmsNorm::layout(
@@ -298,7 +242,7 @@ impl SparseMultiHeadAttention {
                 ));
             }
         }
-        specs.extend(linear_layout(
+        specs.extend(Linear::layout(
             &format!("{prefix}.to_out"),
             true,
             c,
@@ -329,18 +273,18 @@ impl SparseMultiHeadAttention {
     ) -> Result<Tensor> {
         let rows = self.check_feats(feats, voxels)?;
         let h = match (&self.projection, context) {
-            (Projection::SelfAttention { to_qkv }, None) => {
+            (QkvProjection::SelfAttention { to_qkv }, None) => {
                 self.self_attention(to_qkv, feats, voxels)?
             }
-            (Projection::CrossAttention { to_q, to_kv }, Some(context)) => {
+            (QkvProjection::CrossAttention { to_q, to_kv }, Some(context)) => {
                 self.cross_attention(to_q, to_kv, feats, voxels, context)?
             }
-            (Projection::SelfAttention { .. }, Some(_)) => {
+            (QkvProjection::SelfAttention { .. }, Some(_)) => {
                 return Err(Error::invalid_argument(
                     "SparseMultiHeadAttention: a self-attention module takes no context",
                 ))
             }
-            (Projection::CrossAttention { .. }, None) => {
+            (QkvProjection::CrossAttention { .. }, None) => {
                 return Err(Error::invalid_argument(
                     "SparseMultiHeadAttention: a cross-attention module needs a context",
                 ))
