@@ -16,6 +16,8 @@
 #include <ATen/ops/mm_ops.h>
 #include <ATen/ops/searchsorted_ops.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 #include <array>
@@ -260,6 +262,17 @@ std::unique_ptr<at::Tensor> submanifold_conv(const at::Tensor &feats, const at::
   }
   if (bias != nullptr) out.add_(*bias);
   return std::make_unique<at::Tensor>(std::move(out));
+}
+
+uint64_t current_cuda_stream(int8_t device_index) {
+  TORCH_CHECK(c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA),
+              "current CUDA stream: this libtorch has no CUDA support");
+  const c10::impl::DeviceGuardImplInterface *cuda =
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+  TORCH_CHECK(device_index >= 0 && device_index < cuda->deviceCount(),
+              "current CUDA stream: no CUDA device ", static_cast<int>(device_index));
+  const c10::Stream stream = cuda->getStream(c10::Device(c10::DeviceType::CUDA, device_index));
+  return reinterpret_cast<uint64_t>(stream.native_handle());
 }
 
 }  // namespace sparse

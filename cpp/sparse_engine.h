@@ -75,5 +75,12 @@ std::unique_ptr<at::Tensor> submanifold_conv(const at::Tensor &feats, const at::
                                              rust::Slice<const int64_t> pair_counts,
                                              int64_t centre);
 
+// libtorch's current stream on CUDA device `device_index`, as the raw `cudaStream_t` value (0
+// for the legacy default stream), so the NVRTC kernels of the CUDA path (src/cuda/) run in
+// order with libtorch's own work. Uses only c10's device-generic interface (the CUDA guard
+// implementation libc10_cuda registers), so no CUDA headers are needed here. Throws when
+// libtorch has no CUDA support or the device does not exist.
+uint64_t current_cuda_stream(int8_t device_index);
+
 }  // namespace sparse
 }  // namespace recon

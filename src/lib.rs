@@ -6,6 +6,7 @@
 //! state-dict name; `models` holds one file per upstream network module; `nn` the dense
 //! building blocks they share.
 
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod hub;

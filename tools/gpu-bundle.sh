@@ -31,6 +31,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 export RECON_GOLDEN_DIR=$here/tests/fixtures/golden RECON_SHARED_GOLDEN_DIR=$here/shared/golden
 cd "$here"
 bin/golden_modules --include-ignored --nocapture --test-threads 1
+# The CUDA path of the sparse engine: NVRTC compile, every op against the CPU path, timings,
+# then compute-sanitizer's memcheck over the kernels (without libtorch's caching allocator, so
+# every tensor is its own allocation and out-of-bounds accesses cannot land in a cached block).
+bin/kernels_compile --nocapture
+bin/sparse_engine --nocapture
+bin/sparse_cuda --include-ignored --nocapture --test-threads 1
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$sanitizer" ]; then
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    bin/sparse_cuda --include-ignored --skip bench --test-threads 1
+else
+  echo "compute-sanitizer not found: memcheck skipped"
+fi
 bin/recon info --model tests/fixtures/model_tiny --device cuda
 bin/recon module --device cuda --ckpt tests/fixtures/golden/ss_dec_fp16layout/ckpts/ss_dec \
   --input tests/fixtures/golden/ss_dec_fp16layout/inputs.safetensors --output /tmp/recon-ss-dec-cuda.safetensors

@@ -295,7 +295,7 @@ unsafe fn image_inputs<'a>(
     // struct_size tells; a caller built against an older header has smaller elements.
     // SAFETY: a non-NULL caller array has at least one element, which begins with struct_size.
     let stride = unsafe { *(images as *const u32) } as usize;
-    if !(IMAGE_V1_SIZE..=size_of::<recon_image>()).contains(&stride) || stride % 8 != 0 {
+    if !(IMAGE_V1_SIZE..=size_of::<recon_image>()).contains(&stride) || !stride.is_multiple_of(8) {
         return Err(Error::invalid_argument(format!(
             "images[0].struct_size is {stride}, expected {} (call recon_image_init)",
             size_of::<recon_image>()

@@ -5,12 +5,15 @@
 //! * `cpp/sparse_engine.{h,cpp}` (C++17 over ATen): the kernel-map build from voxel keys, the
 //!   KRSC weight preparation (including spconv's 1×1×1 quirk) and the gather-GEMM-scatter
 //!   submanifold convolution with a reused workspace.
+//! * `src/cuda/sparse.rs` + `kernels/sparse_conv.cu`: the CUDA path (NVRTC kernels: voxel
+//!   hash, kernel-map build, gather and a deterministic reduction around libtorch GEMMs).
 //! * This file: the [`KernelMap`] type (cached per spatial level by [`SparseTensor`]) and the
-//!   device dispatch. Every device currently runs the ATen implementation (on CUDA through
-//!   ATen's CUDA operators). The hand-written CUDA kernels (NVRTC voxel hash, fused gather /
-//!   scatter GEMM, `src/cuda/`) slot in here by matching on the device in
-//!   [`build_submanifold_kernel_map`] and [`submanifold_conv`]; they must produce and consume
-//!   the same [`KernelMap`] format.
+//!   device dispatch. CUDA tensors of float32/float16 run the CUDA kernels; everything else
+//!   (CPU; other dtypes; `RECON_CUDA_KERNELS=0`; a machine where the kernels cannot be loaded,
+//!   which is logged once) runs the ATen implementation, also reachable directly as
+//!   [`build_submanifold_kernel_map_aten`] / [`submanifold_conv_aten`] (the reference the CUDA
+//!   tests compare with). Both paths produce and consume the same [`KernelMap`] format, and
+//!   build identical maps.
 //!
 //! Tensors crossing the bridge: a `tch::Tensor` holds a `C_tensor*` that torch-sys's libtch
 //! allocates as `new torch::Tensor(..)`, and `torch::Tensor` is `at::Tensor`
@@ -27,7 +30,7 @@
 //!
 //! [`SparseTensor`]: super::SparseTensor
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::basic::CacheEntry;
 use crate::error::{Error, Result};
@@ -65,6 +68,10 @@ mod ffi {
             pair_counts: &[i64],
             centre: i64,
         ) -> Result<UniquePtr<AtTensor>>;
+
+        /// libtorch's current CUDA stream of device `device_index` (`cudaStream_t` as an
+        /// integer; 0 is the legacy default stream).
+        fn current_cuda_stream(device_index: i8) -> Result<u64>;
     }
 }
 
@@ -159,10 +166,15 @@ impl ConvGeometry {
 /// `pairs` is int64 `[2, P]` (row 0 input rows, row 1 output rows), grouped by kernel offset
 /// in KRSC order, output rows increasing within an offset; `pair_counts[k]` is the number of
 /// pairs of offset k. The centre offset is the identity and stores no pairs (count 0).
+///
+/// `pair_index` is an optional acceleration the CUDA builder adds: int32 `[K, N]`, the
+/// position in `pairs` of the pair (offset k, output row o), or -1. The CUDA convolution
+/// derives it from `pairs` when it is absent.
 pub struct KernelMap {
     pub geometry: ConvGeometry,
     pub pairs: Tensor,
     pub pair_counts: Vec<i64>,
+    pub pair_index: Option<Tensor>,
 }
 
 impl std::fmt::Debug for KernelMap {
@@ -187,17 +199,50 @@ impl CacheEntry for KernelMap {
             geometry: self.geometry,
             pairs: self.pairs.shallow_clone(),
             pair_counts: self.pair_counts.clone(),
+            pair_index: self.pair_index.as_ref().map(Tensor::shallow_clone),
         }
     }
 }
 
+/// Whether the CUDA kernels serve tensors on `device`.
+fn cuda_kernels_for(device: Device) -> bool {
+    match device {
+        Device::Cuda(ordinal) => crate::cuda::sparse::kernels_available(ordinal),
+        _ => false,
+    }
+}
+
+/// libtorch's current stream on `cuda:<ordinal>`, for launching our kernels in order with
+/// libtorch's.
+pub(crate) fn torch_current_cuda_stream(ordinal: usize) -> Result<u64> {
+    let index = i8::try_from(ordinal)
+        .map_err(|_| Error::invalid_argument(format!("CUDA device ordinal {ordinal}")))?;
+    ffi::current_cuda_stream(index).map_err(|e| engine_error("current CUDA stream", e))
+}
+
 /// Builds the kernel map of `geometry` over `coords` (int32/int64 `[N, 4]`, unique rows) on
-/// the coordinates' device.
+/// the coordinates' device (CUDA kernels on CUDA, ATen elsewhere).
 pub fn build_submanifold_kernel_map(coords: &Tensor, geometry: ConvGeometry) -> Result<KernelMap> {
     geometry.validate()?;
+    if cuda_kernels_for(coords.device()) {
+        let map = crate::cuda::sparse::build_submanifold_kernel_map(coords, geometry)?;
+        return Ok(KernelMap {
+            geometry,
+            pairs: map.pairs,
+            pair_counts: map.pair_counts,
+            pair_index: map.pair_index,
+        });
+    }
+    build_submanifold_kernel_map_aten(coords, geometry)
+}
+
+/// The ATen implementation of [`build_submanifold_kernel_map`] on any device.
+pub fn build_submanifold_kernel_map_aten(
+    coords: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<KernelMap> {
+    geometry.validate()?;
     let mut pair_counts = vec![0i64; geometry.volume() as usize];
-    // Every device runs the ATen implementation until the CUDA builder lands; it will be
-    // dispatched here on `coords.device().is_cuda()`.
     let pairs = ffi::build_submanifold_kernel_map(
         borrow_at(coords),
         &geometry.kernel_size,
@@ -209,6 +254,7 @@ pub fn build_submanifold_kernel_map(coords: &Tensor, geometry: ConvGeometry) -> 
         geometry,
         pairs: adopt_at(pairs, "kernel map")?,
         pair_counts,
+        pair_index: None,
     })
 }
 
@@ -223,7 +269,44 @@ pub fn prepare_conv_weight(weight_krsc: &Tensor) -> Result<Tensor> {
 
 /// `feats [N, C_in]` convolved with `weight [K, C_in, C_out]` (from [`prepare_conv_weight`])
 /// over `map`, plus `bias [C_out]`. `map` may be `None` only for a kernel volume of 1.
+/// CUDA float32/float16 features run the CUDA kernels, everything else ATen.
 pub fn submanifold_conv(
+    feats: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    map: Option<&KernelMap>,
+) -> Result<Tensor> {
+    if matches!(feats.kind(), Kind::Float | Kind::Half) && cuda_kernels_for(feats.device()) {
+        let volume = weight.size().first().copied().unwrap_or(0);
+        return match map {
+            Some(map) => crate::cuda::sparse::submanifold_conv(
+                feats,
+                weight,
+                bias,
+                &map.pairs,
+                &map.pair_counts,
+                map.pair_index.as_ref(),
+                map.geometry.centre(),
+            ),
+            None if volume == 1 => crate::cuda::sparse::submanifold_conv(
+                feats,
+                weight,
+                bias,
+                &Tensor::f_empty([2, 0], (Kind::Int64, feats.device()))?,
+                &[0],
+                None,
+                0,
+            ),
+            None => Err(Error::internal(format!(
+                "sparse conv with {volume} kernel offsets called without a kernel map"
+            ))),
+        };
+    }
+    submanifold_conv_aten(feats, weight, bias, map)
+}
+
+/// The ATen implementation of [`submanifold_conv`] on any device.
+pub fn submanifold_conv_aten(
     feats: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

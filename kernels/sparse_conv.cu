@@ -1,0 +1,379 @@
+// Submanifold sparse convolution on CUDA: a voxel hash, the kernel-map build and the gather /
+// reduction around the per-offset GEMMs (the GEMMs themselves run through libtorch).
+// Host side: src/cuda/sparse.rs. Compiled at run time by NVRTC (src/cuda/nvrtc.rs) for the
+// device's architecture; CI compiles it for sm_80 and sm_90 (tests/kernels_compile.rs).
+//
+// Self-contained on purpose: no #include, so NVRTC needs no CUDA headers on the machine. Half
+// precision is handled as raw 16-bit values converted with PTX `cvt`.
+//
+// Every kernel loops grid-stride over its work with 64-bit indices, so any grid size is
+// correct; the host picks one.
+//
+// The kernel-map format is the engine's (src/sparse/engine.rs, `KernelMap`): int64 pairs
+// [2, P] (row 0 input rows, row 1 output rows), grouped by kernel offset in KRSC order (x
+// slowest, z fastest), output rows increasing within an offset; the centre offset stores no
+// pairs. Next to it the CUDA build keeps `pair_index` [K, N] int32: the position in `pairs` of
+// the pair (offset k, output row o), or -1. The convolution uses it to sum every output row's
+// contributions in offset order without atomics, so results are deterministic and, in fp32,
+// summed in exactly the order of the CPU path.
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+#define EMPTY_SLOT (-1)
+
+// ---------------------------------------------------------------------------------------------
+// Voxel hash: open addressing with linear probing over a power-of-two table of int32 row
+// indices (EMPTY_SLOT when free). A slot stores the row, not the key: the key is the row's
+// (batch, x, y, z), read back from the coordinates to compare. That keeps any int32/int64
+// coordinate exact (no packing into a bounded key) and needs no bounding box, hence no host
+// round-trip. The host gives the table at least twice as many slots as rows (load factor
+// <= 1/2), so every probe sequence reaches a free slot.
+
+struct Voxel {
+  i64 b, x, y, z;
+};
+
+template <typename C>
+__device__ __forceinline__ Voxel load_voxel(const C *coords, i64 row) {
+  const C *c = coords + 4 * row;
+  Voxel v;
+  v.b = c[0];
+  v.x = c[1];
+  v.y = c[2];
+  v.z = c[3];
+  return v;
+}
+
+__device__ __forceinline__ bool same_voxel(const Voxel &a, const Voxel &b) {
+  return a.b == b.b && a.x == b.x && a.y == b.y && a.z == b.z;
+}
+
+// splitmix64's finaliser: every input bit affects every output bit.
+__device__ __forceinline__ u64 mix64(u64 h) {
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebULL;
+  h ^= h >> 31;
+  return h;
+}
+
+// Hash of the linearised key (b, x, y, z), chained so neighbouring voxels land far apart.
+__device__ __forceinline__ u64 voxel_hash(const Voxel &v) {
+  u64 h = mix64((u64)v.b + 0x9e3779b97f4a7c15ULL);
+  h = mix64(h ^ (u64)v.x);
+  h = mix64(h ^ (u64)v.y);
+  return mix64(h ^ (u64)v.z);
+}
+
+// Inserts every row. Coordinates are unique by contract; should a voxel repeat, its slot keeps
+// the smallest row (atomicMin), so the table never depends on thread timing.
+template <typename C>
+__device__ void hash_insert(const C *coords, i64 n, int *table, u64 mask) {
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x; row < n; row += stride) {
+    const Voxel v = load_voxel(coords, row);
+    u64 slot = voxel_hash(v) & mask;
+    while (true) {
+      const int prev = atomicCAS(&table[slot], EMPTY_SLOT, (int)row);
+      if (prev == EMPTY_SLOT) break;
+      if (same_voxel(load_voxel(coords, prev), v)) {
+        atomicMin(&table[slot], (int)row);
+        break;
+      }
+      slot = (slot + 1) & mask;
+    }
+  }
+}
+
+// The row holding voxel q, or -1.
+template <typename C>
+__device__ __forceinline__ int hash_find(const C *coords, const int *table, u64 mask,
+                                         const Voxel &q) {
+  u64 slot = voxel_hash(q) & mask;
+  while (true) {
+    const int row = table[slot];
+    if (row == EMPTY_SLOT) return -1;
+    if (same_voxel(load_voxel(coords, row), q)) return row;
+    slot = (slot + 1) & mask;
+  }
+}
+
+template <typename C>
+__device__ void hash_lookup(const C *coords, const int *table, u64 mask, const C *queries,
+                            i64 m, i64 *rows) {
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < m; i += stride) {
+    rows[i] = hash_find(coords, table, mask, load_voxel(queries, i));
+  }
+}
+
+extern "C" __global__ void voxel_hash_insert_i32(const int *coords, i64 n, int *table, u64 mask) {
+  hash_insert(coords, n, table, mask);
+}
+
+extern "C" __global__ void voxel_hash_insert_i64(const i64 *coords, i64 n, int *table, u64 mask) {
+  hash_insert(coords, n, table, mask);
+}
+
+extern "C" __global__ void voxel_hash_lookup_i32(const int *coords, const int *table, u64 mask,
+                                                 const int *queries, i64 m, i64 *rows) {
+  hash_lookup(coords, table, mask, queries, m, rows);
+}
+
+extern "C" __global__ void voxel_hash_lookup_i64(const i64 *coords, const int *table, u64 mask,
+                                                 const i64 *queries, i64 m, i64 *rows) {
+  hash_lookup(coords, table, mask, queries, m, rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel map, in two passes over tiles. A tile is one block's worth of consecutive output rows
+// for one kernel offset; tiles are numbered offset-major (tile = k * tiles_per_offset + t), so
+// concatenating the tiles' hits in tile order gives exactly the engine's pair order.
+//  1. kmap_probe: looks up every (offset, output row) neighbour into pair_index (the input row
+//     or -1) and counts each tile's hits.
+//  2. the host turns the counts into exclusive tile offsets (a cumsum on the device) and reads
+//     the per-offset totals (the one device-to-host copy of a map build: it sizes `pairs`);
+//  3. kmap_compact: a block-wide scan of the hit flags places each hit at its tile's offset
+//     plus its rank, writes the pair, and replaces pair_index's input row by the pair position.
+// Both kernels need blockDim.x to be a multiple of 32 (whole warps) and at most 1024.
+
+struct KernelShape {
+  int size[3];      // kernel extent along x, y, z (odd)
+  int dilation[3];  // dilation along x, y, z
+};
+
+// Displacement of offset k (KRSC order) along each axis: (r - size / 2) * dilation.
+__device__ __forceinline__ void offset_displacement(const KernelShape &shape, i64 k, i64 d[3]) {
+  const i64 rz = k % shape.size[2];
+  const i64 ry = (k / shape.size[2]) % shape.size[1];
+  const i64 rx = k / ((i64)shape.size[2] * shape.size[1]);
+  d[0] = (rx - shape.size[0] / 2) * shape.dilation[0];
+  d[1] = (ry - shape.size[1] / 2) * shape.dilation[1];
+  d[2] = (rz - shape.size[2] / 2) * shape.dilation[2];
+}
+
+template <typename C>
+__device__ void kmap_probe(const C *coords, i64 n, const int *table, u64 mask, KernelShape shape,
+                           i64 centre, i64 num_offsets, i64 tiles_per_offset, int *pair_index,
+                           int *tile_counts) {
+  const i64 num_tiles = num_offsets * tiles_per_offset;
+  for (i64 tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    const i64 k = tile / tiles_per_offset;
+    const i64 o = (tile - k * tiles_per_offset) * blockDim.x + threadIdx.x;
+    int found = -1;
+    if (o < n && k != centre) {
+      i64 d[3];
+      offset_displacement(shape, k, d);
+      Voxel q = load_voxel(coords, o);
+      q.x += d[0];
+      q.y += d[1];
+      q.z += d[2];
+      found = hash_find(coords, table, mask, q);
+    }
+    if (o < n) pair_index[k * n + o] = found;
+    const int hits = __syncthreads_count(found >= 0);
+    if (threadIdx.x == 0) tile_counts[tile] = hits;
+  }
+}
+
+extern "C" __global__ void kmap_probe_i32(const int *coords, i64 n, const int *table, u64 mask,
+                                          KernelShape shape, i64 centre, i64 num_offsets,
+                                          i64 tiles_per_offset, int *pair_index,
+                                          int *tile_counts) {
+  kmap_probe(coords, n, table, mask, shape, centre, num_offsets, tiles_per_offset, pair_index,
+             tile_counts);
+}
+
+extern "C" __global__ void kmap_probe_i64(const i64 *coords, i64 n, const int *table, u64 mask,
+                                          KernelShape shape, i64 centre, i64 num_offsets,
+                                          i64 tiles_per_offset, int *pair_index,
+                                          int *tile_counts) {
+  kmap_probe(coords, n, table, mask, shape, centre, num_offsets, tiles_per_offset, pair_index,
+             tile_counts);
+}
+
+// `tile_starts[tile]`: pairs before the tile (exclusive scan of the probe's tile counts).
+// `pairs` is [2, num_pairs] int64.
+extern "C" __global__ void kmap_compact(i64 n, i64 num_offsets, i64 tiles_per_offset,
+                                        const i64 *tile_starts, int *pair_index, i64 *pairs,
+                                        i64 num_pairs) {
+  __shared__ int warp_hits[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const u32 lanes_below = (1u << lane) - 1u;
+  const i64 num_tiles = num_offsets * tiles_per_offset;
+  for (i64 tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    const i64 k = tile / tiles_per_offset;
+    const i64 o = (tile - k * tiles_per_offset) * blockDim.x + threadIdx.x;
+    const int in_row = o < n ? pair_index[k * n + o] : -1;
+    const bool hit = in_row >= 0;
+    const u32 ballot = __ballot_sync(0xffffffffu, hit);
+    if (lane == 0) warp_hits[warp] = __popc(ballot);
+    __syncthreads();
+    if (hit) {
+      i64 rank = __popc(ballot & lanes_below);
+      for (int w = 0; w < warp; ++w) rank += warp_hits[w];
+      const i64 p = tile_starts[tile] + rank;
+      pairs[p] = in_row;
+      pairs[num_pairs + p] = o;
+      pair_index[k * n + o] = (int)p;
+    }
+    // warp_hits is rewritten by the next tile.
+    __syncthreads();
+  }
+}
+
+// pair_index for one offset of a map that came without it: pairs [start, start + count) are
+// offset k's; `out_rows` is row 1 of `pairs`. pair_index must be filled with -1 beforehand.
+extern "C" __global__ void pair_index_fill(const i64 *out_rows, i64 start, i64 count, i64 k, i64 n,
+                                           int *pair_index) {
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x; j < count; j += stride) {
+    const i64 p = start + j;
+    pair_index[k * n + out_rows[p]] = (int)p;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gather: dst[j, :] = src[rows[j], :] for rows of `units` elements of type U. The feature dtype
+// does not matter, only the row's byte width: the host picks the widest unit (16, 4 or 2 bytes)
+// that divides it and the pointers' alignment.
+
+struct alignas(16) Bytes16 {
+  u64 lo, hi;
+};
+
+template <typename U>
+__device__ void gather_rows(const U *src, const i64 *rows, i64 num_rows, i64 units, U *dst) {
+  const i64 total = num_rows * units;
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const i64 j = i / units;
+    const i64 u = i - j * units;
+    dst[i] = src[rows[j] * units + u];
+  }
+}
+
+extern "C" __global__ void gather_rows_b16(const Bytes16 *src, const i64 *rows, i64 num_rows,
+                                           i64 units, Bytes16 *dst) {
+  gather_rows(src, rows, num_rows, units, dst);
+}
+
+extern "C" __global__ void gather_rows_b4(const u32 *src, const i64 *rows, i64 num_rows, i64 units,
+                                          u32 *dst) {
+  gather_rows(src, rows, num_rows, units, dst);
+}
+
+extern "C" __global__ void gather_rows_b2(const unsigned short *src, const i64 *rows,
+                                          i64 num_rows, i64 units, unsigned short *dst) {
+  gather_rows(src, rows, num_rows, units, dst);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reduction ("scatter" without atomics): for every output row o and channel c,
+//   out[o, c] += sum over offsets k in [k_begin, k_end) with a pair p = pair_index[k, o] >= 0
+//                of product[p - pair_base, c]      (in increasing k)
+//   then out[o, c] += bias[c] when bias is given.
+// `out` holds the centre offset's GEMM on entry. Accumulates in fp32 and rounds once. Each
+// thread owns W consecutive channels (the host picks W = 4 when the channel count and the
+// pointers' alignment allow, else 1).
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+
+__device__ __forceinline__ float to_float(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+
+template <>
+__device__ __forceinline__ unsigned short from_float<unsigned short>(float v) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  return h;
+}
+
+template <typename T, int W>
+struct alignas(sizeof(T) * W) Pack {
+  T v[W];
+};
+
+template <typename T, int W>
+__device__ void accumulate_offsets(T *out, i64 n, i64 channels, const T *product,
+                                   const int *pair_index, i64 k_begin, i64 k_end, i64 pair_base,
+                                   const T *bias) {
+  typedef Pack<T, W> P;
+  const i64 packs_per_row = channels / W;
+  const i64 total = n * packs_per_row;
+  P *out_packs = reinterpret_cast<P *>(out);
+  const P *product_packs = reinterpret_cast<const P *>(product);
+  const P *bias_packs = reinterpret_cast<const P *>(bias);
+  const i64 stride = (i64)gridDim.x * blockDim.x;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const i64 o = i / packs_per_row;
+    const i64 c = i - o * packs_per_row;
+    const P current = out_packs[i];
+    float acc[W];
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc[w] = to_float(current.v[w]);
+    for (i64 k = k_begin; k < k_end; ++k) {
+      const int p = pair_index[k * n + o];
+      if (p < 0) continue;
+      const P contribution = product_packs[(p - pair_base) * packs_per_row + c];
+#pragma unroll
+      for (int w = 0; w < W; ++w) acc[w] += to_float(contribution.v[w]);
+    }
+    if (bias != nullptr) {
+      const P b = bias_packs[c];
+#pragma unroll
+      for (int w = 0; w < W; ++w) acc[w] += to_float(b.v[w]);
+    }
+    P result;
+#pragma unroll
+    for (int w = 0; w < W; ++w) result.v[w] = from_float<T>(acc[w]);
+    out_packs[i] = result;
+  }
+}
+
+extern "C" __global__ void accumulate_offsets_f32(float *out, i64 n, i64 channels,
+                                                  const float *product, const int *pair_index,
+                                                  i64 k_begin, i64 k_end, i64 pair_base,
+                                                  const float *bias) {
+  accumulate_offsets<float, 1>(out, n, channels, product, pair_index, k_begin, k_end, pair_base,
+                               bias);
+}
+
+extern "C" __global__ void accumulate_offsets_f32x4(float *out, i64 n, i64 channels,
+                                                    const float *product, const int *pair_index,
+                                                    i64 k_begin, i64 k_end, i64 pair_base,
+                                                    const float *bias) {
+  accumulate_offsets<float, 4>(out, n, channels, product, pair_index, k_begin, k_end, pair_base,
+                               bias);
+}
+
+extern "C" __global__ void accumulate_offsets_f16(unsigned short *out, i64 n, i64 channels,
+                                                  const unsigned short *product,
+                                                  const int *pair_index, i64 k_begin, i64 k_end,
+                                                  i64 pair_base, const unsigned short *bias) {
+  accumulate_offsets<unsigned short, 1>(out, n, channels, product, pair_index, k_begin, k_end,
+                                        pair_base, bias);
+}
+
+extern "C" __global__ void accumulate_offsets_f16x4(unsigned short *out, i64 n, i64 channels,
+                                                    const unsigned short *product,
+                                                    const int *pair_index, i64 k_begin, i64 k_end,
+                                                    i64 pair_base, const unsigned short *bias) {
+  accumulate_offsets<unsigned short, 4>(out, n, channels, product, pair_index, k_begin, k_end,
+                                        pair_base, bias);
+}
