@@ -12,6 +12,11 @@
 //! Stems follow the upstream TRELLIS convention: relative to the model directory, or, when that
 //! file does not exist, `owner/repo/path/in/repo` on the Hub (how one pipeline reuses another
 //! repo's checkpoint).
+//!
+//! recon's one extension of the layout: pipeline.json's `image_cond_model`, which upstream is a
+//! torch.hub model name (`dinov2_vitl14_reg`), may instead name a checkpoint stem (any value
+//! with a `/`, e.g. `ckpts/dinov2_tiny`), resolved and path-checked like the `models` stems
+//! (see [`is_checkpoint_stem`]); small local test models use it.
 
 mod config;
 mod download;
@@ -81,6 +86,20 @@ pub struct ResolvedPipeline {
     pub config: PipelineConfig,
     /// The selected models, by pipeline model key.
     pub models: BTreeMap<String, ModelFiles>,
+    /// `image_cond_model` when pipeline.json names it by a checkpoint stem (recon's extension)
+    /// and it is selected; keyed [`IMAGE_COND_MODEL_KEY`]. `None` for a torch.hub name.
+    pub image_cond_model: Option<ModelFiles>,
+}
+
+/// The key under which the image encoder is selected (`ResolveOptions::only_models`) and
+/// reported: pipeline.json's `image_cond_model` field.
+pub const IMAGE_COND_MODEL_KEY: &str = "image_cond_model";
+
+/// Whether an `image_cond_model` value names a checkpoint stem (`<stem>.json` +
+/// `<stem>.safetensors`, recon's extension) rather than a torch.hub model name: stems have a
+/// `/` (`ckpts/dinov2_tiny`); hub names never do (`dinov2_vitl14_reg`).
+pub fn is_checkpoint_stem(image_cond_model: &str) -> bool {
+    image_cond_model.contains('/')
 }
 
 /// The two files of one pipeline model.
@@ -180,18 +199,22 @@ fn resolve_with(
     let keys = selected_keys(&config, opts.only_models, &pipeline_json)?;
     let mut models = BTreeMap::new();
     for key in keys {
-        let stem_text = &config.models[&key];
-        let stem = Stem::parse(&key, stem_text, &pipeline_json)?;
-        let (config_path, weights) = place.model(&key, &stem)?;
-        check_model_files(&key, &config_path, &weights)?;
-        let files = ModelFiles {
-            key: key.clone(),
-            stem: stem_text.clone(),
-            config: config_path,
-            weights,
-        };
+        let files = resolve_stem(place, &key, &config.models[&key], &pipeline_json)?;
         models.insert(key, files);
     }
+    let image_cond_model = match &config.image_cond_model {
+        Some(stem)
+            if is_checkpoint_stem(stem) && is_selected(opts.only_models, IMAGE_COND_MODEL_KEY) =>
+        {
+            Some(resolve_stem(
+                place,
+                IMAGE_COND_MODEL_KEY,
+                stem,
+                &pipeline_json,
+            )?)
+        }
+        _ => None,
+    };
     let root = match pipeline_json.parent() {
         Some(dir) => dir.to_path_buf(),
         None => PathBuf::from("."),
@@ -202,7 +225,31 @@ fn resolve_with(
         pipeline_json,
         config,
         models,
+        image_cond_model,
     })
+}
+
+/// Checks one stem and finds (or fetches) its two files.
+fn resolve_stem(
+    place: &mut dyn Place,
+    key: &str,
+    stem_text: &str,
+    pipeline_json: &Path,
+) -> Result<ModelFiles> {
+    let stem = Stem::parse(key, stem_text, pipeline_json)?;
+    let (config, weights) = place.model(key, &stem)?;
+    check_model_files(key, &config, &weights)?;
+    Ok(ModelFiles {
+        key: key.to_string(),
+        stem: stem_text.to_string(),
+        config,
+        weights,
+    })
+}
+
+/// Whether `key` is among the selected models (all are when there is no selection).
+pub fn is_selected(only: Option<&[&str]>, key: &str) -> bool {
+    only.is_none_or(|keys| keys.contains(&key))
 }
 
 fn selected_keys(
@@ -215,6 +262,10 @@ fn selected_keys(
     };
     let mut keys = Vec::new();
     for key in only {
+        // The image encoder is selectable by its field name (resolved apart from `models`).
+        if *key == IMAGE_COND_MODEL_KEY && config.image_cond_model.is_some() {
+            continue;
+        }
         if !config.models.contains_key(*key) {
             let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
             return Err(Error::invalid_argument(format!(

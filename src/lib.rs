@@ -15,6 +15,7 @@ pub mod logging;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod pipelines;
 pub mod samplers;
 pub mod sparse;
 pub mod weights;

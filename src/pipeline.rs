@@ -1,5 +1,14 @@
 //! The safe Rust API: [`Pipeline::load`] resolves and loads a published pipeline, and
-//! [`Pipeline::run`] turns images into a 3D asset. The C ABI in `ffi/` is a thin wrapper.
+//! [`Pipeline::run`] turns images into a 3D asset ([`Pipeline::run_sparse_structure`] runs
+//! stage 1 alone). The C ABI in `ffi/` is a thin wrapper.
+//!
+//! The image encoder (`image_cond_model`) is loaded with the other networks, at load time, so
+//! a missing download or a broken checkpoint is reported by `load`, never in the middle of a
+//! run: a torch.hub name (`dinov2_vitl14_reg`) is fetched from its published Hub repo
+//! (`models::dinov2::resolve_image_cond_model`); a checkpoint stem (recon's extension for small
+//! local models, see `hub::is_checkpoint_stem`) is read like the other checkpoints. It is listed
+//! among [`Pipeline::networks`] under the key `image_cond_model`, and `only_models` selects it
+//! by that key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,9 +16,15 @@ use std::sync::Arc;
 use tch::Device;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::hub::{self, PipelineConfig, ResolveOptions, ResolvedPipeline};
+use crate::hub::{self, PipelineConfig, ResolveOptions, ResolvedPipeline, IMAGE_COND_MODEL_KEY};
 use crate::logging::{LogFn, LogLevel};
+use crate::models::dinov2::{self, Dinov2};
+use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
 use crate::models::{self, Network};
+use crate::pipelines::trellis_image_to_3d::{
+    self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
+};
+use crate::samplers::{GuidanceFormula, SamplerConfig};
 
 /// More views than this is almost certainly a caller bug (the reference runs 1–16).
 pub const MAX_VIEWS: usize = 64;
@@ -81,6 +96,9 @@ pub struct LoadedNetwork {
     pub class: String,
     /// Elements stored in the checkpoint (parameters and buffers).
     pub num_elements: usize,
+    /// The constructor args of the checkpoint json (for a published DINOv2, its transformers
+    /// `config.json`).
+    pub args: serde_json::Value,
     /// The runnable network, when recon implements its class; otherwise the checkpoint was
     /// only validated (json parsed, safetensors header checked).
     pub network: Option<Box<dyn Network>>,
@@ -93,8 +111,12 @@ pub struct Pipeline {
     networks: Vec<LoadedNetwork>,
 }
 
+/// Microsoft TRELLIS's image-to-3D pipeline class.
+const TRELLIS_IMAGE_TO_3D: &str = "TrellisImageTo3DPipeline";
+/// ReconViaGen's multi-view pipeline class.
+const TRELLIS_VGGT_TO_3D: &str = "TrellisVGGTTo3DPipeline";
 /// Which pipelines recon knows (pipeline.json's `name`).
-const KNOWN_PIPELINES: &[&str] = &["TrellisImageTo3DPipeline", "TrellisVGGTTo3DPipeline"];
+const KNOWN_PIPELINES: &[&str] = &[TRELLIS_IMAGE_TO_3D, TRELLIS_VGGT_TO_3D];
 
 impl Pipeline {
     pub fn load(options: &LoadOptions) -> Result<Self> {
@@ -120,6 +142,13 @@ impl Pipeline {
         for files in resolved.models.values() {
             let network = load_one(files, device, log).context(format!("model '{}'", files.key))?;
             networks.push(network);
+        }
+        if let Some(name) = &resolved.config.image_cond_model {
+            if hub::is_selected(only.as_deref(), IMAGE_COND_MODEL_KEY) {
+                let network = load_image_cond_model(name, &resolved, device, &resolve_options)
+                    .context(format!("image_cond_model '{name}'"))?;
+                networks.push(network);
+            }
         }
         log(
             LogLevel::Info,
@@ -169,25 +198,164 @@ impl Pipeline {
     /// Generates a 3D asset from `images` (one or more views of one object).
     ///
     /// Every input is validated first, so a bad call fails the same way whatever the build
-    /// implements. Stages this build does not implement end the run with an Unsupported error
-    /// that names them; nothing is ever faked.
+    /// implements. Stage 1 runs (see [`Pipeline::run_sparse_structure`]); the stages this build
+    /// does not implement yet then end the run with an Unsupported error that states the
+    /// stage-1 result and names what is missing; nothing is ever faked.
     pub fn run(
         &self,
         images: &[ImageInput<'_>],
         params: &RunParams,
         control: &RunControl<'_>,
     ) -> Result<Output> {
+        let stage1 = self.run_sparse_structure(images, params, control)?;
+        control.check_cancelled()?;
+        Err(Error::unsupported(format!(
+            "stage 1 done: the sparse structure has {} occupied voxels in a {side}x{side}x{side} \
+             grid; stage 2 is not available in this build of recon: {} needs the \
+             structured-latent flow (SLatFlowModel) and its decoders ({}); implemented \
+             networks: {}",
+            stage1.num_voxels(),
+            self.name(),
+            missing_decoders(&params.formats),
+            self.implemented_summary(),
+            side = stage1.grid_side(),
+        )))
+    }
+
+    /// Stage 1 of [`Pipeline::run`]: preprocessing, DINOv2 conditioning, sparse-structure
+    /// sampling from the noise of `params.seed` (drawn as the reference draws it, so a seed
+    /// gives the same voxels as the reference) and decoding to the occupied voxels.
+    pub fn run_sparse_structure(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        control: &RunControl<'_>,
+    ) -> Result<SparseStructureOutput> {
+        self.sparse_structure(images, params, NoiseSource::Seed(params.seed), control)
+    }
+
+    /// [`Pipeline::run_sparse_structure`] from the given initial noise
+    /// `[1, in_channels, R, R, R]` instead of the seed's (replays and tests).
+    pub fn run_sparse_structure_from_noise(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        noise: &tch::Tensor,
+        control: &RunControl<'_>,
+    ) -> Result<SparseStructureOutput> {
+        self.sparse_structure(images, params, NoiseSource::Given(noise), control)
+    }
+
+    fn sparse_structure(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        noise: NoiseSource<'_>,
+        control: &RunControl<'_>,
+    ) -> Result<SparseStructureOutput> {
         validate_views(images)?;
         params.validate()?;
         control.check_cancelled()?;
         control.progress(Stage::Preprocess, 0, images.len())?;
-        Err(Error::unsupported(format!(
-            "this build of recon cannot generate yet: {} needs image \
-             preprocessing, DINOv2 conditioning, the sparse-structure flow sampler, the \
-             structured-latent flow and its decoders; implemented networks: {}",
-            self.name(),
-            self.implemented_summary()
-        )))
+        let guidance = self.guidance_formula()?;
+        let sampler = self.sparse_structure_sampler(guidance, params)?;
+        let networks = self.sparse_structure_networks()?;
+        trellis::run_sparse_structure(&networks, &sampler, images, params, noise, control)
+    }
+
+    /// How the pipeline's samplers guide (each pipeline class has its own code).
+    fn guidance_formula(&self) -> Result<GuidanceFormula> {
+        match self.name() {
+            TRELLIS_IMAGE_TO_3D => Ok(GuidanceFormula::Trellis),
+            other => Err(Error::unsupported(format!(
+                "this build of recon cannot run {other} yet: its VGGT conditioning and \
+                 multi-view stages are not implemented; implemented networks: {}",
+                self.implemented_summary()
+            ))),
+        }
+    }
+
+    /// pipeline.json's `sparse_structure_sampler` with the run's overrides.
+    fn sparse_structure_sampler(
+        &self,
+        guidance: GuidanceFormula,
+        params: &RunParams,
+    ) -> Result<SamplerConfig> {
+        let entry = self
+            .config()
+            .sparse_structure_sampler
+            .as_ref()
+            .ok_or_else(|| {
+                Error::format(format!(
+                    "{}: `args.sparse_structure_sampler` is missing",
+                    self.resolved.pipeline_json.display()
+                ))
+            })?;
+        SamplerConfig::from_pipeline(entry, guidance)
+            .context(format!(
+                "{}: `args.sparse_structure_sampler`",
+                self.resolved.pipeline_json.display()
+            ))?
+            .with_overrides(&params.sparse_structure)
+    }
+
+    fn sparse_structure_networks(&self) -> Result<SparseStructureNetworks<'_>> {
+        let flow = self.stage_network(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?;
+        let flow_config: SparseStructureFlowConfig = serde_json::from_value(flow.args.clone())
+            .map_err(|e| {
+                Error::format(format!("model '{}': args of {}: {e}", flow.key, flow.class))
+            })?;
+        Ok(SparseStructureNetworks {
+            image_cond_model: self.runnable(IMAGE_COND_MODEL_KEY, dinov2::DINOV2_CLASS)?,
+            flow: self.runnable(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?,
+            flow_config,
+            decoder: self.runnable(trellis::SPARSE_STRUCTURE_DECODER, trellis::DECODER_CLASS)?,
+            device: self.device,
+        })
+    }
+
+    /// The loaded network under `key`, which a stage needs with class `class`; errors say why
+    /// it is not there (pipeline.json lacks it, `only_models` left it out, another class).
+    fn stage_network(&self, key: &str, class: &str) -> Result<&LoadedNetwork> {
+        let Some(loaded) = self.networks.iter().find(|n| n.key == key) else {
+            let named = if key == IMAGE_COND_MODEL_KEY {
+                self.config().image_cond_model.is_some()
+            } else {
+                self.config().models.contains_key(key)
+            };
+            return Err(if named {
+                Error::invalid_argument(format!(
+                    "network '{key}' was not loaded (LoadOptions::only_models left it out), \
+                     and this stage needs it"
+                ))
+            } else {
+                Error::format(format!(
+                    "{}: names no '{key}' ({class}), which {} needs",
+                    self.resolved.pipeline_json.display(),
+                    self.name()
+                ))
+            });
+        };
+        if loaded.class != class {
+            return Err(Error::format(format!(
+                "network '{key}' is a {}, but {} needs a {class} there",
+                loaded.class,
+                self.name()
+            )));
+        }
+        Ok(loaded)
+    }
+
+    /// As [`Pipeline::stage_network`], the runnable network itself.
+    fn runnable(&self, key: &str, class: &str) -> Result<&dyn Network> {
+        self.stage_network(key, class)?
+            .network
+            .as_deref()
+            .ok_or_else(|| {
+                Error::unsupported(format!(
+                    "network '{key}' ({class}) is not implemented in this build of recon"
+                ))
+            })
     }
 
     fn implemented_summary(&self) -> String {
@@ -247,7 +415,73 @@ fn load_one(files: &hub::ModelFiles, device: Device, log: &LogFn) -> Result<Load
         class: config.class,
         num_elements,
         network,
+        args: config.args,
     })
+}
+
+/// Loads the image encoder pipeline.json names: a checkpoint stem inside the model (already
+/// resolved with the other models), or a torch.hub name fetched from its published Hub repo.
+fn load_image_cond_model(
+    name: &str,
+    resolved: &ResolvedPipeline,
+    device: Device,
+    opts: &ResolveOptions<'_>,
+) -> Result<LoadedNetwork> {
+    let log = opts.log;
+    let (network, weights_path, args): (Box<dyn Network>, _, _) = match &resolved.image_cond_model {
+        Some(files) => {
+            let config = hub::read_checkpoint_config(&files.config)?;
+            if config.class != dinov2::DINOV2_CLASS {
+                return Err(Error::format(format!(
+                    "{}: image_cond_model must be a {}, found class '{}'",
+                    files.config.display(),
+                    dinov2::DINOV2_CLASS,
+                    config.class
+                )));
+            }
+            let (network, weights) = models::load_network(&files.config, &files.weights, device)?;
+            weights.report_unused(log);
+            (network, files.weights.clone(), config.args)
+        }
+        None => {
+            let files = dinov2::resolve_image_cond_model(name, opts)?;
+            let network = Dinov2::load_published(&files, device)?;
+            let args = hub::read_json_file(&files.config)?;
+            (Box::new(network), files.weights, args)
+        }
+    };
+    let num_elements = crate::weights::SafeTensorsFile::open(&weights_path)?.num_elements();
+    log(
+        LogLevel::Info,
+        &format!(
+            "{IMAGE_COND_MODEL_KEY}: {} from {}",
+            dinov2::DINOV2_CLASS,
+            weights_path.display()
+        ),
+    );
+    Ok(LoadedNetwork {
+        key: IMAGE_COND_MODEL_KEY.to_string(),
+        stem: name.to_string(),
+        class: dinov2::DINOV2_CLASS.to_string(),
+        num_elements,
+        network: Some(network),
+        args,
+    })
+}
+
+/// The stage-2 decoders the requested formats need, for messages.
+fn missing_decoders(formats: &Formats) -> String {
+    let mut names = Vec::new();
+    if formats.gaussians {
+        names.push("SLatGaussianDecoder for Gaussians");
+    }
+    if formats.mesh {
+        names.push("SLatMeshDecoder for the mesh");
+    }
+    if formats.radiance_field {
+        names.push("SLatRadianceFieldDecoder for the radiance field");
+    }
+    names.join(", ")
 }
 
 /// One input view.

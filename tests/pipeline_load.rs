@@ -37,8 +37,15 @@ fn fixture_model_loads_and_runs_its_decoder() {
     let pipeline = load(&fixture_model_dir()).unwrap();
     assert_eq!(pipeline.name(), "TrellisImageTo3DPipeline");
     let nets = pipeline.networks();
-    assert_eq!(nets.len(), 1);
-    assert_eq!(nets[0].class, "SparseStructureDecoder");
+    let classes: Vec<&str> = nets.iter().map(|n| n.class.as_str()).collect();
+    assert_eq!(
+        classes,
+        [
+            "SparseStructureDecoder",
+            "SparseStructureFlowModel",
+            "DinoVisionTransformer"
+        ]
+    );
     assert!(nets[0].num_elements > 0);
     let decoder = pipeline.network("sparse_structure_decoder").unwrap();
     let x = tch::Tensor::randn([1, 8, 4, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
@@ -60,7 +67,7 @@ fn run_validates_then_reports_what_is_missing() {
         )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
-    assert!(err.message().contains("DINOv2"), "{err}");
+    assert!(err.message().contains("occupied voxels"), "{err}");
     let err = pipeline
         .run(
             &[ImageInput::Encoded(b"garbage")],

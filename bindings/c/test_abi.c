@@ -11,6 +11,7 @@
  */
 #define _XOPEN_SOURCE 700 /* mkdtemp, setenv, nftw */
 
+#include <dirent.h>
 #include <ftw.h>
 #include <math.h>
 #include <pthread.h>
@@ -73,8 +74,12 @@ static int contains(const char *haystack, const char *needle) {
  * Files: the temporary directory and broken copies of the tiny model.
  */
 
-/* The checkpoint of the tiny model (tests/fixtures/model_tiny/README.md). */
+/* The checkpoint the broken copies alter (tests/fixtures/model_tiny/README.md); the tiny model
+ * also holds the sparse-structure flow and the DINOv2 image encoder. */
 #define TINY_STEM "ckpts/ss_dec_conv3d_tiny_fp16"
+#define TINY_STEM_FILE "ss_dec_conv3d_tiny_fp16."
+/* Networks the tiny model loads: SS decoder, SS flow, DINOv2 (image_cond_model). */
+#define TINY_NUM_NETWORKS 3
 
 static char g_tmp[256];      /* temporary directory, removed at exit */
 static const char *g_model;  /* the tiny model directory */
@@ -135,6 +140,29 @@ static int replace_once(unsigned char *bytes, size_t size, const char *from, con
     return 0;
 }
 
+/* Copies every file of the tiny model's ckpts/ except TINY_STEM's into dir/ckpts; 1 on success. */
+static int copy_other_checkpoints(const char *dir) {
+    char src_dir[512], src[512], dst[512], ckpts[512];
+    path_join(src_dir, sizeof src_dir, g_model, "ckpts");
+    path_join(ckpts, sizeof ckpts, dir, "ckpts");
+    DIR *d = opendir(src_dir);
+    if (!d) return 0;
+    int ok = 1;
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL) {
+        const char *name = entry->d_name;
+        if (name[0] == '.' || strncmp(name, TINY_STEM_FILE, strlen(TINY_STEM_FILE)) == 0) continue;
+        path_join(src, sizeof src, src_dir, name);
+        path_join(dst, sizeof dst, ckpts, name);
+        size_t size = 0;
+        unsigned char *bytes = read_all(src, &size);
+        ok &= bytes != NULL && write_all(dst, bytes, size);
+        free(bytes);
+    }
+    closedir(d);
+    return ok;
+}
+
 /* How a copy of the tiny model is broken. */
 typedef struct {
     const char *pipeline_json;     /* replaces pipeline.json when not NULL */
@@ -154,7 +182,7 @@ static const char *broken_model(const char *name, breakage how) {
 
     size_t size = 0;
     unsigned char *bytes = NULL;
-    int ok = 1;
+    int ok = copy_other_checkpoints(dir);
     /* pipeline.json */
     path_join(dst, sizeof dst, dir, "pipeline.json");
     if (how.pipeline_json) {
@@ -686,7 +714,7 @@ static void test_model_introspection(recon_model *model) {
     CHECK(strcmp(recon_model_last_error(model), "") == 0); /* nothing failed yet */
     CHECK(strcmp(recon_model_pipeline_name(model), "TrellisImageTo3DPipeline") == 0);
     CHECK(recon_model_device(model) == RECON_DEVICE_CPU);
-    CHECK(recon_model_num_networks(model) == 1);
+    CHECK(recon_model_num_networks(model) == TINY_NUM_NETWORKS);
 
     recon_network_info info;
     memset(&info, 0, sizeof info);
@@ -700,6 +728,12 @@ static void test_model_introspection(recon_model *model) {
     CHECK(info.num_elements > 0);
     printf("network 0: %s (%s) %s, %llu elements, implemented %d\n", info.key, info.class_name,
            info.stem, (unsigned long long)info.num_elements, (int)info.implemented);
+    /* The last network is the image encoder, named by pipeline.json's image_cond_model. */
+    recon_network_info encoder = {.struct_size = sizeof encoder};
+    CHECK_STATUS_M(model, recon_model_network(model, TINY_NUM_NETWORKS - 1, &encoder), RECON_OK);
+    CHECK(encoder.key && strcmp(encoder.key, "image_cond_model") == 0);
+    CHECK(encoder.class_name && strcmp(encoder.class_name, "DinoVisionTransformer") == 0);
+    CHECK(encoder.implemented == 1);
     /* The strings are owned by the model: a second call returns the same pointers. */
     recon_network_info again = {.struct_size = sizeof again};
     CHECK_STATUS_M(model, recon_model_network(model, 0, &again), RECON_OK);
@@ -707,7 +741,7 @@ static void test_model_introspection(recon_model *model) {
 
     /* Out of range, NULL out, bad struct_size: INVALID_ARGUMENT and a message. */
     recon_network_info bad = {.struct_size = sizeof bad};
-    CHECK_STATUS(recon_model_network(model, 1, &bad), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_model_network(model, TINY_NUM_NETWORKS, &bad), RECON_ERR_INVALID_ARGUMENT);
     CHECK(bad.key == NULL); /* untouched */
     CHECK(contains(recon_model_last_error(model), "out of range"));
     CHECK_STATUS(recon_model_network(model, SIZE_MAX, &bad), RECON_ERR_INVALID_ARGUMENT);

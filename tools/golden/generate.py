@@ -401,21 +401,70 @@ def sampler_cfg(cfg_strength: float) -> dict:
             "params": {"steps": 25, "cfg_strength": cfg_strength, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
 
 
-@case("model_tiny", "tiny model folder (pipeline.json + ckpts/ss_dec_conv3d_tiny_fp16) for the demo",
-      kind="model_dir")
+# The stage-1 networks beside the decoder: dinov2_vitl14_reg and ss_flow_img_dit_L_16l8_fp16 shrunk.
+# DINOv2 keeps patch 14 at 518 (the pipeline always feeds 518x518); the flow keeps resolution 16
+# (decoded to 64^3 as published) with 2x2x2 patches so the demo stays fast.
+MODEL_TINY_DINOV2_ARGS = {"img_size": 518, "patch_size": 14, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                          "mlp_ratio": 4, "init_values": 1.0, "ffn_layer": "mlp", "block_chunks": 0,
+                          "num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0}
+MODEL_TINY_FLOW_ARGS = {"resolution": 16, "in_channels": 8, "model_channels": 32, "cond_channels": 32,
+                        "out_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 4, "patch_size": 2,
+                        "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": True}
+
+
+# The fraction of voxels the tiny decoder leaves occupied for a N(0, 1) latent.
+MODEL_TINY_OCCUPANCY = 0.05
+
+
+@torch.no_grad()
+def sparsify_decoder_(stem: str, args: dict, gen: torch.Generator) -> float:
+    """Lowers the decoder's last bias (`out_layer.2.bias`, F32) in `<stem>.safetensors` so that
+    MODEL_TINY_OCCUPANCY of the voxels of a N(0, 1) [1, C, 16, 16, 16] latent are occupied;
+    returns the occupancy reached."""
+    from trellis.models.sparse_structure_vae import SparseStructureDecoder
+    path = stem + ".safetensors"
+    sd = load_file(path)
+    ref = SparseStructureDecoder(**dict(args, use_fp16=False)).eval()
+    ref.load_state_dict(sd, strict=True)
+    latent = torch.randn([1, args["latent_channels"], 16, 16, 16], generator=gen)
+    threshold = torch.quantile(ref(latent).flatten().double(), 1 - MODEL_TINY_OCCUPANCY).float()
+    sd["out_layer.2.bias"] = sd["out_layer.2.bias"] - threshold
+    save_file(sd, path, metadata={"format": "pt"})
+    ref.load_state_dict(sd, strict=True)
+    return float((ref(latent) > 0).double().mean())
+
+
+@case("model_tiny", "tiny stage-1 model folder (pipeline.json + ckpts/: SS flow, SS decoder, DINOv2 as a "
+      "local image_cond_model stem) for the demo and the ABI tests", kind="model_dir")
 def case_model_tiny(w: FixtureWriter):
+    # Imported here: case modules are loaded by main() (cases/dinov2.py holds the hub DINOv2 code).
+    from dinov2 import CLASS_NAME as DINOV2_CLASS, build_reference, init_dinov2_
+    from ss_flow import init_flow_weights_
+    from trellis.models import from_pretrained
+    from trellis.models.sparse_structure_flow import SparseStructureFlowModel
+
     stem_rel = "ckpts/ss_dec_conv3d_tiny_fp16"
+    flow_rel = "ckpts/ss_flow_img_dit_tiny_fp16"
+    dinov2_rel = "ckpts/dinov2_tiny"
     args = {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 2, "num_res_blocks_middle": 2,
             "channels": [12, 8, 4], "use_fp16": True}
     seed = 2001
     gen = torch.Generator().manual_seed(seed)
     stem = build_ss_dec_checkpoint(w, stem_rel, args, gen, "ss_dec_conv3d_16l8_fp16.tsv")
+    occupancy = sparsify_decoder_(stem, args, torch.Generator().manual_seed(seed + 3))
+    # One generator per network: the decoder's draws stay those of the decoder-only fixture.
+    flow = SparseStructureFlowModel(**MODEL_TINY_FLOW_ARGS)
+    init_flow_weights_(flow, torch.Generator().manual_seed(seed + 1))
+    flow_stem = w.save_checkpoint(flow_rel, "SparseStructureFlowModel", MODEL_TINY_FLOW_ARGS, flow.state_dict())
+    dinov2 = build_reference(MODEL_TINY_DINOV2_ARGS)
+    init_dinov2_(dinov2, torch.Generator().manual_seed(seed + 2))
+    dinov2_stem = w.save_checkpoint(dinov2_rel, DINOV2_CLASS, MODEL_TINY_DINOV2_ARGS, dinov2.state_dict())
     pipeline = {"name": "TrellisImageTo3DPipeline", "args": {
-        "models": {"sparse_structure_decoder": stem_rel},
+        "models": {"sparse_structure_flow_model": flow_rel, "sparse_structure_decoder": stem_rel},
         "sparse_structure_sampler": sampler_cfg(7.5),
         "slat_sampler": sampler_cfg(3.0),
         "slat_normalization": SLAT_NORMALIZATION,
-        "image_cond_model": "dinov2_vitl14_reg",
+        "image_cond_model": dinov2_rel,
     }}
     with open(w.path("pipeline.json"), "w") as f:
         json.dump(pipeline, f, indent=4)
@@ -425,18 +474,30 @@ def case_model_tiny(w: FixtureWriter):
     with open(w.path("README.md"), "w") as f:
         f.write(
             "# model_tiny (generated test fixture)\n\n"
-            "A model folder in the published TRELLIS-image-large layout, for demo/CLI tests.\n"
-            "Written by `tools/golden/generate.py` (case `model_tiny`); do not edit by hand.\n\n"
-            f"- `{stem_rel}.{{json,safetensors}}`: SparseStructureDecoder {json.dumps(args)},\n"
-            f"  seeded random weights (seed {seed}, init: weights N(0, 1/fan_in), biases N(0, 0.1^2),\n"
-            "  norm weights 1 + N(0, 0.1^2)); state_dict saved as constructed with use_fp16=True,\n"
-            "  i.e. the same mixed F16 (torso convs) / F32 (rest) layout as the published file.\n"
-            "- `pipeline.json`: only `sparse_structure_decoder` is listed under `models`; sampler,\n"
-            "  normalisation and image_cond_model entries carry the published values.\n\n"
+            "A model folder in the published TRELLIS-image-large layout with a complete, tiny stage 1\n"
+            "(image -> DINOv2 condition -> sparse-structure flow -> decoder -> voxels), for the demo, the\n"
+            "CLI and the ABI tests. Written by `tools/golden/generate.py` (case `model_tiny`); do not\n"
+            "edit by hand. Weights are seeded random (init: weights N(0, 1/fan_in), biases N(0, 0.1^2),\n"
+            "norm weights 1 + N(0, 0.1^2); DINOv2 tokens and position embedding N(0, 1), LayerScale\n"
+            "1 + N(0, 0.1^2); flow RMS-norm gammas 1 + N(0, 0.2^2)).\n\n"
+            f"- `{stem_rel}.{{json,safetensors}}`: SparseStructureDecoder {json.dumps(args)}, seed {seed};\n"
+            "  state_dict saved as constructed with use_fp16=True, i.e. the same mixed F16 (torso convs) /\n"
+            "  F32 (rest) layout as the published file. `out_layer.2.bias` is then lowered so that a\n"
+            f"  N(0, 1) latent (seed {seed + 3}) decodes to {MODEL_TINY_OCCUPANCY:.0%} occupied voxels "
+            f"({occupancy:.1%}), a sparse\n  structure like the published model's rather than a full grid.\n"
+            f"- `{flow_rel}.{{json,safetensors}}`: SparseStructureFlowModel {json.dumps(MODEL_TINY_FLOW_ARGS)},\n"
+            f"  seed {seed + 1}; use_fp16=True layout (F16 block linears, as published).\n"
+            f"- `{dinov2_rel}.{{json,safetensors}}`: DinoVisionTransformer (torch.hub layout)\n"
+            f"  {json.dumps(MODEL_TINY_DINOV2_ARGS)}, seed {seed + 2}.\n"
+            "- `pipeline.json`: the two SS networks under `models`; `image_cond_model` names the local\n"
+            f"  DINOv2 stem `{dinov2_rel}` (recon's extension; published pipelines name the torch.hub\n"
+            "  model `dinov2_vitl14_reg`); sampler and normalisation entries carry the published values.\n\n"
             f"Reference stack: torch {v['torch']}, trellis-3d-ms {v['trellis-3d-ms']}, spconv {v['spconv']}.\n")
     # Not a golden case: no manifest.json, so the folder looks exactly like a published model.
-    loaded = __import__("trellis.models", fromlist=["from_pretrained"]).from_pretrained(stem)
-    assert loaded.use_fp16
+    for s in (stem, flow_stem):
+        assert from_pretrained(s).use_fp16
+    reference = build_reference(MODEL_TINY_DINOV2_ARGS)
+    reference.load_state_dict(load_file(dinov2_stem + ".safetensors"), strict=True)
 
 
 # --------------------------------------------------------------------------

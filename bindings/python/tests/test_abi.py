@@ -34,7 +34,11 @@ from recon import (  # noqa: E402
     RECON_ERR_INVALID_ARGUMENT, RECON_ERR_IO, RECON_ERR_NETWORK, RECON_ERR_UNSUPPORTED, RECON_OK)
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or ROOT / "tests" / "fixtures" / "model_tiny")
-STEM = "ckpts/ss_dec_conv3d_tiny_fp16"  # the tiny model's one checkpoint
+STEM = "ckpts/ss_dec_conv3d_tiny_fp16"  # the checkpoint the broken copies alter
+# What the tiny model loads: SS decoder, SS flow, and DINOv2 (pipeline.json's image_cond_model).
+TINY_NETWORKS = [("sparse_structure_decoder", "SparseStructureDecoder"),
+                 ("sparse_structure_flow_model", "SparseStructureFlowModel"),
+                 ("image_cond_model", "DinoVisionTransformer")]
 HEADER = ROOT / "include" / "recon.h"
 
 # A 4x4 red RGBA PNG (bindings/c/testdata/red_4x4.png).
@@ -379,7 +383,7 @@ class TestAbi(unittest.TestCase):
             pass
         self.assertNotIn("unexpected", messages)
         with recon.Model(MODEL_DIR, device="cpu", log=lambda lvl, msg: 1 / 0) as model:
-            self.assertEqual(len(model.networks), 1)
+            self.assertEqual(len(model.networks), len(TINY_NETWORKS))
 
     # -- a loaded model -------------------------------------------------------------------
 
@@ -387,15 +391,17 @@ class TestAbi(unittest.TestCase):
         m = self.model
         self.assertEqual(m.pipeline_name, "TrellisImageTo3DPipeline")
         self.assertEqual(m.device, recon.RECON_DEVICE_CPU)
-        self.assertEqual(lib.recon_model_num_networks(m.handle), 1)
-        (net,) = m.networks
+        self.assertEqual(lib.recon_model_num_networks(m.handle), len(TINY_NETWORKS))
+        self.assertEqual([(n.key, n.class_name) for n in m.networks], TINY_NETWORKS)
+        self.assertTrue(all(n.implemented for n in m.networks))
+        net = m.networks[0]
         self.assertEqual(net.key, "sparse_structure_decoder")
         self.assertEqual(net.class_name, "SparseStructureDecoder")
         self.assertEqual(net.stem, STEM)
         self.assertTrue(net.implemented)
         self.assertGreater(net.num_elements, 0)
         info = recon.NetworkInfoStruct(struct_size=sizeof(recon.NetworkInfoStruct))
-        self.assertEqual(lib.recon_model_network(m.handle, 1, byref(info)),
+        self.assertEqual(lib.recon_model_network(m.handle, len(TINY_NETWORKS), byref(info)),
                          RECON_ERR_INVALID_ARGUMENT)
         self.assertIn("out of range", m.last_error)
         self.assertEqual(lib.recon_model_network(m.handle, 0, None), RECON_ERR_INVALID_ARGUMENT)
