@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
+use crate::nn::layout::{check_layout, TensorSpec};
 use crate::nn::spatial::pixel_shuffle_3d;
 use crate::nn::{Conv3d, Norm};
 use crate::weights::Weights;
@@ -50,6 +51,47 @@ impl SparseStructureDecoderConfig {
         }
     }
 
+    /// Every tensor the decoder reads, in `state_dict()` order, with the dtype the reference
+    /// stores it in (`use_fp16` makes the torso convs F16; norms and the outer layers stay F32).
+    pub fn checkpoint_layout(&self) -> Result<Vec<TensorSpec>> {
+        self.validate()?;
+        let torso = if self.use_fp16 {
+            Kind::Half
+        } else {
+            Kind::Float
+        };
+        let first = self.channels[0];
+        let last = self.channels[self.channels.len() - 1];
+        let mut specs = conv_layout("input_layer", self.latent_channels, first, Kind::Float);
+        for i in 0..self.num_res_blocks_middle {
+            specs.extend(res_block_layout(&format!("middle_block.{i}"), first, torso));
+        }
+        let mut index = 0;
+        for (level, &ch) in self.channels.iter().enumerate() {
+            for _ in 0..self.num_res_blocks {
+                specs.extend(res_block_layout(&format!("blocks.{index}"), ch, torso));
+                index += 1;
+            }
+            if let Some(&next) = self.channels.get(level + 1) {
+                specs.extend(conv_layout(
+                    &format!("blocks.{index}.conv"),
+                    ch,
+                    next * 8,
+                    torso,
+                ));
+                index += 1;
+            }
+        }
+        specs.extend(norm_layout("out_layer.0", last));
+        specs.extend(conv_layout(
+            "out_layer.2",
+            last,
+            self.out_channels,
+            Kind::Float,
+        ));
+        Ok(specs)
+    }
+
     fn validate(&self) -> Result<()> {
         let positive = self.out_channels > 0
             && self.latent_channels > 0
@@ -62,6 +104,43 @@ impl SparseStructureDecoderConfig {
         }
         Ok(())
     }
+}
+
+fn conv_layout(prefix: &str, inputs: i64, outputs: i64, kind: Kind) -> Vec<TensorSpec> {
+    vec![
+        TensorSpec::new(
+            format!("{prefix}.weight"),
+            &[outputs, inputs, 3, 3, 3],
+            kind,
+        ),
+        TensorSpec::new(format!("{prefix}.bias"), &[outputs], kind),
+    ]
+}
+
+/// Layer and group norms alike hold an F32 affine `weight` and `bias` of `[C]`.
+fn norm_layout(prefix: &str, channels: i64) -> Vec<TensorSpec> {
+    vec![
+        TensorSpec::new(format!("{prefix}.weight"), &[channels], Kind::Float),
+        TensorSpec::new(format!("{prefix}.bias"), &[channels], Kind::Float),
+    ]
+}
+
+fn res_block_layout(prefix: &str, channels: i64, conv_kind: Kind) -> Vec<TensorSpec> {
+    let mut specs = norm_layout(&format!("{prefix}.norm1"), channels);
+    specs.extend(norm_layout(&format!("{prefix}.norm2"), channels));
+    specs.extend(conv_layout(
+        &format!("{prefix}.conv1"),
+        channels,
+        channels,
+        conv_kind,
+    ));
+    specs.extend(conv_layout(
+        &format!("{prefix}.conv2"),
+        channels,
+        channels,
+        conv_kind,
+    ));
+    specs
 }
 
 /// `ResBlock3d(C)`: `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`.
@@ -137,7 +216,8 @@ pub struct SparseStructureDecoder {
 impl SparseStructureDecoder {
     /// Builds the decoder from a checkpoint view whose default kind is fp32.
     pub fn new(config: SparseStructureDecoderConfig, weights: &Weights) -> Result<Self> {
-        config.validate()?;
+        // Every missing or mis-shaped tensor in one error, before anything is read.
+        check_layout(weights, &config.checkpoint_layout()?)?;
         let torso_kind = torso_kind(config.use_fp16, weights.device());
         let torso = weights.with_kind(torso_kind);
         let norm = config.norm_type.as_str();
