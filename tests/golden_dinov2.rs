@@ -9,13 +9,12 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use common::{golden_dir, rel_l2, REL_L2_TOLERANCE};
+use common::{golden_dir, read_tensors, rel_l2, REL_L2_TOLERANCE};
 use recon::hub::{read_checkpoint_config, ResolveOptions};
 use recon::models::dinov2::{
     imagenet_normalize, resolve_image_cond_model, Dinov2, Dinov2Config, Dinov2Files, Dinov2Layout,
     DINOV2_VITL14_REG, DINOV2_VITL14_REG_REPO, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
 };
-use recon::models::NamedTensors;
 use recon::weights::{SafeTensorsFile, Weights};
 use recon::ErrorKind;
 use support::hub_server::{HubServer, ServedFile, ServedRepo};
@@ -33,15 +32,6 @@ const VITL14_REG4_PARAMETERS: i64 = 304_372_736;
 
 fn case_dir(name: &str) -> PathBuf {
     golden_dir().join(name)
-}
-
-fn read_tensors(path: &Path) -> NamedTensors {
-    SafeTensorsFile::open(path)
-        .unwrap()
-        .read_all()
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 fn case_config(case: &Path) -> Dinov2Config {

@@ -9,19 +9,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{golden_dir, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{harness_cases, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
 use recon::models::{load_network, NamedTensors};
-use recon::weights::SafeTensorsFile;
 use tch::Device;
 
-fn read_tensors(path: &Path) -> NamedTensors {
-    SafeTensorsFile::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .read_all()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .collect()
-}
+/// Single-network cases: a manifest without `harness`, or `"harness": "module"` (other
+/// harnesses — samplers, preprocessing, whole stages — have their own tests).
+const HARNESS: &str = "module";
 
 /// The single checkpoint stem of a module case: `ckpts/<stem>.json`.
 fn checkpoint_stem(case: &Path) -> std::path::PathBuf {
@@ -38,34 +32,6 @@ fn checkpoint_stem(case: &Path) -> std::path::PathBuf {
         case.display()
     );
     stems.remove(0)
-}
-
-/// Whether a case folder is a single-network case: its manifest has no `harness`, or
-/// `"harness": "module"` (other harnesses — samplers, preprocessing, whole stages — have their
-/// own tests).
-fn is_module_case(case: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(case.join("manifest.json")) else {
-        return false;
-    };
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-    matches!(
-        manifest.get("harness").and_then(|h| h.as_str()),
-        None | Some("module")
-    )
-}
-
-/// Every single-network case folder of the golden fixtures, sorted.
-fn golden_cases() -> Vec<std::path::PathBuf> {
-    let dir = golden_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| is_module_case(p))
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty(), "no golden cases in {}", dir.display());
-    cases
 }
 
 /// Runs one case and returns a line per compared output.
@@ -102,7 +68,7 @@ fn check_case(case: &Path) -> Vec<String> {
 
 #[test]
 fn every_golden_module_matches_the_reference() {
-    for case in golden_cases() {
+    for case in harness_cases(HARNESS) {
         for line in check_case(&case) {
             println!("{line}");
         }
@@ -139,7 +105,7 @@ fn golden_modules_on_cuda_match_the_reference() {
         tch::Cuda::is_available(),
         "no CUDA device visible to libtorch"
     );
-    for case in golden_cases() {
+    for case in harness_cases(HARNESS) {
         let stem = checkpoint_stem(&case);
         let device = Device::Cuda(0);
         let (network, _) = load_network(

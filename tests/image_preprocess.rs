@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{golden_dir, shared_golden_dir};
+use common::{harness_cases, read_json, shared_golden_dir};
 use recon::image::{self, Bitmap, Preprocessed, Variant, RESOLUTION};
 use recon::pipeline::ImageInput;
 use recon::weights::SafeTensorsFile;
@@ -22,21 +22,11 @@ use tch::Tensor;
 /// Largest accepted difference between our bytes and the reference's (1/255).
 const MAX_ABS_U8: u8 = 1;
 
-fn manifest(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+/// Our golden case folders: those of the preprocess harness.
+const HARNESS: &str = "preprocess";
 
-/// Our golden case folders of the preprocess harness.
-fn preprocess_cases() -> Vec<PathBuf> {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("manifest.json").is_file())
-        .filter(|p| manifest(p)["harness"] == "preprocess")
-        .collect();
-    cases.sort();
-    cases
+fn manifest(dir: &Path) -> Value {
+    read_json(&dir.join("manifest.json"))
 }
 
 fn variant_of(manifest: &Value) -> Variant {
@@ -88,9 +78,7 @@ fn assert_tensor_is_the_rgb(what: &str, p: &Preprocessed) {
 
 #[test]
 fn trellis_preprocess_matches_the_reference() {
-    let cases = preprocess_cases();
-    assert!(!cases.is_empty(), "no preprocess golden case found");
-    for case in cases {
+    for case in harness_cases(HARNESS) {
         let m = manifest(&case);
         let variant = variant_of(&m);
         let windows = SafeTensorsFile::open(&case.join("windows.safetensors")).ok();
@@ -158,7 +146,7 @@ fn reconviagen_preprocess_matches_the_shared_golden_outputs() {
 /// A few reference inputs: TRELLIS's and ReconViaGen's.
 fn sample_inputs() -> Vec<PathBuf> {
     let mut inputs = Vec::new();
-    for case in preprocess_cases() {
+    for case in harness_cases(HARNESS) {
         let m = manifest(&case);
         for view in m["views"].as_array().unwrap() {
             inputs.push(case.join(view["input"].as_str().unwrap()));
@@ -284,6 +272,7 @@ fn decoding_refuses_a_forged_huge_header_before_allocating() {
     png.extend_from_slice(&[8, 6, 0, 0, 0]);
     let crc = crc32(&png[12..]);
     png.extend_from_slice(&crc.to_be_bytes());
+    // The decoder reads up to the first data chunk before it reports the size.
     for chunk in [b"IDAT", b"IEND"] {
         png.extend_from_slice(&0u32.to_be_bytes());
         png.extend_from_slice(chunk);

@@ -11,10 +11,10 @@
 mod common;
 
 use std::cell::{Cell, RefCell};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use common::{golden_dir, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{harness_cases, read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
 use recon::hub;
 use recon::models::NamedTensors;
 use recon::pipeline::{MultiImageMode, RunControl, Stage};
@@ -22,24 +22,9 @@ use recon::samplers::{
     Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, SampleOptions,
     SamplerConfig, SamplerKind,
 };
-use recon::weights::SafeTensorsFile;
 use recon::{Error, ErrorKind, Result};
 use serde_json::Value;
 use tch::{Kind, Tensor};
-
-fn read_tensors(path: &Path) -> NamedTensors {
-    SafeTensorsFile::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .read_all()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .collect()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// One recorded model call.
 struct RecordedCall {
@@ -172,21 +157,6 @@ fn run_control_none() -> RunControl<'static> {
 // TRELLIS samplers (tests/fixtures/golden/samplers_*)
 // --------------------------------------------------------------------------------------------
 
-fn sampler_cases() -> Vec<PathBuf> {
-    let dir = golden_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.join("manifest.json").is_file()
-                && read_json(&p.join("manifest.json"))["harness"] == "sampler"
-        })
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty(), "no sampler cases in {}", dir.display());
-    cases
-}
-
 fn pipeline_entry(sampler: &Value) -> hub::SamplerConfig {
     hub::SamplerConfig {
         name: sampler["name"].as_str().expect("sampler.name").to_string(),
@@ -310,7 +280,7 @@ fn check_calls_per_step<C>(label: &str, manifest: &Value, model: &Replay<C>) {
 
 #[test]
 fn trellis_samplers_replay_the_reference() {
-    for case in sampler_cases() {
+    for case in harness_cases("sampler") {
         for line in check_trellis_case(&case) {
             println!("{line}");
         }

@@ -7,56 +7,26 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{golden_dir, rel_l2, REL_L2_TOLERANCE};
+use common::{harness_cases, read_json, read_tensors, rel_l2, REL_L2_TOLERANCE};
 use recon::sparse::attention::{
     cu_seqlens, varlen_attention, varlen_attention_with, AttentionSequences, CoordsLayout,
     SparseAttentionConfig, SparseAttentionMode, SparseMultiHeadAttention, VarlenBackend,
     WindowPartition,
 };
 use recon::sparse::SparseTensor;
-use recon::weights::{SafeTensorsFile, Weights};
+use recon::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 type Named = BTreeMap<String, Tensor>;
 
-fn read_tensors(path: &Path) -> Named {
-    SafeTensorsFile::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .read_all()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .collect()
-}
-
-fn manifest(case: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(case.join("manifest.json")).ok()?;
-    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", case.display())))
-}
-
-/// Every golden case folder whose manifest says `"harness": "sparse_attention"`, sorted.
-fn sparse_attention_cases() -> Vec<PathBuf> {
-    let dir = golden_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| manifest(p).is_some_and(|m| m["harness"].as_str() == Some("sparse_attention")))
-        .collect();
-    cases.sort();
-    assert!(
-        !cases.is_empty(),
-        "no sparse_attention cases in {}",
-        dir.display()
-    );
-    cases
-}
+/// The golden cases of this file: manifests that say `"harness": "sparse_attention"`.
+const HARNESS: &str = "sparse_attention";
 
 /// The module of a case, loaded through the normal weight loader as `kind` on `device`.
 fn load_case_module(case: &Path, kind: Kind, device: Device) -> SparseMultiHeadAttention {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(case.join("ckpts/attn.json")).unwrap())
-            .unwrap();
+    let json = read_json(&case.join("ckpts/attn.json"));
     assert_eq!(json["name"], "SparseMultiHeadAttention");
     let config = SparseAttentionConfig::from_args(&json["args"])
         .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
@@ -118,7 +88,7 @@ fn assert_same_partition(case: &Path, ours: &WindowPartition, expected: &Named) 
 
 #[test]
 fn golden_sparse_attention_matches_the_reference() {
-    for case in sparse_attention_cases() {
+    for case in harness_cases(HARNESS) {
         let module = load_case_module(&case, Kind::Float, Device::Cpu);
         let expected = read_tensors(&case.join("outputs.safetensors"));
         let (out, voxels) = run_case(&case, &module, Kind::Float, Device::Cpu);
@@ -252,7 +222,7 @@ fn coords_layout_needs_contiguous_batches() {
 /// built once per (window, shift) and shared through the tensor's cache.
 #[test]
 fn bare_coords_and_sparse_tensor_agree() {
-    let case = sparse_attention_cases()
+    let case = harness_cases(HARNESS)
         .into_iter()
         .find(|c| c.to_string_lossy().contains("swin"))
         .expect("a windowed golden case");
@@ -474,7 +444,7 @@ fn golden_sparse_attention_on_cuda_in_fp16() {
         "no CUDA device visible to libtorch"
     );
     let device = Device::Cuda(0);
-    for case in sparse_attention_cases() {
+    for case in harness_cases(HARNESS) {
         let module = load_case_module(&case, Kind::Half, device);
         let expected = read_tensors(&case.join("outputs.safetensors"));
         let (out, voxels) = run_case(&case, &module, Kind::Half, device);

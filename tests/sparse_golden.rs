@@ -13,46 +13,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{golden_dir, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{harness_cases, read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
 use recon::models::NamedTensors;
 use recon::sparse::{
     ConvGeometry, SparseConv3d, SparseDownsample, SparseGroupNorm32, SparseLayerNorm32,
     SparseLinear, SparseSiLU, SparseSubdivide, SparseTensor, SparseUpsample,
 };
-use recon::weights::{SafeTensorsFile, Weights};
+use recon::weights::Weights;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-
-fn read_tensors(path: &Path) -> NamedTensors {
-    SafeTensorsFile::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .read_all()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .collect()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The sparse cases of the golden fixtures, sorted.
-fn sparse_cases() -> Vec<PathBuf> {
-    let dir = golden_dir();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.join("manifest.json").exists()
-                && read_json(&p.join("manifest.json"))["harness"] == "sparse"
-        })
-        .collect();
-    cases.sort();
-    cases
-}
 
 /// An int or a per-axis list of 3 from a json config.
 fn per_axis(value: &Value, default: i64) -> [i64; 3] {
@@ -226,12 +197,7 @@ fn run_norm(case: &Path, op: &str, expected: &NamedTensors) -> Vec<Result<String
 
 #[test]
 fn sparse_golden_cases() {
-    let cases = sparse_cases();
-    assert!(
-        !cases.is_empty(),
-        "no sparse cases in {}",
-        golden_dir().display()
-    );
+    let cases = harness_cases("sparse");
     let mut failures = Vec::new();
     for case in &cases {
         let manifest = read_json(&case.join("manifest.json"));

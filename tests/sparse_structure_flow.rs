@@ -7,11 +7,11 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{golden_dir, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{golden_dir, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
 use recon::hub::read_checkpoint_config;
 use recon::models::sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use recon::nn::layout::{safetensors_file_size, TensorSpec};
-use recon::weights::{SafeTensorsFile, Weights};
+use recon::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 /// Size of `ss_flow_img_dit_L_16l8_fp16.safetensors` on the Hub (research/trellis.md §0).
@@ -121,15 +121,6 @@ fn stored_pos_emb_equals_the_computed_position_code() {
         println!("{case}: pos_emb rel_l2 {rel:.3e} max_abs {max_abs:.3e}");
         assert!(max_abs <= 1e-6, "{case}: max_abs {max_abs}");
     }
-}
-
-fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
-    SafeTensorsFile::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .read_all()
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 /// The ReconViaGen fixture's sampler runs call the small SS flow model of its pipeline

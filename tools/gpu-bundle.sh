@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
 rm -rf "$out"
-mkdir -p "$out/bin" "$out/tests/fixtures"
+mkdir -p "$out/bin"
 cargo build --release --lib --bins
 cargo test --release --no-run --message-format=json 2>/dev/null \
   | python3 -c '
@@ -20,32 +20,40 @@ for line in sys.stdin:
 ' | while read -r name exe; do cp "$exe" "$out/bin/$name"; done
 cp target/release/recon target/release/librecon.so "$out/bin/"
 strip "$out"/bin/* 2>/dev/null || true
-cp -r tests/fixtures/golden tests/fixtures/model_tiny tests/fixtures/images "$out/tests/fixtures/"
+# The fixtures travel with the working tree (the device tool copies tracked files), so the
+# bundle carries only binaries and the shared golden data, which lives outside the repo.
 mkdir -p "$out/shared/golden/reconviagen"
-cp -r ../shared/golden/reconviagen/ckpt_pipeline ../shared/golden/reconviagen/pipeline_e2e "$out/shared/golden/reconviagen/"
+cp -r ../shared/golden/reconviagen/ckpt_pipeline ../shared/golden/reconviagen/pipeline_e2e \
+  ../shared/golden/reconviagen/samplers "$out/shared/golden/reconviagen/"
 cat > "$out/run-tests.sh" <<'RUN'
 #!/usr/bin/env bash
 # The GPU checks: the golden tests (CUDA ones included) and the CLI on CUDA.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-export RECON_GOLDEN_DIR=$here/tests/fixtures/golden RECON_SHARED_GOLDEN_DIR=$here/shared/golden
-cd "$here"
-bin/golden_modules --include-ignored --nocapture --test-threads 1
+export RECON_GOLDEN_DIR=$here/../tests/fixtures/golden RECON_SHARED_GOLDEN_DIR=$here/shared/golden
+cd "$here/.."
+"$here"/bin/golden_modules --include-ignored --nocapture --test-threads 1
 # The CUDA path of the sparse engine: NVRTC compile, every op against the CPU path, timings,
 # then compute-sanitizer's memcheck over the kernels (without libtorch's caching allocator, so
 # every tensor is its own allocation and out-of-bounds accesses cannot land in a cached block).
-bin/kernels_compile --nocapture
-bin/sparse_engine --nocapture
-bin/sparse_cuda --include-ignored --nocapture --test-threads 1
+"$here"/bin/kernels_compile --nocapture
+"$here"/bin/sparse_engine --nocapture
+"$here"/bin/sparse_cuda --include-ignored --nocapture --test-threads 1
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ]; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
-    bin/sparse_cuda --include-ignored --skip bench --test-threads 1
+    "$here"/bin/sparse_cuda --include-ignored --skip bench --test-threads 1
 else
   echo "compute-sanitizer not found: memcheck skipped"
 fi
-bin/recon info --model tests/fixtures/model_tiny --device cuda
-bin/recon module --device cuda --ckpt tests/fixtures/golden/ss_dec_fp16layout/ckpts/ss_dec \
+# Sparse attention on CUDA (varlen kernels through nested SDPA) against the CPU path and the
+# golden fixtures in fp16; the SS flow at full size in fp16 against fp32.
+"$here"/bin/sparse_attention --include-ignored --nocapture --test-threads 1
+"$here"/bin/sparse_structure_flow --include-ignored --nocapture --test-threads 1
+"$here"/bin/recon info --model tests/fixtures/model_tiny --device cuda
+# Stage 1 end to end on CUDA through the C API (the demo).
+"$here"/bin/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
+"$here"/bin/recon module --device cuda --ckpt tests/fixtures/golden/ss_dec_fp16layout/ckpts/ss_dec \
   --input tests/fixtures/golden/ss_dec_fp16layout/inputs.safetensors --output /tmp/recon-ss-dec-cuda.safetensors
 RUN
 chmod +x "$out/run-tests.sh"

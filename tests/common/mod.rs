@@ -1,8 +1,11 @@
-//! Helpers shared by the integration tests: fixture locations and numerical comparison.
+//! Helpers shared by the integration tests: fixture locations, fixture readers and numerical
+//! comparison.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use recon::weights::SafeTensorsFile;
 use tch::{Kind, Tensor};
 
 /// Our golden fixtures (tests/fixtures/golden), overridable with RECON_GOLDEN_DIR.
@@ -21,6 +24,53 @@ pub fn shared_golden_dir() -> PathBuf {
 
 pub fn fixture_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model_tiny")
+}
+
+/// Every tensor of a safetensors file, by name; panics naming the file.
+pub fn read_tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    SafeTensorsFile::open(path)
+        .and_then(|file| file.read_all())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// A json file; panics naming the file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The harness a golden case folder is run by: its manifest's `"harness"`, `"module"` (a
+/// single network, tests/golden_modules.rs) when the manifest names none; None for a folder
+/// without a manifest.
+fn case_harness(case: &Path) -> Option<String> {
+    let manifest = case.join("manifest.json");
+    if !manifest.is_file() {
+        return None;
+    }
+    let harness = read_json(&manifest)
+        .get("harness")
+        .and_then(|h| h.as_str().map(str::to_string));
+    Some(harness.unwrap_or_else(|| "module".to_string()))
+}
+
+/// Every golden case folder of [`golden_dir`] run by `harness`, sorted; panics when there is
+/// none, so that a moved or misnamed fixture cannot make a parity test pass vacuously.
+pub fn harness_cases(harness: &str) -> Vec<PathBuf> {
+    let dir = golden_dir();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|case| case_harness(case).as_deref() == Some(harness))
+        .collect();
+    cases.sort();
+    assert!(
+        !cases.is_empty(),
+        "no golden cases of harness \"{harness}\" in {}",
+        dir.display()
+    );
+    cases
 }
 
 /// ‖ours − ref‖ / ‖ref‖ and max |ours − ref|, in f64.
