@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python venv header check-header fmt lint ci clean golden gpu-bundle
+.PHONY: build demo test test-rust test-c test-python venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -81,3 +81,8 @@ clean:
 # Release binaries + test binaries + fixtures in .gpu/ for the GPU machine (see tools/gpu-bundle.sh).
 gpu-bundle: $(TORCH_STAMP)
 	bash tools/gpu-bundle.sh
+
+# The sparse-conv benchmark against spconv (benches/RESULTS.md): the bench binary and spconv's
+# files in .bench/bundle/, run on the GPU machine by benches/run_on_gpu.sh (see tools/bench-bundle.sh).
+bench-bundle: $(TORCH_STAMP)
+	bash tools/bench-bundle.sh
