@@ -1,5 +1,6 @@
-// Submanifold sparse convolution on CUDA: a voxel hash, the kernel-map build and the gather /
-// reduction around the per-offset GEMMs (the GEMMs themselves run through libtorch).
+// Submanifold sparse convolution on CUDA: a voxel hash, the kernel-map build, the gather /
+// reduction around the per-offset GEMMs (the GEMMs themselves run through libtorch), and a
+// fused tensor-core kernel for fp16 with up to 256 channels (end of the file).
 // Host side: src/cuda/sparse.rs. Compiled at run time by NVRTC (src/cuda/nvrtc.rs) for the
 // device's architecture; CI compiles it for sm_80 and sm_90 (tests/kernels_compile.rs).
 //
@@ -376,4 +377,154 @@ extern "C" __global__ void accumulate_offsets_f16x4(unsigned short *out, i64 n, 
                                                     i64 pair_base, const unsigned short *bias) {
   accumulate_offsets<unsigned short, 4>(out, n, channels, product, pair_index, k_begin, k_end,
                                         pair_base, bias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused submanifold convolution for fp16 features with up to a few hundred channels, where the
+// gather -> GEMM -> reduction path is bound by the traffic of its intermediate buffers. Each
+// block owns FUSED_ROWS consecutive output rows and FUSED_COLS output channels (blockIdx.y) and
+// keeps their sums in fp32 registers; it walks the kernel offsets in order (the centre offset
+// is the row itself), gathers the tile's neighbour rows through pair_index into shared memory
+// (zeros where a row has no neighbour), multiplies them by W[offset] on the tensor cores
+// (mma.sync m16n8k16, fp16 inputs, fp32 accumulation) and writes each output row once, bias
+// added last. No atomics, no workspace; every run sums in the same order.
+// Layout: x [N, C_in], wt [K, C_out, C_in] (the weight transposed per offset, so a B fragment's
+// two k values are adjacent), bias [C_out] or null, pairs row 0 (input rows), pair_index [K, N],
+// out [N, C_out]. Needs C_in % 16 == 0, C_out % 8 == 0, 16-byte aligned x and wt, blockDim.x ==
+// FUSED_THREADS.
+
+#define FUSED_ROWS 128
+#define FUSED_COLS 128
+#define FUSED_CHUNK 64
+#define FUSED_PAD 8
+#define FUSED_THREADS 256
+// 16-byte vectors per chunk row, and per thread for a 128-row tile (FUSED_ROWS == FUSED_COLS).
+#define FUSED_VECS (FUSED_CHUNK / 8)
+#define FUSED_LOADS (FUSED_ROWS * FUSED_VECS / FUSED_THREADS)
+
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const u32 a[4], u32 b0, u32 b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 load_u32(const unsigned short *p) {
+  return *reinterpret_cast<const u32 *>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
+    fused_subm_conv_f16(const unsigned short *x, i64 n, i64 c_in, i64 c_out,
+                        const unsigned short *wt, const unsigned short *bias, const i64 *in_rows,
+                        const int *pair_index, i64 num_offsets, i64 centre, unsigned short *out) {
+  __shared__ __align__(16) unsigned short a_tile[FUSED_ROWS][FUSED_CHUNK + FUSED_PAD];
+  __shared__ __align__(16) unsigned short w_tile[FUSED_COLS][FUSED_CHUNK + FUSED_PAD];
+  __shared__ int src_rows[FUSED_ROWS];
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int group = lane >> 2;  // fragment row (A, C) or column (B)
+  const int quad = lane & 3;    // fragment k pair (A, B) or column pair (C)
+  const i64 col0 = (i64)blockIdx.y * FUSED_COLS;
+  const int cols = (int)min((i64)FUSED_COLS, c_out - col0);
+  const int n_tiles = cols / 8;
+  const int warp_row = warp * 16;
+  const i64 num_row_tiles = (n + FUSED_ROWS - 1) / FUSED_ROWS;
+  for (i64 tile = blockIdx.x; tile < num_row_tiles; tile += gridDim.x) {
+    const i64 row0 = tile * FUSED_ROWS;
+    float acc[FUSED_COLS / 8][4];
+#pragma unroll
+    for (int j = 0; j < FUSED_COLS / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+    }
+    for (i64 k = 0; k < num_offsets; ++k) {
+      int has_neighbour = 0;
+      if (threadIdx.x < FUSED_ROWS) {
+        const i64 o = row0 + threadIdx.x;
+        int src = -1;
+        if (o < n) {
+          if (k == centre) {
+            src = (int)o;
+          } else {
+            const int p = pair_index[k * n + o];
+            if (p >= 0) src = (int)in_rows[p];
+          }
+        }
+        src_rows[threadIdx.x] = src;
+        has_neighbour = src >= 0;
+      }
+      // The whole tile lacks this offset (common at surface edges): nothing to add.
+      if (!__syncthreads_or(has_neighbour)) continue;
+      for (i64 c0 = 0; c0 < c_in; c0 += FUSED_CHUNK) {
+        const int width = (int)min((i64)FUSED_CHUNK, c_in - c0);
+        const int vecs = width / 8;  // 16-byte vectors per row of the chunk
+        const unsigned short *wk = wt + (k * c_out + col0) * c_in + c0;
+        // Every load of the chunk is issued before the first store, so their latencies
+        // overlap (FUSED_LOADS rows' vectors per thread for each tile).
+        Bytes16 a_values[FUSED_LOADS], w_values[FUSED_LOADS];
+#pragma unroll
+        for (int t = 0; t < FUSED_LOADS; ++t) {
+          const int i = threadIdx.x + t * FUSED_THREADS;
+          const int r = i / FUSED_VECS;
+          const int v = i % FUSED_VECS;
+          const int src = src_rows[r];
+          a_values[t].lo = a_values[t].hi = 0;
+          w_values[t].lo = w_values[t].hi = 0;
+          if (v < vecs && src >= 0) {
+            a_values[t] = *reinterpret_cast<const Bytes16 *>(x + (i64)src * c_in + c0 + v * 8);
+          }
+          if (v < vecs && r < cols) {
+            w_values[t] = *reinterpret_cast<const Bytes16 *>(wk + (i64)r * c_in + v * 8);
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < FUSED_LOADS; ++t) {
+          const int i = threadIdx.x + t * FUSED_THREADS;
+          const int r = i / FUSED_VECS;
+          const int v = i % FUSED_VECS;
+          *reinterpret_cast<Bytes16 *>(&a_tile[r][v * 8]) = a_values[t];
+          *reinterpret_cast<Bytes16 *>(&w_tile[r][v * 8]) = w_values[t];
+        }
+        __syncthreads();
+        for (int kk = 0; kk < width; kk += 16) {
+          u32 a[4];
+          a[0] = load_u32(&a_tile[warp_row + group][kk + quad * 2]);
+          a[1] = load_u32(&a_tile[warp_row + group + 8][kk + quad * 2]);
+          a[2] = load_u32(&a_tile[warp_row + group][kk + quad * 2 + 8]);
+          a[3] = load_u32(&a_tile[warp_row + group + 8][kk + quad * 2 + 8]);
+#pragma unroll
+          for (int j = 0; j < FUSED_COLS / 8; ++j) {
+            if (j < n_tiles) {
+              const u32 b0 = load_u32(&w_tile[j * 8 + group][kk + quad * 2]);
+              const u32 b1 = load_u32(&w_tile[j * 8 + group][kk + quad * 2 + 8]);
+              mma_m16n8k16(acc[j], a, b0, b1);
+            }
+          }
+        }
+        // The tiles are refilled by the next chunk or offset.
+        __syncthreads();
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < FUSED_COLS / 8; ++j) {
+      if (j < n_tiles) {
+        const i64 col = col0 + j * 8 + quad * 2;
+        float b0 = 0.0f, b1 = 0.0f;
+        if (bias != nullptr) {
+          b0 = to_float(bias[col]);
+          b1 = to_float(bias[col + 1]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const i64 o = row0 + warp_row + group + h * 8;
+          if (o < n) {
+            const u32 lo = from_float<unsigned short>(acc[j][2 * h] + b0);
+            const u32 hi = from_float<unsigned short>(acc[j][2 * h + 1] + b1);
+            *reinterpret_cast<u32 *>(out + o * c_out + col) = lo | (hi << 16);
+          }
+        }
+      }
+    }
+  }
 }

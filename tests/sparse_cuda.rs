@@ -313,6 +313,30 @@ fn conv_matches_cpu_fp32_and_fp16() {
     println!("worst: fp32 {:.2e}, fp16 {:.2e}", worst[0], worst[1]);
 }
 
+/// The fused fp16 kernel (C_in % 16, C_out % 8, up to 256 channels) on shapes the main test
+/// does not reach: several input chunks, a partial output-channel tile, a second column of
+/// blocks, kernels with many offsets (7x7x7) and without a centre-only fallback.
+#[test]
+#[ignore = "needs CUDA"]
+fn fused_fp16_conv_matches_cpu_on_wide_channels() {
+    let shapes = [(192, 200), (256, 256), (16, 8), (80, 136)];
+    for (i, &(c_in, c_out)) in shapes.iter().enumerate() {
+        for (j, case) in [&CASES[0], &CASES[5], &CASES[3]].into_iter().enumerate() {
+            let conv = conv_case(
+                case,
+                c_in,
+                c_out,
+                (i + j) % 2 == 0,
+                300 + 10 * i as i64 + j as i64,
+            );
+            let (reference, fp16) = run_both(&conv, Kind::Half);
+            let (rel, max) = rel_l2(&fp16, &reference);
+            println!("fused {c_in}->{c_out} case {j}: fp16 rel L2 {rel:.2e} (max abs {max:.2e})");
+            assert!(rel <= 1e-2, "{c_in}->{c_out} case {j}: fp16 rel L2 {rel}");
+        }
+    }
+}
+
 /// Determinism, the workspace grouping (one offset per group) and a map without pair_index
 /// all give the same bits in fp32.
 #[test]

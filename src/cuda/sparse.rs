@@ -8,7 +8,10 @@
 //! * [`submanifold_conv`]: gather → per-offset GEMM (libtorch `mm`, i.e. cuBLAS) →
 //!   reduction. The reduction is deterministic (no atomics): each output row sums its
 //!   contributions in offset order, which in fp32 is exactly the CPU path's order of additions.
-//!   No host round-trip.
+//!   No host round-trip. fp16 convolutions with at most [`FUSED_MAX_CHANNELS`] channels
+//!   (in whole MMA fragments) run instead one fused kernel that gathers through `pair_index`,
+//!   multiplies on the tensor cores and writes each output row once (no workspace, no atomics,
+//!   offsets summed in order); at these widths the separate passes are bound by memory traffic.
 //!
 //! All tensors are libtorch's, on libtorch's current stream (see `device.rs`). Kernels take
 //! the raw device pointers of contiguous tensors (`Tensor::data_ptr`).
@@ -49,7 +52,17 @@ pub const KERNEL_NAMES: &[&str] = &[
     "accumulate_offsets_f32x4",
     "accumulate_offsets_f16",
     "accumulate_offsets_f16x4",
+    "fused_subm_conv_f16",
 ];
+
+/// Threads per block of the fused kernel (`FUSED_THREADS` in the kernel: 8 warps of 16 rows).
+const FUSED_THREADS: u32 = 256;
+/// Output rows and channels of one fused block (`FUSED_ROWS`, `FUSED_COLS` in the kernel).
+const FUSED_ROWS: i64 = 128;
+const FUSED_COLS: i64 = 128;
+/// Largest channel count (in or out) sent to the fused kernel: beyond it the GEMMs are
+/// compute-bound and cuBLAS's Hopper kernels win (benches/RESULTS.md).
+pub const FUSED_MAX_CHANNELS: i64 = 256;
 
 /// Whether the sparse kernels work on `cuda:<ordinal>` (driver, NVRTC, compilation, module
 /// load), checked once per device. `RECON_CUDA_KERNELS=0` turns them off (the engine then
@@ -618,6 +631,10 @@ pub fn submanifold_conv_with_workspace(
 ) -> Result<Tensor> {
     let _no_grad = tch::no_grad_guard();
     let inputs = check_conv_inputs(feats, weight, bias, pairs, pair_counts, centre)?;
+    if fused_applies(&inputs) {
+        let pair_index = checked_pair_index(feats, pair_index, pairs, pair_counts, inputs.n)?;
+        return fused_conv(&inputs, &pairs.f_contiguous()?, &pair_index, centre);
+    }
     let mut out = inputs.x.f_mm(&inputs.weight.f_select(0, centre)?)?;
     let total: i64 = pair_counts.iter().sum();
     // Without pairs (or with nothing to move) only the centre GEMM and the bias remain.
@@ -627,22 +644,7 @@ pub fn submanifold_conv_with_workspace(
             None => Ok(out),
         };
     }
-    let pair_index = match pair_index {
-        Some(index) => {
-            if index.size() != [pair_counts.len() as i64, inputs.n] || index.kind() != Kind::Int {
-                return Err(Error::invalid_argument(format!(
-                    "CUDA sparse conv: pair_index must be int32 [{}, {}], got {:?} {:?}",
-                    pair_counts.len(),
-                    inputs.n,
-                    index.kind(),
-                    index.size()
-                )));
-            }
-            same_device(feats, index, "the pair index")?;
-            index.f_contiguous()?
-        }
-        None => pair_index_from_pairs(pairs, pair_counts, inputs.n)?,
-    };
+    let pair_index = checked_pair_index(feats, pair_index, pairs, pair_counts, inputs.n)?;
     let pairs = pairs.f_contiguous()?;
     let element = inputs.x.kind().elt_size_in_bytes() as i64;
     let bytes_per_pair = (inputs.c_in + inputs.c_out) * element;
@@ -778,4 +780,98 @@ impl ConvRun<'_> {
         // minus pair_base are < capacity.
         unsafe { device::launch(&mut args, config, name) }
     }
+}
+
+/// The map's `pair_index`, checked against `[K, N]` int32 on the features' device, or derived
+/// from the pairs when the map came without one.
+fn checked_pair_index(
+    feats: &Tensor,
+    pair_index: Option<&Tensor>,
+    pairs: &Tensor,
+    pair_counts: &[i64],
+    n: i64,
+) -> Result<Tensor> {
+    match pair_index {
+        Some(index) => {
+            if index.size() != [pair_counts.len() as i64, n] || index.kind() != Kind::Int {
+                return Err(Error::invalid_argument(format!(
+                    "CUDA sparse conv: pair_index must be int32 [{}, {n}], got {:?} {:?}",
+                    pair_counts.len(),
+                    index.kind(),
+                    index.size()
+                )));
+            }
+            same_device(feats, index, "the pair index")?;
+            Ok(index.f_contiguous()?)
+        }
+        None => pair_index_from_pairs(pairs, pair_counts, n),
+    }
+}
+
+/// Whether the fused kernel takes this convolution: fp16, channels within
+/// [`FUSED_MAX_CHANNELS`] and in whole MMA fragments (C_in % 16, C_out % 8), 16-byte aligned
+/// features. `RECON_SPARSE_FUSED=0` turns it off (the gather-GEMM-reduction path then runs).
+fn fused_applies(inputs: &ConvInputs) -> bool {
+    if std::env::var("RECON_SPARSE_FUSED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    inputs.x.kind() == Kind::Half
+        && inputs.n > 0
+        && (16..=FUSED_MAX_CHANNELS).contains(&inputs.c_in)
+        && (8..=FUSED_MAX_CHANNELS).contains(&inputs.c_out)
+        && inputs.c_in % 16 == 0
+        && inputs.c_out % 8 == 0
+        && ptr(&inputs.x).is_multiple_of(16)
+}
+
+/// The fused kernel (see `fused_subm_conv_f16` in the kernel file): one pass, no workspace.
+fn fused_conv(
+    inputs: &ConvInputs,
+    pairs: &Tensor,
+    pair_index: &Tensor,
+    centre: i64,
+) -> Result<Tensor> {
+    let device = inputs.x.device();
+    let out = Tensor::f_empty([inputs.n, inputs.c_out], (Kind::Half, device))?;
+    // [K, C_out, C_in]: each output channel's weights contiguous along C_in, as the kernel's
+    // B fragments read them (a fresh contiguous tensor is 16-byte aligned).
+    let wt = inputs.weight.f_transpose(1, 2)?.f_contiguous()?;
+    let volume = pair_index.size()[0];
+    let gpu = cuda_device(cuda_ordinal(&inputs.x, "the features")?)?;
+    let name = "fused_subm_conv_f16";
+    let function = gpu.function(&SPARSE_CONV, name)?;
+    let stream = gpu.torch_stream()?;
+    let bias_ptr = inputs.bias.as_ref().map_or(0u64, ptr);
+    let (x_ptr, wt_ptr, rows_ptr, index_ptr, out_ptr) = (
+        ptr(&inputs.x),
+        ptr(&wt),
+        ptr(pairs),
+        ptr(pair_index),
+        ptr(&out),
+    );
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&inputs.n)
+        .arg(&inputs.c_in)
+        .arg(&inputs.c_out)
+        .arg(&wt_ptr)
+        .arg(&bias_ptr)
+        .arg(&rows_ptr)
+        .arg(&index_ptr)
+        .arg(&volume)
+        .arg(&centre)
+        .arg(&out_ptr);
+    let row_tiles = (inputs.n + FUSED_ROWS - 1) / FUSED_ROWS;
+    let col_tiles = (inputs.c_out + FUSED_COLS - 1) / FUSED_COLS;
+    let config = cudarc::driver::LaunchConfig {
+        grid_dim: (row_tiles.clamp(1, MAX_BLOCKS) as u32, col_tiles as u32, 1),
+        block_dim: (FUSED_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: (x [N, C_in], N, C_in, C_out, wt [K, C_out, C_in], bias [C_out] or null,
+    // pairs row 0 [P], pair_index [K, N], K, centre, out [N, C_out]) as declared; fused_applies
+    // checked the channel multiples and x's alignment, the map's positions are < P and its
+    // input rows < N.
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(out)
 }
