@@ -5,6 +5,7 @@
 pub mod dinov2;
 pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;
+pub mod structured_latent_flow;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::weights::{SafeTensorsFile, Weights};
 use dinov2::{Dinov2, Dinov2Config};
 use sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
+use structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
 
 /// Named tensors in and out of a network (the module runner's and the tests' currency).
 pub type NamedTensors = BTreeMap<String, Tensor>;
@@ -48,8 +50,8 @@ pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
     ("SparseStructureDecoder", true),
     ("SparseStructureEncoder", false),
     ("SparseStructureFlowModel", true),
-    ("SLatFlowModel", false),
-    ("ElasticSLatFlowModel", false),
+    ("SLatFlowModel", true),
+    ("ElasticSLatFlowModel", true),
     ("SLatGaussianDecoder", false),
     ("SLatMeshDecoder", false),
     ("SLatRadianceFieldDecoder", false),
@@ -106,6 +108,11 @@ fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Bo
         "SparseStructureFlowModel" => {
             let args: SparseStructureFlowConfig = parse_args(config, path)?;
             Ok(Box::new(SparseStructureFlowModel::new(args, weights)?))
+        }
+        // The elastic variant only changes training-time memory management.
+        "SLatFlowModel" | "ElasticSLatFlowModel" => {
+            let args: SLatFlowConfig = parse_args(config, path)?;
+            Ok(Box::new(SLatFlowModel::new(args, weights)?))
         }
         // The image encoder: not named by a pipeline's ckpts/, but runnable from a checkpoint
         // json in the hub's constructor terms (golden fixtures, `recon module`).
@@ -195,6 +202,59 @@ impl Network for SparseStructureFlowModel {
         let cond = required_input(inputs, "cond", self)?;
         let v = tch::no_grad(|| self.forward(x, t, cond))?;
         Ok(BTreeMap::from([("v".to_string(), v)]))
+    }
+}
+
+impl Network for SLatFlowModel {
+    fn class_name(&self) -> &'static str {
+        "SLatFlowModel"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[
+            TensorDoc {
+                name: "x_coords",
+                description: "voxels [N, 4] int32 (batch, x, y, z), batch-contiguous",
+            },
+            TensorDoc {
+                name: "x_feats",
+                description: "noisy latent features [N, in_channels], float32",
+            },
+            TensorDoc {
+                name: "t",
+                description: "timesteps [B], float32, already scaled by 1000 (1000·t)",
+            },
+            TensorDoc {
+                name: "cond",
+                description: "condition tokens [B, L, cond_channels], float32; or views \
+                              cond.0, cond.1, ... (ReconViaGen's list condition)",
+            },
+        ]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "v_feats",
+            description: "predicted velocity [N, out_channels], float32, rows as x_coords",
+        }]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let coords = required_input(inputs, "x_coords", self)?;
+        let feats = required_input(inputs, "x_feats", self)?;
+        let t = required_input(inputs, "t", self)?;
+        let views: Vec<Tensor> = (0..)
+            .map_while(|k| inputs.get(&format!("cond.{k}")).map(Tensor::shallow_clone))
+            .collect();
+        let views = if views.is_empty() {
+            vec![required_input(inputs, "cond", self)?.shallow_clone()]
+        } else {
+            views
+        };
+        let x =
+            crate::sparse::SparseTensor::new(feats.shallow_clone(), coords.f_to_kind(Kind::Int)?)?;
+        let v = tch::no_grad(|| self.forward_views(&x, t, &views))?;
+        Ok(BTreeMap::from([(
+            "v_feats".to_string(),
+            v.feats().shallow_clone(),
+        )]))
     }
 }
 

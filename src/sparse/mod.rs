@@ -23,6 +23,7 @@ pub mod linear;
 pub mod nonlinearity;
 pub mod norm;
 pub mod spatial;
+pub mod transformer;
 
 pub use basic::{sparse_cat, sparse_cat_feats, CacheEntry, SparseTensor};
 pub use conv::SparseConv3d;

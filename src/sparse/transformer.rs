@@ -1,0 +1,211 @@
+//! `trellis/modules/sparse/transformer/modulated.py`: `ModulatedSparseTransformerCrossBlock`,
+//! the dense [`ModulatedTransformerCrossBlock`](crate::nn::transformer::ModulatedTransformerCrossBlock)
+//! on the voxels of a [`SparseTensor`]: the same keys and maths, with self-attention over each
+//! batch element's voxels and cross-attention from them to that element's condition tokens.
+//!
+//! ReconViaGen's variant takes the condition as a list of views and adds each view's
+//! cross-attention divided by the number of views, in list order; one view is the plain block
+//! exactly (`x + h / 1 == x + h`), so [`ModulatedSparseTransformerCrossBlock::forward`] always
+//! takes a slice of views.
+//!
+//! Precision follows the reference's converted torso: Linears in their loaded dtype (fp16 in a
+//! `use_fp16` model on CUDA), `LayerNorm32` and RMS norms in fp32 with the result cast back.
+
+use tch::{Kind, Tensor};
+
+use super::attention::modules::{
+    SparseAttentionConfig, SparseAttentionMode, SparseMultiHeadAttention,
+};
+use super::SparseTensor;
+use crate::error::{Error, Result};
+use crate::nn::layout::TensorSpec;
+use crate::nn::transformer::{CrossBlockConfig, FeedForwardNet};
+use crate::nn::{LayerNorm32, Linear};
+use crate::weights::Weights;
+
+/// The eps of every `LayerNorm32` inside the block.
+const BLOCK_NORM_EPS: f64 = 1e-6;
+
+fn self_attention_config(config: &CrossBlockConfig) -> SparseAttentionConfig {
+    SparseAttentionConfig {
+        channels: config.channels,
+        num_heads: config.num_heads,
+        ctx_channels: None,
+        mode: SparseAttentionMode::Full,
+        qkv_bias: config.qkv_bias,
+        qk_rms_norm: config.qk_rms_norm,
+    }
+}
+
+fn cross_attention_config(config: &CrossBlockConfig) -> SparseAttentionConfig {
+    SparseAttentionConfig {
+        channels: config.channels,
+        num_heads: config.num_heads,
+        ctx_channels: Some(config.ctx_channels),
+        mode: SparseAttentionMode::Full,
+        qkv_bias: config.qkv_bias,
+        qk_rms_norm: config.qk_rms_norm_cross,
+    }
+}
+
+/// `ModulatedSparseTransformerCrossBlock` with "full" self-attention (the only mode the flow
+/// model builds):
+/// ```text
+/// x = x + gate_msa · self_attn(norm1(x) · (1 + scale_msa) + shift_msa)
+/// x = x + Σ_k cross_attn(norm2(x), cond_k) / K          (K = 1 for a single condition)
+/// x = x + gate_mlp · mlp(norm3(x) · (1 + scale_mlp) + shift_mlp)
+/// ```
+/// with the six `[B, C]` modulation vectors broadcast to each batch element's voxels.
+pub struct ModulatedSparseTransformerCrossBlock {
+    config: CrossBlockConfig,
+    norm1: LayerNorm32,
+    norm2: LayerNorm32,
+    norm3: LayerNorm32,
+    self_attn: SparseMultiHeadAttention,
+    cross_attn: SparseMultiHeadAttention,
+    mlp: FeedForwardNet,
+    ada_ln_modulation: Option<Linear>,
+}
+
+impl ModulatedSparseTransformerCrossBlock {
+    /// Loads the block from `weights`; its Linears compute in the view's dtype.
+    pub fn new(weights: &Weights, config: CrossBlockConfig) -> Result<Self> {
+        let c = config.channels;
+        let ada_ln_modulation = if config.share_mod {
+            None
+        } else {
+            Some(Linear::new(
+                &weights.pp("adaLN_modulation").pp(1),
+                c,
+                6 * c,
+            )?)
+        };
+        Ok(Self {
+            config,
+            norm1: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
+            norm2: LayerNorm32::new(&weights.pp("norm2"), c, BLOCK_NORM_EPS)?,
+            norm3: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
+            self_attn: SparseMultiHeadAttention::new(
+                &weights.pp("self_attn"),
+                self_attention_config(&config),
+            )?,
+            cross_attn: SparseMultiHeadAttention::new(
+                &weights.pp("cross_attn"),
+                cross_attention_config(&config),
+            )?,
+            mlp: FeedForwardNet::new(&weights.pp("mlp"), c, config.mlp_ratio)?,
+            ada_ln_modulation,
+        })
+    }
+
+    /// The tensors [`ModulatedSparseTransformerCrossBlock::new`] reads, in `state_dict()`
+    /// order; `linear_kind` is the stored dtype of the Linears, norms are always fp32.
+    pub fn layout(prefix: &str, config: &CrossBlockConfig, linear_kind: Kind) -> Vec<TensorSpec> {
+        let c = config.channels;
+        let mut specs = vec![
+            TensorSpec::new(format!("{prefix}.norm2.weight"), &[c], Kind::Float),
+            TensorSpec::new(format!("{prefix}.norm2.bias"), &[c], Kind::Float),
+        ];
+        specs.extend(SparseMultiHeadAttention::layout(
+            &format!("{prefix}.self_attn"),
+            &self_attention_config(config),
+            linear_kind,
+        ));
+        specs.extend(SparseMultiHeadAttention::layout(
+            &format!("{prefix}.cross_attn"),
+            &cross_attention_config(config),
+            linear_kind,
+        ));
+        specs.extend(FeedForwardNet::layout(
+            &format!("{prefix}.mlp"),
+            c,
+            config.mlp_ratio,
+            linear_kind,
+        ));
+        if !config.share_mod {
+            specs.extend(Linear::layout(
+                &format!("{prefix}.adaLN_modulation.1"),
+                true,
+                c,
+                6 * c,
+                linear_kind,
+            ));
+        }
+        specs
+    }
+
+    pub fn config(&self) -> &CrossBlockConfig {
+        &self.config
+    }
+
+    /// `x` voxels `[N, C]`; `modulation` the timestep embedding `[B, C]` (with `share_mod`, the
+    /// shared modulation `[B, 6C]`); `views` one or more conditions `[B, L_k, ctx]`. Returns the
+    /// same voxels with features in `x`'s dtype.
+    pub fn forward(
+        &self,
+        x: &SparseTensor,
+        modulation: &Tensor,
+        views: &[Tensor],
+    ) -> Result<SparseTensor> {
+        if views.is_empty() {
+            return Err(Error::invalid_argument(
+                "ModulatedSparseTransformerCrossBlock: the condition list is empty",
+            ));
+        }
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
+            self.modulation_vectors(x, modulation)?;
+        let feats = x.feats();
+
+        let h = modulate(&self.norm1.forward(feats)?, &shift_msa, &scale_msa)?;
+        let h = self.self_attn.forward_feats(&h, x, None)?;
+        let mut feats = feats.f_add(&h.f_mul(&gate_msa)?)?;
+
+        // The normalised features are taken once, before any view is added.
+        let h = self.norm2.forward(&feats)?;
+        let count = views.len() as f64;
+        for view in views {
+            let attended = self.cross_attn.forward_feats(&h, x, Some(view))?;
+            feats = if views.len() == 1 {
+                feats.f_add(&attended)?
+            } else {
+                feats.f_add(&attended.f_div_scalar(count)?)?
+            };
+        }
+
+        let h = modulate(&self.norm3.forward(&feats)?, &shift_mlp, &scale_mlp)?;
+        let h = self.mlp.forward(&h)?;
+        x.replace(feats.f_add(&h.f_mul(&gate_mlp)?)?)
+    }
+
+    /// The six modulation vectors, each broadcast to one row per voxel `[N, C]`.
+    fn modulation_vectors(&self, x: &SparseTensor, modulation: &Tensor) -> Result<[Tensor; 6]> {
+        let c = self.config.channels;
+        let expected = if self.config.share_mod { 6 * c } else { c };
+        let batch = x.batch_size() as i64;
+        match modulation.size()[..] {
+            [b, width] if b == batch && width == expected => {}
+            ref found => {
+                return Err(Error::invalid_argument(format!(
+                    "ModulatedSparseTransformerCrossBlock: modulation must be [{batch}, \
+                     {expected}], got {found:?}"
+                )))
+            }
+        }
+        let mods = match &self.ada_ln_modulation {
+            Some(linear) => linear.forward(&modulation.f_silu()?)?,
+            None => modulation.shallow_clone(),
+        };
+        let per_voxel = mods
+            .f_to_kind(x.kind())?
+            .f_index_select(0, &x.batch_index()?)?;
+        per_voxel
+            .f_chunk(6, 1)?
+            .try_into()
+            .map_err(|_| Error::internal("adaLN modulation did not split into 6 chunks"))
+    }
+}
+
+/// `h · (1 + scale) + shift`, all `[N, C]`.
+fn modulate(h: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    Ok(h.f_mul(&scale.f_add_scalar(1.0)?)?.f_add(shift)?)
+}
