@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins
@@ -28,7 +28,7 @@ strip "$out"/bin/* 2>/dev/null || true
 # bundle carries only binaries and the shared golden data, which lives outside the repo.
 mkdir -p "$out/shared/golden/reconviagen"
 cp -r ../shared/golden/reconviagen/ckpt_pipeline ../shared/golden/reconviagen/pipeline_e2e \
-  ../shared/golden/reconviagen/samplers "$out/shared/golden/reconviagen/"
+  ../shared/golden/reconviagen/samplers ../shared/golden/reconviagen/slat_flow_multiview "$out/shared/golden/reconviagen/"
 cat > "$out/run-tests.sh" <<'RUN'
 #!/usr/bin/env bash
 # The GPU checks: the golden tests (CUDA ones included) and the CLI on CUDA.
@@ -54,6 +54,7 @@ fi
 # golden fixtures in fp16; the SS flow at full size in fp16 against fp32.
 "$here"/bin/sparse_attention --include-ignored --nocapture --test-threads 1
 "$here"/bin/sparse_structure_flow --include-ignored --nocapture --test-threads 1
+"$here"/bin/structured_latent_flow --include-ignored --nocapture --test-threads 1
 "$here"/bin/recon info --model tests/fixtures/model_tiny --device cuda
 # Stage 1 end to end on CUDA through the C API (the demo).
 "$here"/bin/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
