@@ -7,7 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{golden_dir, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{
+    assert_layout_is_published, golden_dir, read_tensors, rel_l2, shared_golden_dir,
+    REL_L2_TOLERANCE,
+};
 use recon::hub::read_checkpoint_config;
 use recon::models::sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use recon::nn::layout::{safetensors_file_size, TensorSpec};
@@ -17,29 +20,6 @@ use tch::{Device, Kind, Tensor};
 /// Size of `ss_flow_img_dit_L_16l8_fp16.safetensors` on the Hub (research/trellis.md §0).
 const PUBLISHED_FILE_BYTES: u64 = 1_130_770_840;
 
-fn published_listing() -> Vec<(String, Vec<i64>, Kind)> {
-    let path = golden_dir().join("ss_flow_published_layout/ss_flow_img_dit_L_16l8_fp16.tsv");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("key\tshape\tdtype_in_file"));
-    lines
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(", ")
-                .map(|d| d.parse().unwrap())
-                .collect();
-            let kind = match fields[2] {
-                "float16" => Kind::Half,
-                "float32" => Kind::Float,
-                other => panic!("{line}: dtype {other}"),
-            };
-            (fields[0].to_string(), shape, kind)
-        })
-        .collect()
-}
-
 /// The published checkpoint's every tensor — name, shape, stored dtype, in `state_dict()`
 /// order — is what `SparseStructureFlowModel::new` checks and reads for the published config.
 #[test]
@@ -47,15 +27,10 @@ fn published_layout_matches_the_released_checkpoint() {
     let layout = SparseStructureFlowConfig::trellis_image_large()
         .checkpoint_layout()
         .unwrap();
-    let ours: Vec<(String, Vec<i64>, Kind)> = layout
-        .iter()
-        .map(|s| (s.name.clone(), s.shape.clone(), s.stored))
-        .collect();
-    let published = published_listing();
-    for (i, (a, b)) in ours.iter().zip(&published).enumerate() {
-        assert_eq!(a, b, "tensor #{i}");
-    }
-    assert_eq!(ours.len(), published.len());
+    assert_layout_is_published(
+        &layout,
+        &golden_dir().join("ss_flow_published_layout/ss_flow_img_dit_L_16l8_fp16.tsv"),
+    );
     assert_eq!(layout.len(), 489);
 
     let elements: i64 = layout.iter().map(TensorSpec::numel).sum();

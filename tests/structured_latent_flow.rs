@@ -7,7 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{golden_dir, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{
+    assert_layout_is_published, golden_dir, read_tensors, rel_l2, shared_golden_dir,
+    REL_L2_TOLERANCE,
+};
 use recon::hub::read_checkpoint_config;
 use recon::models::structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
 use recon::nn::layout::{safetensors_file_size, TensorSpec};
@@ -20,29 +23,6 @@ const PUBLISHED_FILE_BYTES: u64 = 1_203_755_136;
 
 const CASES: [&str; 2] = ["slat_flow_fp16layout", "slat_flow_noskip_f32"];
 
-fn published_listing() -> Vec<(String, Vec<i64>, Kind)> {
-    let path = golden_dir().join("../published_layouts/slat_flow_img_dit_L_64l8p2_fp16.tsv");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("key\tshape\tdtype_in_file"));
-    lines
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(", ")
-                .map(|d| d.parse().unwrap())
-                .collect();
-            let kind = match fields[2] {
-                "float16" => Kind::Half,
-                "float32" => Kind::Float,
-                other => panic!("{line}: dtype {other}"),
-            };
-            (fields[0].to_string(), shape, kind)
-        })
-        .collect()
-}
-
 /// Every tensor of the published checkpoint — name, shape, stored dtype, in `state_dict()`
 /// order — is what `SLatFlowModel::new` checks and reads for the published config, and the
 /// safetensors size formula gives the published file's size.
@@ -51,15 +31,10 @@ fn published_layout_matches_the_released_checkpoint() {
     let layout = SLatFlowConfig::trellis_image_large()
         .checkpoint_layout()
         .unwrap();
-    let ours: Vec<(String, Vec<i64>, Kind)> = layout
-        .iter()
-        .map(|s| (s.name.clone(), s.shape.clone(), s.stored))
-        .collect();
-    let published = published_listing();
-    for (i, (a, b)) in ours.iter().zip(&published).enumerate() {
-        assert_eq!(a, b, "tensor #{i}");
-    }
-    assert_eq!(ours.len(), published.len());
+    assert_layout_is_published(
+        &layout,
+        &golden_dir().join("../published_layouts/slat_flow_img_dit_L_64l8p2_fp16.tsv"),
+    );
     assert_eq!(layout.len(), 526);
     let parameters: i64 = layout.iter().map(TensorSpec::numel).sum();
     assert_eq!(parameters, 600_432_520);

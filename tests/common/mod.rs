@@ -87,3 +87,46 @@ pub fn rel_l2(ours: &Tensor, reference: &Tensor) -> (f64, f64) {
 
 /// The parity tolerance of DESIGN.md §5 for fp32 on CPU.
 pub const REL_L2_TOLERANCE: f64 = 1e-4;
+
+/// A published checkpoint's key listing (`key\tshape\tdtype_in_file`, as in
+/// tests/fixtures/published_layouts/): (name, shape, stored dtype) in `state_dict()` order.
+pub fn published_listing(path: &Path) -> Vec<(String, Vec<i64>, tch::Kind)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("key\tshape\tdtype_in_file"),
+        "{}",
+        path.display()
+    );
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let shape = fields[1]
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|d| d.trim().parse().unwrap())
+                .collect();
+            let kind = match fields[2] {
+                "float16" => tch::Kind::Half,
+                "float32" => tch::Kind::Float,
+                other => panic!("{line}: dtype {other}"),
+            };
+            (fields[0].to_string(), shape, kind)
+        })
+        .collect()
+}
+
+/// Asserts that a network's computed checkpoint layout is the published listing, tensor for
+/// tensor (name, shape, stored dtype, order).
+pub fn assert_layout_is_published(layout: &[recon::nn::layout::TensorSpec], listing: &Path) {
+    let ours: Vec<(String, Vec<i64>, tch::Kind)> = layout
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone(), s.stored))
+        .collect();
+    let published = published_listing(listing);
+    for (i, (a, b)) in ours.iter().zip(&published).enumerate() {
+        assert_eq!(a, b, "tensor #{i}");
+    }
+    assert_eq!(ours.len(), published.len(), "{}", listing.display());
+}
