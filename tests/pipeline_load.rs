@@ -48,7 +48,9 @@ fn fixture_model_loads_and_runs_its_decoder() {
     );
     assert!(nets[0].num_elements > 0);
     let decoder = pipeline.network("sparse_structure_decoder").unwrap();
-    let x = tch::Tensor::randn([1, 8, 4, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    let x = recon::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+        tch::Tensor::randn([1, 8, 4, 4, 4], (tch::Kind::Float, tch::Device::Cpu))
+    });
     let out = decoder
         .forward_named(&[("x".to_string(), x)].into_iter().collect())
         .unwrap();

@@ -464,7 +464,9 @@ mod tests {
         let tensors: Vec<(String, Tensor)> = specs
             .iter()
             .map(|s| {
-                let values = Tensor::randn(&s.shape, (Kind::Float, Device::Cpu)) * 0.1;
+                let values = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                    Tensor::randn(&s.shape, (Kind::Float, Device::Cpu))
+                }) * 0.1;
                 (s.name.clone(), values.to_kind(s.stored))
             })
             .collect();
@@ -552,9 +554,13 @@ mod tests {
             assert_eq!(weights.unused(), Vec::<String>::new(), "{config:?}");
 
             let r = config.resolution;
-            let x = Tensor::randn([2, config.in_channels, r, r, r], (Kind::Float, Device::Cpu));
+            let x = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn([2, config.in_channels, r, r, r], (Kind::Float, Device::Cpu))
+            });
             let t = Tensor::from_slice(&[500.0f32, 3.0]);
-            let cond = Tensor::randn([2, 7, config.cond_channels], (Kind::Float, Device::Cpu));
+            let cond = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn([2, 7, config.cond_channels], (Kind::Float, Device::Cpu))
+            });
             let v = model.forward(&x, &t, &cond).unwrap();
             assert_eq!(v.size(), [2, config.out_channels, r, r, r]);
             assert_eq!(v.kind(), Kind::Float);

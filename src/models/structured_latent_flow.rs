@@ -697,7 +697,9 @@ mod tests {
         let tensors: Vec<(String, Tensor)> = specs
             .iter()
             .map(|s| {
-                let values = Tensor::randn(&s.shape, (Kind::Float, Device::Cpu)) * 0.1;
+                let values = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                    Tensor::randn(&s.shape, (Kind::Float, Device::Cpu))
+                }) * 0.1;
                 (s.name.clone(), values.to_kind(s.stored))
             })
             .collect();
@@ -788,13 +790,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{config:?}: {e}"));
             assert_eq!(weights.unused(), Vec::<String>::new(), "{config:?}");
 
-            let feats = Tensor::randn(
-                [coords.size()[0], config.in_channels],
-                (Kind::Float, Device::Cpu),
-            );
+            let feats = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn(
+                    [coords.size()[0], config.in_channels],
+                    (Kind::Float, Device::Cpu),
+                )
+            });
             let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
             let t = Tensor::from_slice(&[500.0f32, 3.0]);
-            let cond = Tensor::randn([2, 7, config.cond_channels], (Kind::Float, Device::Cpu));
+            let cond = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn([2, 7, config.cond_channels], (Kind::Float, Device::Cpu))
+            });
             let v = model.forward(&x, &t, &cond).unwrap();
             assert_eq!(v.feats().size(), [47, config.out_channels], "{config:?}");
             assert!(v.coords().equal(&coords));

@@ -199,13 +199,22 @@ static CPU_GENERATOR: Mutex<()> = Mutex::new(());
 /// recon that reseeds or draws from libtorch's global CPU generator at the same moment can
 /// still interleave; the generator is left in its post-draw state, as the reference leaves it.
 pub fn seeded_noise(seed: u64, shape: &[i64]) -> Result<Tensor> {
-    let _draw = CPU_GENERATOR
+    with_cpu_generator(|| {
+        // torch.manual_seed takes the seed as an unsigned 64-bit integer; tch passes it as i64
+        // and libtorch reads the same 64 bits back as unsigned.
+        tch::manual_seed(i64::from_ne_bytes(seed.to_ne_bytes()));
+        Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?)
+    })
+}
+
+/// Runs `draw` while holding recon's lock on libtorch's global CPU generator. Code in this
+/// process that draws random numbers (tests included) goes through it so that it never lands
+/// between a reseed and the draw of [`seeded_noise`].
+pub fn with_cpu_generator<T>(draw: impl FnOnce() -> T) -> T {
+    let _guard = CPU_GENERATOR
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    // torch.manual_seed takes the seed as an unsigned 64-bit integer; tch passes it as i64 and
-    // libtorch reads the same 64 bits back as unsigned.
-    tch::manual_seed(i64::from_ne_bytes(seed.to_ne_bytes()));
-    Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?)
+    draw()
 }
 
 /// The noise shape `sample_sparse_structure` draws: `[num_samples, in_channels, R, R, R]`.
