@@ -455,23 +455,11 @@ mod tests {
     use tch::Device;
 
     use super::*;
-    use crate::weights::write_safetensors;
     use crate::ErrorKind;
 
     /// A checkpoint holding `specs` with random values in their stored dtypes.
     fn random_checkpoint(dir: &Path, specs: &[TensorSpec]) -> Weights {
-        let path = dir.join("ss_flow.safetensors");
-        let tensors: Vec<(String, Tensor)> = specs
-            .iter()
-            .map(|s| {
-                let values = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
-                    Tensor::randn(&s.shape, (Kind::Float, Device::Cpu))
-                }) * 0.1;
-                (s.name.clone(), values.to_kind(s.stored))
-            })
-            .collect();
-        write_safetensors(&path, &tensors).unwrap();
-        Weights::open(&path, Kind::Float, Device::Cpu).unwrap()
+        crate::nn::layout::random_checkpoint(&dir.join("ss_flow.safetensors"), specs)
     }
 
     fn small(patch_size: i64, use_fp16: bool) -> SparseStructureFlowConfig {

@@ -132,3 +132,21 @@ pub fn safetensors_file_size(
     let header_len = json.len().next_multiple_of(8);
     Ok((8 + header_len + offset) as u64)
 }
+
+/// A checkpoint at `path` holding `specs` with random values (N(0, 0.01)) in their stored
+/// dtypes, opened as fp32 on the CPU: for unit tests of the networks' loaders.
+#[cfg(test)]
+pub(crate) fn random_checkpoint(path: &std::path::Path, specs: &[TensorSpec]) -> Weights {
+    use tch::{Device, Tensor};
+    let tensors: Vec<(String, Tensor)> = specs
+        .iter()
+        .map(|s| {
+            let values = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn(&s.shape, (Kind::Float, Device::Cpu))
+            }) * 0.1;
+            (s.name.clone(), values.to_kind(s.stored))
+        })
+        .collect();
+    crate::weights::write_safetensors(path, &tensors).unwrap();
+    Weights::open(path, Kind::Float, Device::Cpu).unwrap()
+}
