@@ -1,6 +1,7 @@
 // Submanifold sparse convolution on CUDA: a voxel hash, the kernel-map build, the gather /
-// reduction around the per-offset GEMMs (the GEMMs themselves run through libtorch), and a
-// fused tensor-core kernel for fp16 with up to 256 channels (end of the file).
+// reduction around the per-offset GEMMs (the GEMMs themselves run through libtorch), and
+// fused kernels for fp16 (tensor cores) and fp32 (CUDA cores) with up to 256 channels (end of
+// the file).
 // Host side: src/cuda/sparse.rs. Compiled at run time by NVRTC (src/cuda/nvrtc.rs) for the
 // device's architecture; CI compiles it for sm_80 and sm_90 (tests/kernels_compile.rs).
 //
@@ -527,4 +528,183 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused submanifold convolution for fp32 features with up to a few hundred channels: the same
+// walk as fused_subm_conv_f16 (a block owns ROWS output rows x F32_COLS output channels,
+// offsets in order, the tile's neighbour rows gathered through pair_index, sums kept in
+// registers, each output row written once, bias last), with the products on the CUDA cores in
+// fp32 FMA: each thread owns a (ROWS / 16) x 8 block of outputs (rows in groups of 4,
+// ty*4.. and 64+ty*4.., columns tx*4.. and 64+tx*4..), read as float4s from k-major shared
+// tiles. Accuracy is
+// that of any fp32 GEMM (no TF32). Two tile heights: 128 rows (more reuse per shared load)
+// and 64 (twice the blocks, for inputs too small to fill the GPU with 128-row tiles).
+// Layout: x [N, C_in], w [K, C_in, C_out] (the engine's layout, no transpose), bias [C_out]
+// or null, pairs row 0 (input rows), pair_index [K, N], out [N, C_out]. Needs C_in % 4 == 0,
+// C_out % 4 == 0, 16-byte aligned x, w and out, blockDim.x == F32_THREADS.
+
+#define F32_COLS 128
+#define F32_CHUNK 16
+#define F32_PAD 4
+#define F32_THREADS 256
+
+struct __align__(16) Float4 {
+  float x, y, z, w;
+};
+
+__device__ __forceinline__ Float4 zero4() {
+  Float4 v;
+  v.x = v.y = v.z = v.w = 0.0f;
+  return v;
+}
+
+__device__ __forceinline__ Float4 load4(const float *p) {
+  return *reinterpret_cast<const Float4 *>(p);
+}
+
+template <int ROWS>
+__device__ __forceinline__ void fused_subm_conv_f32_tiles(
+    const float *x, i64 n, i64 c_in, i64 c_out, const float *w, const float *bias,
+    const i64 *in_rows, const int *pair_index, i64 num_offsets, i64 centre, float *out) {
+  // Rows per thread, in groups of 4 consecutive rows 64 apart: g*64 + ty*4 + (0..4).
+  constexpr int RT = ROWS / 16;
+  static_assert(RT % 4 == 0, "ROWS must be a multiple of 64");
+  // Input float4s of one chunk per thread (ROWS rows x 4 float4s over 256 threads).
+  constexpr int A_LOADS = ROWS * 4 / F32_THREADS;
+  // k-major tiles: a_tile[c][r] is input channel c of the tile's row r.
+  __shared__ __align__(16) float a_tile[F32_CHUNK][ROWS + F32_PAD];
+  __shared__ __align__(16) float w_tile[F32_CHUNK][F32_COLS];
+  __shared__ int src_rows[ROWS];
+  const int tx = threadIdx.x & 15;
+  const int ty = threadIdx.x >> 4;
+  const i64 col0 = (i64)blockIdx.y * F32_COLS;
+  const int cols = (int)min((i64)F32_COLS, c_out - col0);
+  const i64 num_row_tiles = (n + ROWS - 1) / ROWS;
+  for (i64 tile = blockIdx.x; tile < num_row_tiles; tile += gridDim.x) {
+    const i64 row0 = tile * ROWS;
+    float acc[RT][8];
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+    }
+    for (i64 k = 0; k < num_offsets; ++k) {
+      int has_neighbour = 0;
+      if (threadIdx.x < ROWS) {
+        const i64 o = row0 + threadIdx.x;
+        int src = -1;
+        if (o < n) {
+          if (k == centre) {
+            src = (int)o;
+          } else {
+            const int p = pair_index[k * n + o];
+            if (p >= 0) src = (int)in_rows[p];
+          }
+        }
+        src_rows[threadIdx.x] = src;
+        has_neighbour = src >= 0;
+      }
+      // The whole tile lacks this offset (common at surface edges): nothing to add.
+      if (!__syncthreads_or(has_neighbour)) continue;
+      for (i64 c0 = 0; c0 < c_in; c0 += F32_CHUNK) {
+        const int width = (int)min((i64)F32_CHUNK, c_in - c0);
+        // Every global load of the chunk is issued before the first shared store.
+        Float4 a_values[A_LOADS], w_values[2];
+#pragma unroll
+        for (int t = 0; t < A_LOADS; ++t) {
+          const int i = threadIdx.x + t * F32_THREADS;
+          const int r = i >> 2, v = i & 3;
+          const int src = src_rows[r];
+          a_values[t] = zero4();
+          if (src >= 0 && v * 4 < width) a_values[t] = load4(x + (i64)src * c_in + c0 + v * 4);
+        }
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          const int i = threadIdx.x + t * F32_THREADS;
+          const int c = i >> 5, u = i & 31;
+          w_values[t] = zero4();
+          if (c < width && u * 4 < cols) {
+            w_values[t] = load4(w + (k * c_in + c0 + c) * c_out + col0 + u * 4);
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < A_LOADS; ++t) {
+          const int i = threadIdx.x + t * F32_THREADS;
+          const int r = i >> 2, v = i & 3;
+          a_tile[v * 4 + 0][r] = a_values[t].x;
+          a_tile[v * 4 + 1][r] = a_values[t].y;
+          a_tile[v * 4 + 2][r] = a_values[t].z;
+          a_tile[v * 4 + 3][r] = a_values[t].w;
+        }
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          const int i = threadIdx.x + t * F32_THREADS;
+          const int c = i >> 5, u = i & 31;
+          *reinterpret_cast<Float4 *>(&w_tile[c][u * 4]) = w_values[t];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < F32_CHUNK; ++kk) {
+          float a[RT];
+#pragma unroll
+          for (int g = 0; g < RT / 4; ++g) {
+            const Float4 v = load4(&a_tile[kk][g * 64 + ty * 4]);
+            a[4 * g + 0] = v.x;
+            a[4 * g + 1] = v.y;
+            a[4 * g + 2] = v.z;
+            a[4 * g + 3] = v.w;
+          }
+          const Float4 b0 = load4(&w_tile[kk][tx * 4]);
+          const Float4 b1 = load4(&w_tile[kk][64 + tx * 4]);
+          const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+          for (int i = 0; i < RT; ++i) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+          }
+        }
+        // The tiles are refilled by the next chunk or offset.
+        __syncthreads();
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      const i64 o = row0 + (i / 4) * 64 + ty * 4 + (i % 4);
+      if (o >= n) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int col = half * 64 + tx * 4;
+        if (col >= cols) continue;
+        Float4 v;
+        v.x = acc[i][4 * half + 0];
+        v.y = acc[i][4 * half + 1];
+        v.z = acc[i][4 * half + 2];
+        v.w = acc[i][4 * half + 3];
+        if (bias != nullptr) {
+          v.x += bias[col0 + col + 0];
+          v.y += bias[col0 + col + 1];
+          v.z += bias[col0 + col + 2];
+          v.w += bias[col0 + col + 3];
+        }
+        *reinterpret_cast<Float4 *>(out + o * c_out + col0 + col) = v;
+      }
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(F32_THREADS, 2)
+    fused_subm_conv_f32(const float *x, i64 n, i64 c_in, i64 c_out, const float *w,
+                        const float *bias, const i64 *in_rows, const int *pair_index,
+                        i64 num_offsets, i64 centre, float *out) {
+  fused_subm_conv_f32_tiles<128>(x, n, c_in, c_out, w, bias, in_rows, pair_index, num_offsets,
+                                 centre, out);
+}
+
+extern "C" __global__ void __launch_bounds__(F32_THREADS, 3)
+    fused_subm_conv_f32_r64(const float *x, i64 n, i64 c_in, i64 c_out, const float *w,
+                            const float *bias, const i64 *in_rows, const int *pair_index,
+                            i64 num_offsets, i64 centre, float *out) {
+  fused_subm_conv_f32_tiles<64>(x, n, c_in, c_out, w, bias, in_rows, pair_index, num_offsets,
+                                centre, out);
 }

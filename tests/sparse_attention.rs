@@ -215,7 +215,7 @@ fn coords_layout_needs_contiguous_batches() {
     assert!(CoordsLayout::new(&unordered).is_err());
     let ordered = Tensor::from_slice2(&[[0i32, 0, 0, 0], [2, 1, 1, 1]]);
     let layout = CoordsLayout::new(&ordered).unwrap();
-    assert_eq!(layout.batch_cu_seqlens(), &[0, 1, 1, 2]);
+    assert_eq!(layout.batch_cu_seqlens().unwrap(), &[0, 1, 1, 2]);
 }
 
 /// The bare-tensor entry point gives what the SparseTensor one gives, and the partition is

@@ -313,13 +313,21 @@ fn conv_matches_cpu_fp32_and_fp16() {
     println!("worst: fp32 {:.2e}, fp16 {:.2e}", worst[0], worst[1]);
 }
 
-/// The fused fp16 kernel (C_in % 16, C_out % 8, up to 256 channels) on shapes the main test
-/// does not reach: several input chunks, a partial output-channel tile, a second column of
-/// blocks, kernels with many offsets (7x7x7) and without a centre-only fallback.
+/// The fused kernels (fp16: C_in % 16, C_out % 8; fp32: C_in % 4, C_out % 4; up to 256
+/// channels) on shapes the main test does not reach: several input chunks, a partial
+/// output-channel tile, a second column of blocks, kernels with many offsets (7x7x7) and
+/// without a centre-only fallback.
 #[test]
 #[ignore = "needs CUDA"]
-fn fused_fp16_conv_matches_cpu_on_wide_channels() {
-    let shapes = [(192, 200), (256, 256), (16, 8), (80, 136)];
+fn fused_conv_matches_cpu_on_wide_channels() {
+    let shapes = [
+        (192, 200),
+        (256, 256),
+        (16, 8),
+        (80, 136),
+        (4, 12),
+        (36, 132),
+    ];
     for (i, &(c_in, c_out)) in shapes.iter().enumerate() {
         for (j, case) in [&CASES[0], &CASES[5], &CASES[3]].into_iter().enumerate() {
             let conv = conv_case(
@@ -329,20 +337,63 @@ fn fused_fp16_conv_matches_cpu_on_wide_channels() {
                 (i + j) % 2 == 0,
                 300 + 10 * i as i64 + j as i64,
             );
-            let (reference, fp16) = run_both(&conv, Kind::Half);
-            let (rel, max) = rel_l2(&fp16, &reference);
-            println!("fused {c_in}->{c_out} case {j}: fp16 rel L2 {rel:.2e} (max abs {max:.2e})");
-            assert!(rel <= 1e-2, "{c_in}->{c_out} case {j}: fp16 rel L2 {rel}");
+            let (reference, fp32) = run_both(&conv, Kind::Float);
+            let (rel32, max32) = rel_l2(&fp32, &reference);
+            println!(
+                "fused {c_in}->{c_out} case {j}: fp32 rel L2 {rel32:.2e} (max abs {max32:.2e})"
+            );
+            assert!(
+                rel32 <= 1e-5,
+                "{c_in}->{c_out} case {j}: fp32 rel L2 {rel32}"
+            );
+            if c_in % 16 == 0 && c_out % 8 == 0 {
+                let (_, fp16) = run_both(&conv, Kind::Half);
+                let (rel, max) = rel_l2(&fp16, &reference);
+                println!(
+                    "fused {c_in}->{c_out} case {j}: fp16 rel L2 {rel:.2e} (max abs {max:.2e})"
+                );
+                assert!(rel <= 1e-2, "{c_in}->{c_out} case {j}: fp16 rel L2 {rel}");
+            }
         }
     }
 }
 
+/// The fp32 fused kernel's 128-row tiles, which it takes once the input fills two blocks per
+/// multiprocessor (the cases above are small enough for its 64-row tiles): a ~40k-voxel shell.
+#[test]
+#[ignore = "needs CUDA"]
+fn fused_fp32_conv_matches_cpu_on_a_large_shell() {
+    let coords = shell_coords(90, 40.0);
+    let n = coords.size()[0];
+    assert!(
+        n > 264 * 128,
+        "{n} voxels: too few for 128-row tiles on an H100"
+    );
+    for (i, &(c_in, c_out)) in [(128, 128), (36, 132)].iter().enumerate() {
+        tch::manual_seed(500 + i as i64);
+        let krsc = Tensor::randn([c_out, 3, 3, 3, c_in], (Kind::Float, Device::Cpu))
+            / ((27 * c_in) as f64).sqrt();
+        let conv = ConvCase {
+            coords: coords.shallow_clone(),
+            feats: Tensor::randn([n, c_in], (Kind::Float, Device::Cpu)),
+            weight: engine::prepare_conv_weight(&krsc).unwrap(),
+            bias: Some(Tensor::randn([c_out], (Kind::Float, Device::Cpu))),
+            geometry: ConvGeometry::cubic(3, 1),
+        };
+        let (reference, fp32) = run_both(&conv, Kind::Float);
+        let (rel, max) = rel_l2(&fp32, &reference);
+        println!("shell N {n} {c_in}->{c_out}: fp32 rel L2 {rel:.2e} (max abs {max:.2e})");
+        assert!(rel <= 1e-5, "{c_in}->{c_out}: fp32 rel L2 {rel}");
+    }
+}
+
 /// Determinism, the workspace grouping (one offset per group) and a map without pair_index
-/// all give the same bits in fp32.
+/// all give the same bits in fp32. 33 input channels keep both dtypes off the fused kernels,
+/// on the gather → GEMM → reduction path whose grouping is under test.
 #[test]
 #[ignore = "needs CUDA"]
 fn conv_is_deterministic_across_groupings_and_map_forms() {
-    let conv = conv_case(&CASES[0], 32, 48, true, 99);
+    let conv = conv_case(&CASES[0], 33, 48, true, 99);
     let map =
         engine::build_submanifold_kernel_map(&conv.coords.to_device(GPU), conv.geometry).unwrap();
     let (feats, weight, bias) = (

@@ -203,13 +203,13 @@ fn kernel_maps_are_shared_per_level() {
     let up = SparseUpsample::new(2).unwrap().forward(&down).unwrap();
     assert!(up.same_level(&x));
     assert!(up.coords().equal(x.coords()));
-    assert_eq!(up.batch_offsets(), x.batch_offsets());
+    assert_eq!(up.batch_offsets().unwrap(), x.batch_offsets().unwrap());
 
     // Subdivision is a new level with the layout scaled by 8.
     let sub = SparseSubdivide::new().forward(&x).unwrap();
     assert!(!sub.same_level(&x));
-    let expected: Vec<i64> = x.batch_offsets().iter().map(|o| o * 8).collect();
-    assert_eq!(sub.batch_offsets(), expected.as_slice());
+    let expected: Vec<i64> = x.batch_offsets().unwrap().iter().map(|o| o * 8).collect();
+    assert_eq!(sub.batch_offsets().unwrap(), expected.as_slice());
 
     // An upsample without its downsample is an error, not a panic.
     let err = SparseUpsample::new(2).unwrap().forward(&x).unwrap_err();
@@ -279,7 +279,7 @@ fn empty_and_trailing_empty_batches() {
     .unwrap();
     let out = conv.forward(&empty).unwrap();
     assert_eq!(out.feats().size(), [0, 2]);
-    assert_eq!(out.batch_offsets(), &[0, 0, 0]);
+    assert_eq!(out.batch_offsets().unwrap(), &[0, 0, 0]);
     assert!(SparseTensor::new(
         Tensor::zeros([0, 3], (Kind::Float, Device::Cpu)),
         Tensor::zeros([0, 4], (Kind::Int, Device::Cpu)),
@@ -290,8 +290,11 @@ fn empty_and_trailing_empty_batches() {
     let x =
         SparseTensor::with_batch_size(Tensor::ones([10, 3], (Kind::Float, Device::Cpu)), coords, 3)
             .unwrap();
-    assert_eq!(x.batch_lengths(), vec![10, 0, 0]);
-    assert_eq!(conv.forward(&x).unwrap().batch_offsets(), &[0, 10, 10, 10]);
+    assert_eq!(x.batch_lengths().unwrap(), vec![10, 0, 0]);
+    assert_eq!(
+        conv.forward(&x).unwrap().batch_offsets().unwrap(),
+        &[0, 10, 10, 10]
+    );
 }
 
 #[test]
@@ -300,8 +303,8 @@ fn layout_and_batch_helpers() {
     let feats = Tensor::arange(12 * 2, (Kind::Float, Device::Cpu)).reshape([12, 2]);
     let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
     assert_eq!(x.batch_size(), 3);
-    assert_eq!(x.batch_offsets(), &[0, 5, 8, 12]);
-    assert_eq!(x.layout(), vec![0..5, 5..8, 8..12]);
+    assert_eq!(x.batch_offsets().unwrap(), &[0, 5, 8, 12]);
+    assert_eq!(x.layout().unwrap(), vec![0..5, 5..8, 8..12]);
 
     // Per-batch broadcast: row r takes per_batch[batch(r)], in the features' dtype.
     let per_batch = Tensor::from_slice(&[1.0f64, 10.0, 2.0, 20.0, 3.0, 30.0]).reshape([3, 2]);
@@ -326,7 +329,7 @@ fn layout_and_batch_helpers() {
     assert!(item.feats().equal(&x.feats().narrow(0, 5, 3)));
     let joined = sparse_cat(&[&x, &item]).unwrap();
     assert_eq!(joined.batch_size(), 4);
-    assert_eq!(joined.batch_offsets(), &[0, 5, 8, 12, 15]);
+    assert_eq!(joined.batch_offsets().unwrap(), &[0, 5, 8, 12, 15]);
     assert_eq!(
         i64::try_from(joined.coords().narrow(0, 12, 3).select(1, 0).min()).unwrap(),
         3

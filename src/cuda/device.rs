@@ -29,6 +29,7 @@ pub struct CudaDevice {
     ordinal: usize,
     arch: Arch,
     target: Target,
+    multiprocessors: i64,
     ctx: Arc<CudaContext>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -98,10 +99,14 @@ impl CudaDevice {
             .map_err(|e| device_error("compute capability", e))?;
         let arch = Arch::new(major, minor);
         let target = nvrtc::target_for(arch)?;
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_error("multiprocessor count", e))?;
         Ok(Self {
             ordinal,
             arch,
             target,
+            multiprocessors: i64::from(multiprocessors.max(1)),
             ctx,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -115,6 +120,11 @@ impl CudaDevice {
     /// The device's compute capability.
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// Streaming multiprocessors (how many blocks it takes to fill the device).
+    pub fn multiprocessors(&self) -> i64 {
+        self.multiprocessors
     }
 
     /// What its kernels are compiled to (its own cubin, or PTX for an older architecture).

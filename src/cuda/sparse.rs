@@ -8,10 +8,11 @@
 //! * [`submanifold_conv`]: gather → per-offset GEMM (libtorch `mm`, i.e. cuBLAS) →
 //!   reduction. The reduction is deterministic (no atomics): each output row sums its
 //!   contributions in offset order, which in fp32 is exactly the CPU path's order of additions.
-//!   No host round-trip. fp16 convolutions with at most [`FUSED_MAX_CHANNELS`] channels
-//!   (in whole MMA fragments) run instead one fused kernel that gathers through `pair_index`,
-//!   multiplies on the tensor cores and writes each output row once (no workspace, no atomics,
-//!   offsets summed in order); at these widths the separate passes are bound by memory traffic.
+//!   No host round-trip. Convolutions with at most [`FUSED_MAX_CHANNELS`] channels run instead
+//!   one fused kernel that gathers through `pair_index`, multiplies (fp16: on the tensor cores
+//!   in whole MMA fragments; fp32: fp32 FMA on the CUDA cores, no TF32) and writes each output
+//!   row once (no workspace, no atomics, offsets summed in order); at these widths the
+//!   separate passes are bound by the traffic of their intermediate buffers.
 //!
 //! All tensors are libtorch's, on libtorch's current stream (see `device.rs`). Kernels take
 //! the raw device pointers of contiguous tensors (`Tensor::data_ptr`).
@@ -53,11 +54,14 @@ pub const KERNEL_NAMES: &[&str] = &[
     "accumulate_offsets_f16",
     "accumulate_offsets_f16x4",
     "fused_subm_conv_f16",
+    "fused_subm_conv_f32",
+    "fused_subm_conv_f32_r64",
 ];
 
-/// Threads per block of the fused kernel (`FUSED_THREADS` in the kernel: 8 warps of 16 rows).
+/// Threads per block of the fused kernels (`FUSED_THREADS` / `F32_THREADS` in the kernel file).
 const FUSED_THREADS: u32 = 256;
-/// Output rows and channels of one fused block (`FUSED_ROWS`, `FUSED_COLS` in the kernel).
+/// Output rows and channels of one fused block (`FUSED_ROWS`, `FUSED_COLS`; the fp32 kernel's
+/// `F32_ROWS`, `F32_COLS` are the same).
 const FUSED_ROWS: i64 = 128;
 const FUSED_COLS: i64 = 128;
 /// Largest channel count (in or out) sent to the fused kernel: beyond it the GEMMs are
@@ -808,23 +812,35 @@ fn checked_pair_index(
     }
 }
 
-/// Whether the fused kernel takes this convolution: fp16, channels within
-/// [`FUSED_MAX_CHANNELS`] and in whole MMA fragments (C_in % 16, C_out % 8), 16-byte aligned
-/// features. `RECON_SPARSE_FUSED=0` turns it off (the gather-GEMM-reduction path then runs).
+/// Whether a fused kernel takes this convolution, channels within [`FUSED_MAX_CHANNELS`] and
+/// 16-byte aligned features in both cases: fp16 in whole MMA fragments (C_in % 16, C_out % 8),
+/// or fp32 in float4s (C_in % 4, C_out % 4). `RECON_SPARSE_FUSED=0` turns them off (the
+/// gather-GEMM-reduction path then runs).
 fn fused_applies(inputs: &ConvInputs) -> bool {
     if std::env::var("RECON_SPARSE_FUSED").is_ok_and(|v| v == "0") {
         return false;
     }
-    inputs.x.kind() == Kind::Half
-        && inputs.n > 0
-        && (16..=FUSED_MAX_CHANNELS).contains(&inputs.c_in)
-        && (8..=FUSED_MAX_CHANNELS).contains(&inputs.c_out)
-        && inputs.c_in % 16 == 0
-        && inputs.c_out % 8 == 0
-        && ptr(&inputs.x).is_multiple_of(16)
+    let (c_in, c_out) = (inputs.c_in, inputs.c_out);
+    let shape_fits = match inputs.x.kind() {
+        Kind::Half => {
+            (16..=FUSED_MAX_CHANNELS).contains(&c_in)
+                && (8..=FUSED_MAX_CHANNELS).contains(&c_out)
+                && c_in % 16 == 0
+                && c_out % 8 == 0
+        }
+        Kind::Float => {
+            (4..=FUSED_MAX_CHANNELS).contains(&c_in)
+                && (4..=FUSED_MAX_CHANNELS).contains(&c_out)
+                && c_in % 4 == 0
+                && c_out % 4 == 0
+        }
+        _ => false,
+    };
+    shape_fits && inputs.n > 0 && ptr(&inputs.x).is_multiple_of(16)
 }
 
-/// The fused kernel (see `fused_subm_conv_f16` in the kernel file): one pass, no workspace.
+/// The fused kernels (`fused_subm_conv_f16` / `fused_subm_conv_f32` in the kernel file): one
+/// pass, no workspace.
 fn fused_conv(
     inputs: &ConvInputs,
     pairs: &Tensor,
@@ -832,19 +848,42 @@ fn fused_conv(
     centre: i64,
 ) -> Result<Tensor> {
     let device = inputs.x.device();
-    let out = Tensor::f_empty([inputs.n, inputs.c_out], (Kind::Half, device))?;
-    // [K, C_out, C_in]: each output channel's weights contiguous along C_in, as the kernel's
-    // B fragments read them (a fresh contiguous tensor is 16-byte aligned).
-    let wt = inputs.weight.f_transpose(1, 2)?.f_contiguous()?;
-    let volume = pair_index.size()[0];
+    let kind = inputs.x.kind();
+    let out = Tensor::f_empty([inputs.n, inputs.c_out], (kind, device))?;
+    // fp16 reads [K, C_out, C_in] (each output channel's weights contiguous along C_in, as the
+    // B fragments want them); fp32 reads the engine's [K, C_in, C_out] rows as float4s. A
+    // fresh contiguous tensor is 16-byte aligned.
     let gpu = cuda_device(cuda_ordinal(&inputs.x, "the features")?)?;
-    let name = "fused_subm_conv_f16";
+    let col_tiles = (inputs.c_out + FUSED_COLS - 1) / FUSED_COLS;
+    let (name, w, rows) = if kind == Kind::Half {
+        (
+            "fused_subm_conv_f16",
+            inputs.weight.f_transpose(1, 2)?.f_contiguous()?,
+            FUSED_ROWS,
+        )
+    } else {
+        // 128-row tiles reuse each shared load more; below two blocks per multiprocessor the
+        // device is not full, and 64-row tiles (twice the blocks) finish sooner.
+        let blocks = (inputs.n + FUSED_ROWS - 1) / FUSED_ROWS * col_tiles;
+        let (name, rows) = if blocks < 2 * gpu.multiprocessors() {
+            ("fused_subm_conv_f32_r64", FUSED_ROWS / 2)
+        } else {
+            ("fused_subm_conv_f32", FUSED_ROWS)
+        };
+        (name, inputs.weight.f_contiguous()?, rows)
+    };
+    if !ptr(&w).is_multiple_of(16) {
+        return Err(Error::internal(
+            "fused convolution: weights not 16-byte aligned",
+        ));
+    }
+    let volume = pair_index.size()[0];
     let function = gpu.function(&SPARSE_CONV, name)?;
     let stream = gpu.torch_stream()?;
     let bias_ptr = inputs.bias.as_ref().map_or(0u64, ptr);
-    let (x_ptr, wt_ptr, rows_ptr, index_ptr, out_ptr) = (
+    let (x_ptr, w_ptr, rows_ptr, index_ptr, out_ptr) = (
         ptr(&inputs.x),
-        ptr(&wt),
+        ptr(&w),
         ptr(pairs),
         ptr(pair_index),
         ptr(&out),
@@ -854,23 +893,23 @@ fn fused_conv(
         .arg(&inputs.n)
         .arg(&inputs.c_in)
         .arg(&inputs.c_out)
-        .arg(&wt_ptr)
+        .arg(&w_ptr)
         .arg(&bias_ptr)
         .arg(&rows_ptr)
         .arg(&index_ptr)
         .arg(&volume)
         .arg(&centre)
         .arg(&out_ptr);
-    let row_tiles = (inputs.n + FUSED_ROWS - 1) / FUSED_ROWS;
-    let col_tiles = (inputs.c_out + FUSED_COLS - 1) / FUSED_COLS;
+    let row_tiles = (inputs.n + rows - 1) / rows;
     let config = cudarc::driver::LaunchConfig {
         grid_dim: (row_tiles.clamp(1, MAX_BLOCKS) as u32, col_tiles as u32, 1),
         block_dim: (FUSED_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: (x [N, C_in], N, C_in, C_out, wt [K, C_out, C_in], bias [C_out] or null,
-    // pairs row 0 [P], pair_index [K, N], K, centre, out [N, C_out]) as declared; fused_applies
-    // checked the channel multiples and x's alignment, the map's positions are < P and its
+    // SAFETY: (x [N, C_in], N, C_in, C_out, w ([K, C_out, C_in] fp16 / [K, C_in, C_out] fp32),
+    // bias [C_out] or null, pairs row 0 [P], pair_index [K, N], K, centre, out [N, C_out]) as
+    // declared, all of x's kind; fused_applies checked the channel multiples and x's alignment,
+    // w's alignment is checked above, the map's positions are < P and its
     // input rows < N.
     unsafe { device::launch(&mut args, config, name) }?;
     Ok(out)

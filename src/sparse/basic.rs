@@ -6,7 +6,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tch::{Device, Kind, Tensor};
 
@@ -40,7 +40,11 @@ impl CacheEntry for Vec<i64> {
 pub(crate) struct SpatialLevel {
     batch_size: usize,
     /// `offsets[b]..offsets[b + 1]` are the rows of batch item b (`batch_size + 1` entries).
-    offsets: Vec<i64>,
+    /// Known at creation for levels derived on the host side (subdivide, batch items,
+    /// concatenation); computed from the coordinates on first use otherwise, so that a tensor
+    /// made for a convolution alone never waits on the device (see
+    /// [`SparseTensor::with_batch_size`]).
+    offsets: OnceLock<Vec<i64>>,
     cache: Mutex<HashMap<String, Box<dyn Any + Send>>>,
 }
 
@@ -49,7 +53,17 @@ impl SpatialLevel {
     pub(crate) fn with_offsets(offsets: Vec<i64>) -> Arc<Self> {
         Arc::new(Self {
             batch_size: offsets.len().saturating_sub(1),
-            offsets,
+            offsets: OnceLock::from(offsets),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A level of `batch_size` items whose layout is read from the coordinates when first
+    /// needed.
+    fn with_pending_layout(batch_size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            batch_size,
+            offsets: OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -86,7 +100,8 @@ impl fmt::Debug for SparseTensor {
 }
 
 impl SparseTensor {
-    /// A sparse tensor whose batch size is one more than the largest batch index.
+    /// A sparse tensor whose batch size is one more than the largest batch index; the batch
+    /// layout is read and checked here (the batch column must be non-decreasing).
     pub fn new(feats: Tensor, coords: Tensor) -> Result<Self> {
         check_coords(&coords)?;
         if coords.size()[0] == 0 {
@@ -95,18 +110,30 @@ impl SparseTensor {
             ));
         }
         let largest = i64::try_from(coords.f_select(1, 0)?.f_max()?)?;
-        Self::with_batch_size(feats, coords, (largest + 1).max(0) as usize)
+        let tensor = Self::with_batch_size(feats, coords, (largest + 1).max(0) as usize)?;
+        tensor.batch_offsets()?;
+        Ok(tensor)
     }
 
-    /// A sparse tensor of `batch_size` items (trailing items may be empty).
+    /// A sparse tensor of `batch_size` items (trailing items may be empty). Shapes, dtype
+    /// and devices are checked here; the batch layout (batch indices in `0..batch_size`,
+    /// each item's rows contiguous and in order) is read from the coordinates, and checked,
+    /// on first use ([`batch_offsets`](Self::batch_offsets) and everything per batch item).
+    /// On CUDA that read is a device round-trip, which a tensor built for convolutions alone
+    /// (whose kernel maps key voxels by their full coordinates, batch included) never pays,
+    /// as with spconv's tensors.
     pub fn with_batch_size(feats: Tensor, coords: Tensor, batch_size: usize) -> Result<Self> {
         check_coords(&coords)?;
         check_feats(&feats, &coords)?;
-        let offsets = batch_offsets(&coords, batch_size)?;
+        let level = if coords.size()[0] == 0 {
+            SpatialLevel::with_offsets(vec![0; batch_size + 1])
+        } else {
+            SpatialLevel::with_pending_layout(batch_size)
+        };
         Ok(Self {
             feats,
             coords,
-            level: SpatialLevel::with_offsets(offsets),
+            level,
         })
     }
 
@@ -158,8 +185,13 @@ impl SparseTensor {
 
     /// Row offsets of the batch items: item b owns rows `offsets[b]..offsets[b + 1]`
     /// (`batch_size + 1` entries, starting at 0). The `cu_seqlens` of varlen attention.
-    pub fn batch_offsets(&self) -> &[i64] {
-        &self.level.offsets
+    /// Errors when the coordinates' batch column is out of range or not in batch order.
+    pub fn batch_offsets(&self) -> Result<&[i64]> {
+        if let Some(offsets) = self.level.offsets.get() {
+            return Ok(offsets);
+        }
+        let computed = batch_offsets(&self.coords, self.level.batch_size)?;
+        Ok(self.level.offsets.get_or_init(|| computed))
     }
 
     /// Rows of batch item `b` (the reference's `layout[b]`).
@@ -170,17 +202,26 @@ impl SparseTensor {
                 self.level.batch_size
             )));
         }
-        Ok(self.level.offsets[b]..self.level.offsets[b + 1])
+        let offsets = self.batch_offsets()?;
+        Ok(offsets[b]..offsets[b + 1])
     }
 
     /// Rows of every batch item, in batch order (the reference's `layout`).
-    pub fn layout(&self) -> Vec<Range<i64>> {
-        self.level.offsets.windows(2).map(|w| w[0]..w[1]).collect()
+    pub fn layout(&self) -> Result<Vec<Range<i64>>> {
+        Ok(self
+            .batch_offsets()?
+            .windows(2)
+            .map(|w| w[0]..w[1])
+            .collect())
     }
 
     /// Voxel count of every batch item.
-    pub fn batch_lengths(&self) -> Vec<i64> {
-        self.level.offsets.windows(2).map(|w| w[1] - w[0]).collect()
+    pub fn batch_lengths(&self) -> Result<Vec<i64>> {
+        Ok(self
+            .batch_offsets()?
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect())
     }
 
     /// The batch index of every row, int64 `[N]` on the tensor's device (cached).
@@ -232,7 +273,11 @@ impl SparseTensor {
         Ok(Self {
             feats: self.feats.f_to_device(device)?,
             coords: self.coords.f_to_device(device)?,
-            level: SpatialLevel::with_offsets(self.level.offsets.clone()),
+            level: Arc::new(SpatialLevel {
+                batch_size: self.level.batch_size,
+                offsets: self.level.offsets.clone(),
+                cache: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
@@ -354,7 +399,7 @@ pub fn sparse_cat(inputs: &[&SparseTensor]) -> Result<SparseTensor> {
     for input in inputs {
         coords.push(shift_batch(&input.coords, batch_shift as i32)?);
         let base = *offsets.last().unwrap_or(&0);
-        offsets.extend(input.level.offsets[1..].iter().map(|o| o + base));
+        offsets.extend(input.batch_offsets()?[1..].iter().map(|o| o + base));
         batch_shift += input.batch_size() as i64;
     }
     let feats: Vec<&Tensor> = inputs.iter().map(|t| &t.feats).collect();
@@ -441,28 +486,52 @@ fn batch_offsets(coords: &Tensor, batch_size: usize) -> Result<Vec<i64>> {
     if rows == 0 {
         return Ok(offsets);
     }
+    if batch_size == 0 {
+        return Err(Error::invalid_argument(format!(
+            "sparse coords have {rows} rows but the batch size is 0"
+        )));
+    }
+    // Everything the host needs (range of the batch column, whether it ever decreases, the
+    // cumulative counts) travels in one small tensor: one device round-trip per construction
+    // instead of one per statistic, which is what a fresh tensor's first op pays for on CUDA.
     let batch = coords.f_select(1, 0)?.f_to_kind(Kind::Int64)?;
-    let lowest = i64::try_from(batch.f_min()?)?;
-    let highest = i64::try_from(batch.f_max()?)?;
+    let decreasing = if rows > 1 {
+        batch
+            .f_narrow(0, 1, rows - 1)?
+            .f_lt_tensor(&batch.f_narrow(0, 0, rows - 1)?)?
+            .f_sum(Kind::Int64)?
+    } else {
+        Tensor::f_zeros([], (Kind::Int64, batch.device()))?
+    };
+    // Clamped so that bincount has exactly `batch_size` bins even for out-of-range input
+    // (rejected below from the true min/max).
+    let counts = batch
+        .f_clamp(0, batch_size as i64 - 1)?
+        .f_bincount::<Tensor>(None, batch_size as i64)?
+        .f_cumsum(0, Kind::Int64)?;
+    let summary = Tensor::f_cat(
+        &[
+            batch.f_min()?.f_reshape([1])?,
+            batch.f_max()?.f_reshape([1])?,
+            decreasing.f_reshape([1])?,
+            counts,
+        ],
+        0,
+    )?
+    .f_to_device(Device::Cpu)?;
+    let summary = Vec::<i64>::try_from(&summary)?;
+    let (lowest, highest, decreasing) = (summary[0], summary[1], summary[2]);
     if lowest < 0 || highest >= batch_size as i64 {
         return Err(Error::invalid_argument(format!(
             "sparse coords have batch indices {lowest}..={highest}, outside 0..{batch_size}"
         )));
     }
-    if rows > 1 {
-        let steps = batch.f_narrow(0, 1, rows - 1)? - batch.f_narrow(0, 0, rows - 1)?;
-        if bool::try_from(steps.f_lt(0)?.f_any()?)? {
-            return Err(Error::invalid_argument(
-                "sparse coords: the rows of each batch item must be contiguous and in batch order",
-            ));
-        }
+    if decreasing > 0 {
+        return Err(Error::invalid_argument(
+            "sparse coords: the rows of each batch item must be contiguous and in batch order",
+        ));
     }
-    let counts = batch
-        .f_bincount::<Tensor>(None, batch_size as i64)?
-        .f_cumsum(0, Kind::Int64)?
-        .f_to_device(Device::Cpu)?;
-    let counts = Vec::<i64>::try_from(&counts)?;
-    offsets[1..].copy_from_slice(&counts[..batch_size]);
+    offsets[1..].copy_from_slice(&summary[3..3 + batch_size]);
     Ok(offsets)
 }
 

@@ -161,7 +161,7 @@ fn per_batch_item(
     let feats = x.feats().f_to_kind(Kind::Float)?;
     let channels = x.channels();
     let mut parts = Vec::with_capacity(x.batch_size());
-    for (b, rows) in x.layout().into_iter().enumerate() {
+    for (b, rows) in x.layout()?.into_iter().enumerate() {
         let len = rows.end - rows.start;
         if len == 0 {
             continue;

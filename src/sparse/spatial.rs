@@ -192,7 +192,7 @@ impl SparseSubdivide {
             .f_add(&children)?
             .f_reshape([-1, 4])?;
         let feats = x.feats().f_repeat_interleave_self_int(8, 0, None)?;
-        let offsets = x.batch_offsets().iter().map(|o| o * 8).collect();
+        let offsets = x.batch_offsets()?.iter().map(|o| o * 8).collect();
         Ok(SparseTensor::on_level(
             feats,
             coords,

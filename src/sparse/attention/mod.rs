@@ -41,14 +41,13 @@ pub trait AttentionSequences {
     /// Number of voxel rows.
     fn num_voxels(&self) -> i64;
     /// Batch element `b`'s rows are `cu[b]..cu[b + 1]` (`batch_size + 1` entries).
-    fn batch_cu_seqlens(&self) -> &[i64];
+    fn batch_cu_seqlens(&self) -> Result<&[i64]>;
     /// The window partition of these voxels for `window_size` and `shift`, built once and
     /// shared (a handle to the cached one).
     fn window_partition(&self, window_size: [i64; 3], shift: [i64; 3]) -> Result<WindowPartition>;
 
-    fn batch_size(&self) -> usize {
-        self.batch_cu_seqlens().len().saturating_sub(1)
-    }
+    /// Number of batch elements.
+    fn batch_size(&self) -> usize;
 }
 
 impl CacheEntry for WindowPartition {
@@ -62,8 +61,12 @@ impl AttentionSequences for SparseTensor {
         self.num_rows()
     }
 
-    fn batch_cu_seqlens(&self) -> &[i64] {
+    fn batch_cu_seqlens(&self) -> Result<&[i64]> {
         self.batch_offsets()
+    }
+
+    fn batch_size(&self) -> usize {
+        SparseTensor::batch_size(self)
     }
 
     fn window_partition(&self, window_size: [i64; 3], shift: [i64; 3]) -> Result<WindowPartition> {
@@ -120,8 +123,12 @@ impl AttentionSequences for CoordsLayout {
         self.batch_cu_seqlens.last().copied().unwrap_or(0)
     }
 
-    fn batch_cu_seqlens(&self) -> &[i64] {
-        &self.batch_cu_seqlens
+    fn batch_cu_seqlens(&self) -> Result<&[i64]> {
+        Ok(&self.batch_cu_seqlens)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_cu_seqlens.len().saturating_sub(1)
     }
 
     fn window_partition(&self, window_size: [i64; 3], shift: [i64; 3]) -> Result<WindowPartition> {

@@ -319,7 +319,7 @@ impl SparseMultiHeadAttention {
         };
         match self.config.mode {
             SparseAttentionMode::Full => {
-                let cu = voxels.batch_cu_seqlens();
+                let cu = voxels.batch_cu_seqlens()?;
                 varlen_attention(
                     &qkv.f_select(1, 0)?,
                     &qkv.f_select(1, 1)?,
@@ -362,7 +362,7 @@ impl SparseMultiHeadAttention {
             None => (q, k),
         };
         let cu_k = cu_seqlens(&vec![tokens; batch as usize]);
-        varlen_attention(&q, &k, &v, voxels.batch_cu_seqlens(), &cu_k)
+        varlen_attention(&q, &k, &v, voxels.batch_cu_seqlens()?, &cu_k)
     }
 
     /// `N` of voxel features `[N, C]` matching `voxels`, or an error naming the shapes.
