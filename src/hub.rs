@@ -44,6 +44,9 @@ pub const PIPELINE_JSON: &str = "pipeline.json";
 pub struct ResolveOptions<'a> {
     /// Pipeline model keys to fetch and check; `None` means every key in pipeline.json.
     pub only_models: Option<&'a [&'a str]>,
+    /// Pipeline model keys to leave out (e.g. decoders of formats nobody asked for); keys the
+    /// pipeline does not have are ignored.
+    pub skip_models: &'a [&'a str],
     /// Where progress and decisions are reported.
     pub log: &'a LogFn,
     /// Use only the local Hub cache; `None` reads HF_HUB_OFFLINE.
@@ -60,6 +63,7 @@ impl<'a> ResolveOptions<'a> {
     pub fn new(log: &'a LogFn) -> Self {
         Self {
             only_models: None,
+            skip_models: &[],
             log,
             offline: None,
             endpoint: None,
@@ -198,7 +202,10 @@ fn resolve_with(
     let config = PipelineConfig::read(&pipeline_json)?;
     let keys = selected_keys(&config, opts.only_models, &pipeline_json)?;
     let mut models = BTreeMap::new();
-    for key in keys {
+    for key in keys
+        .into_iter()
+        .filter(|k| !opts.skip_models.contains(&k.as_str()))
+    {
         let files = resolve_stem(place, &key, &config.models[&key], &pipeline_json)?;
         models.insert(key, files);
     }

@@ -8,6 +8,7 @@
 
 pub mod cuda;
 pub mod error;
+pub mod export;
 pub mod ffi;
 pub mod hub;
 pub mod image;
@@ -16,6 +17,7 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod pipelines;
+pub mod representations;
 pub mod samplers;
 pub mod sparse;
 pub mod weights;

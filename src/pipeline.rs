@@ -21,10 +21,15 @@ use crate::logging::{LogFn, LogLevel};
 use crate::models::dinov2::{self, Dinov2};
 use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
 use crate::models::{self, Network};
+use crate::pipelines::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput};
 use crate::pipelines::trellis_image_to_3d::{
     self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
 };
 use crate::samplers::{GuidanceFormula, SamplerConfig};
+
+/// The classes the structured-latent flow model may be (the elastic variant only changes
+/// training-time memory management).
+const SLAT_FLOW_CLASSES: &[&str] = &["SLatFlowModel", "ElasticSLatFlowModel"];
 
 /// More views than this is almost certainly a caller bug (the reference runs 1–16).
 pub const MAX_VIEWS: usize = 64;
@@ -71,6 +76,9 @@ pub struct LoadOptions {
     pub only_models: Option<Vec<String>>,
     /// Force Hub offline mode (None: from HF_HUB_OFFLINE).
     pub offline: Option<bool>,
+    /// The formats runs will ask for: the decoders of the others are neither downloaded nor
+    /// loaded (None: every decoder pipeline.json names).
+    pub formats: Option<Formats>,
     pub log: Arc<LogFn>,
 }
 
@@ -81,6 +89,7 @@ impl LoadOptions {
             device: DeviceRequest::Auto,
             only_models: None,
             offline: None,
+            formats: None,
             log: Arc::new(crate::logging::tracing_sink),
         }
     }
@@ -128,6 +137,8 @@ impl Pipeline {
             .map(|keys| keys.iter().map(String::as_str).collect());
         let mut resolve_options = ResolveOptions::new(log);
         resolve_options.only_models = only.as_deref();
+        let skipped = options.formats.map(unused_decoders).unwrap_or_default();
+        resolve_options.skip_models = &skipped;
         resolve_options.offline = options.offline;
         let resolved = hub::resolve(&options.source, &resolve_options)?;
         if !KNOWN_PIPELINES.contains(&resolved.config.name.as_str()) {
@@ -195,31 +206,69 @@ impl Pipeline {
             .and_then(|n| n.network.as_deref())
     }
 
-    /// Generates a 3D asset from `images` (one or more views of one object).
-    ///
-    /// Every input is validated first, so a bad call fails the same way whatever the build
-    /// implements. Stage 1 runs (see [`Pipeline::run_sparse_structure`]); the stages this build
-    /// does not implement yet then end the run with an Unsupported error that states the
-    /// stage-1 result and names what is missing; nothing is ever faked.
+    /// Generates a 3D asset from `images` (one or more views of one object): the reference's
+    /// `run` (one view) or `run_multi_image` (several, combined by `params.mode`), with the
+    /// noise of `params.seed` drawn as the reference draws it. Every input is validated first.
+    /// Decodes the formats `params.formats` asks for; a format whose decoder the pipeline
+    /// lacks (or `LoadOptions` left out) is an error naming it.
     pub fn run(
         &self,
         images: &[ImageInput<'_>],
         params: &RunParams,
         control: &RunControl<'_>,
     ) -> Result<Output> {
-        let stage1 = self.run_sparse_structure(images, params, control)?;
+        self.generate(images, params, &GenerationNoise::Seed, control)?
+            .to_output()
+    }
+
+    /// [`Pipeline::run`] with every intermediate result kept ([`Generation`]) and the noise
+    /// of both stages either drawn from the seed or given (replays and parity tests).
+    pub fn generate(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        noise: &GenerationNoise,
+        control: &RunControl<'_>,
+    ) -> Result<Generation> {
+        // Both stages' networks are looked up before any work, so a missing decoder fails
+        // fast.
+        let slat_networks = self.slat_networks(&params.formats)?;
+        let slat_sampler = self.slat_sampler(params)?;
+        let ss_noise = match noise {
+            GenerationNoise::Seed => NoiseSource::Seed(params.seed),
+            GenerationNoise::Given {
+                sparse_structure, ..
+            } => NoiseSource::Given(sparse_structure),
+        };
+        let stage1 = self.sparse_structure(images, params, ss_noise, control)?;
         control.check_cancelled()?;
-        Err(Error::unsupported(format!(
-            "stage 1 done: the sparse structure has {} occupied voxels in a {side}x{side}x{side} \
-             grid; stage 2 is not available in this build of recon: {} needs the \
-             structured-latent flow (SLatFlowModel) and its decoders ({}); implemented \
-             networks: {}",
+        let slat_source = match noise {
+            GenerationNoise::Seed => NoiseSource::Seed(params.seed),
+            GenerationNoise::Given { slat, .. } => NoiseSource::Given(slat),
+        };
+        let slat_noise = slat::initial_slat_noise(
+            slat_source,
+            &stage1.noise.size(),
             stage1.num_voxels(),
-            self.name(),
-            missing_decoders(&params.formats),
-            self.implemented_summary(),
-            side = stage1.grid_side(),
-        )))
+            slat_networks.flow.config().in_channels,
+        )?;
+        let condition = trellis::ImageCondition {
+            cond: stage1.cond.shallow_clone(),
+            neg_cond: stage1.neg_cond.shallow_clone(),
+        };
+        let stage2 = slat::run_slat(
+            &slat_networks,
+            &slat_sampler,
+            &stage1.coords,
+            &condition,
+            slat_noise,
+            params.mode,
+            control,
+        )?;
+        Ok(Generation {
+            sparse_structure: stage1,
+            slat: stage2,
+        })
     }
 
     /// Stage 1 of [`Pipeline::run`]: preprocessing, DINOv2 conditioning, sparse-structure
@@ -314,9 +363,77 @@ impl Pipeline {
         })
     }
 
+    /// pipeline.json's `slat_sampler` with the run's overrides.
+    fn slat_sampler(&self, params: &RunParams) -> Result<SamplerConfig> {
+        let guidance = self.guidance_formula()?;
+        let entry = self.config().slat_sampler.as_ref().ok_or_else(|| {
+            Error::format(format!(
+                "{}: `args.slat_sampler` is missing",
+                self.resolved.pipeline_json.display()
+            ))
+        })?;
+        SamplerConfig::from_pipeline(entry, guidance)
+            .context(format!(
+                "{}: `args.slat_sampler`",
+                self.resolved.pipeline_json.display()
+            ))?
+            .with_overrides(&params.slat)
+    }
+
+    /// The stage-2 networks: the flow model and the decoders `formats` asks for.
+    fn slat_networks(&self, formats: &Formats) -> Result<SlatNetworks<'_>> {
+        let normalization = self.config().slat_normalization.as_ref().ok_or_else(|| {
+            Error::format(format!(
+                "{}: `args.slat_normalization` is missing",
+                self.resolved.pipeline_json.display()
+            ))
+        })?;
+        Ok(SlatNetworks {
+            flow: self.concrete(slat::SLAT_FLOW_MODEL, SLAT_FLOW_CLASSES)?,
+            gaussian: formats
+                .gaussians
+                .then(|| self.concrete(slat::SLAT_DECODER_GS, &["SLatGaussianDecoder"]))
+                .transpose()?,
+            mesh: formats
+                .mesh
+                .then(|| self.concrete(slat::SLAT_DECODER_MESH, &["SLatMeshDecoder"]))
+                .transpose()?,
+            radiance_field: formats
+                .radiance_field
+                .then(|| self.concrete(slat::SLAT_DECODER_RF, &["SLatRadianceFieldDecoder"]))
+                .transpose()?,
+            normalization,
+            device: self.device,
+        })
+    }
+
+    /// The network under `key` as its Rust type (one of `classes`, as its json names it).
+    fn concrete<T: 'static>(&self, key: &str, classes: &[&str]) -> Result<&T> {
+        let loaded = self.stage_network_of(key, classes)?;
+        let network = loaded.network.as_deref().ok_or_else(|| {
+            Error::unsupported(format!(
+                "network '{key}' ({}) is not implemented in this build of recon",
+                loaded.class
+            ))
+        })?;
+        network.as_any().downcast_ref::<T>().ok_or_else(|| {
+            Error::internal(format!(
+                "network '{key}' ({}) was not built as {}",
+                loaded.class,
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
     /// The loaded network under `key`, which a stage needs with class `class`; errors say why
     /// it is not there (pipeline.json lacks it, `only_models` left it out, another class).
     fn stage_network(&self, key: &str, class: &str) -> Result<&LoadedNetwork> {
+        self.stage_network_of(key, &[class])
+    }
+
+    /// As [`Pipeline::stage_network`], for a stage that takes any of `classes`.
+    fn stage_network_of(&self, key: &str, classes: &[&str]) -> Result<&LoadedNetwork> {
+        let class = classes.join(" or ");
         let Some(loaded) = self.networks.iter().find(|n| n.key == key) else {
             let named = if key == IMAGE_COND_MODEL_KEY {
                 self.config().image_cond_model.is_some()
@@ -336,7 +453,7 @@ impl Pipeline {
                 ))
             });
         };
-        if loaded.class != class {
+        if !classes.contains(&loaded.class.as_str()) {
             return Err(Error::format(format!(
                 "network '{key}' is a {}, but {} needs a {class} there",
                 loaded.class,
@@ -469,19 +586,17 @@ fn load_image_cond_model(
     })
 }
 
-/// The stage-2 decoders the requested formats need, for messages.
-fn missing_decoders(formats: &Formats) -> String {
-    let mut names = Vec::new();
-    if formats.gaussians {
-        names.push("SLatGaussianDecoder for Gaussians");
-    }
-    if formats.mesh {
-        names.push("SLatMeshDecoder for the mesh");
-    }
-    if formats.radiance_field {
-        names.push("SLatRadianceFieldDecoder for the radiance field");
-    }
-    names.join(", ")
+/// The pipeline keys of the decoders `formats` does not need.
+fn unused_decoders(formats: Formats) -> Vec<&'static str> {
+    [
+        (formats.gaussians, slat::SLAT_DECODER_GS),
+        (formats.mesh, slat::SLAT_DECODER_MESH),
+        (formats.radiance_field, slat::SLAT_DECODER_RF),
+    ]
+    .into_iter()
+    .filter(|&(wanted, _)| !wanted)
+    .map(|(_, key)| key)
+    .collect()
 }
 
 /// One input view.
@@ -706,6 +821,92 @@ pub struct Output {
     pub gaussians: Option<Gaussians>,
     pub mesh: Option<Mesh>,
     pub cameras: Vec<Camera>,
+}
+
+/// Where a generation's noise comes from.
+pub enum GenerationNoise {
+    /// Drawn from `RunParams::seed` as the reference draws it.
+    Seed,
+    /// Given: the sparse-structure noise `[1, C, R, R, R]` and the structured-latent noise
+    /// `[N, C]` (N must be the number of voxels stage 1 finds).
+    Given {
+        sparse_structure: tch::Tensor,
+        slat: tch::Tensor,
+    },
+}
+
+/// Everything one generation computed (see [`Pipeline::generate`]).
+pub struct Generation {
+    pub sparse_structure: SparseStructureOutput,
+    pub slat: SlatOutput,
+}
+
+impl Generation {
+    /// The first (only) sample's Gaussians and mesh as flat arrays.
+    pub fn to_output(&self) -> Result<Output> {
+        let gaussians = self
+            .slat
+            .gaussians
+            .first()
+            .map(gaussians_output)
+            .transpose()?;
+        let mesh = self.slat.meshes.first().map(mesh_output).transpose()?;
+        Ok(Output {
+            gaussians,
+            mesh,
+            cameras: Vec::new(),
+        })
+    }
+}
+
+/// A float tensor's values in row-major order (on the CPU, as float32).
+fn to_vec_f32(t: &tch::Tensor) -> Result<Vec<f32>> {
+    let flat = t
+        .f_to_kind(tch::Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_reshape([-1])?;
+    Ok(Vec::<f32>::try_from(&flat)?)
+}
+
+fn gaussians_output(g: &crate::representations::gaussian::Gaussian) -> Result<Gaussians> {
+    let count = g.len();
+    Ok(Gaussians {
+        xyz: to_vec_f32(&g.get_xyz()?)?,
+        features_dc: to_vec_f32(&g.get_features()?.f_reshape([count, 3])?)?,
+        scaling: to_vec_f32(&g.get_scaling()?)?,
+        rotation: to_vec_f32(&g.get_rotation()?)?,
+        opacity: to_vec_f32(&g.get_opacity()?)?,
+    })
+}
+
+fn mesh_output(m: &crate::representations::mesh::MeshExtractResult) -> Result<Mesh> {
+    let positions = to_vec_f32(&m.vertices)?;
+    let faces = m
+        .faces
+        .f_to_kind(tch::Kind::Int64)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_reshape([-1])?;
+    let indices = Vec::<i64>::try_from(&faces)?
+        .into_iter()
+        .map(|i| {
+            u32::try_from(i)
+                .map_err(|_| Error::internal(format!("mesh vertex index {i} out of u32 range")))
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    // TRELLIS's colour channels are the first three vertex attributes (the rest are normals).
+    let colors = match &m.vertex_attrs {
+        Some(attrs) if attrs.size().get(1).is_some_and(|&c| c >= 3) => {
+            to_vec_f32(&attrs.f_narrow(1, 0, 3)?)?
+        }
+        _ => Vec::new(),
+    };
+    Ok(Mesh {
+        positions,
+        colors,
+        indices,
+    })
 }
 
 #[cfg(test)]

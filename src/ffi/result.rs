@@ -7,6 +7,7 @@ use super::model::write_versioned;
 use super::status::recon_status;
 use super::{finish, guarded, guarded_or, non_null, utf8, ErrorLog};
 use crate::error::{Error, Result};
+use crate::export::ExportFormat;
 use crate::pipeline::Output;
 
 /// Export formats for `recon_result_export` / `recon_result_export_buffer`.
@@ -241,25 +242,7 @@ pub unsafe extern "C" fn recon_result_camera(
 }
 
 fn export_bytes(output: &Output, format: i32) -> Result<Vec<u8>> {
-    let (name, has_data) = match format {
-        RECON_EXPORT_GLB => ("GLB", output.mesh.is_some()),
-        RECON_EXPORT_PLY_GAUSSIANS => ("Gaussian PLY", output.gaussians.is_some()),
-        RECON_EXPORT_PLY_MESH => ("mesh PLY", output.mesh.is_some()),
-        RECON_EXPORT_OBJ => ("OBJ", output.mesh.is_some()),
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "export format {other} is not a RECON_EXPORT_* value"
-            )))
-        }
-    };
-    if !has_data {
-        return Err(Error::invalid_argument(format!(
-            "cannot export {name}: the result holds no data for it"
-        )));
-    }
-    Err(Error::unsupported(format!(
-        "{name} export is not implemented in this build of recon yet"
-    )))
+    crate::export::export_to_bytes(output, ExportFormat::from_code(format)?)
 }
 
 /// Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
@@ -279,22 +262,13 @@ pub unsafe extern "C" fn recon_result_export(
         let r = unsafe { non_null(result, "result") }?;
         // SAFETY: NULL or a NUL-terminated string.
         let path = unsafe { utf8(path, "path") }?;
-        let bytes = export_bytes(&r.output, format)?;
-        write_atomically(std::path::Path::new(path), &bytes)
+        crate::export::export_to_path(
+            &r.output,
+            ExportFormat::from_code(format)?,
+            std::path::Path::new(path),
+        )
     });
     finish(status, result_ref(result).map(|r| &r.errors))
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    // Appended, not replacing the extension, so exports of a.glb and a.obj never collide.
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".recon-tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io_at(&tmp, &e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io_at(path, &e)
-    })
 }
 
 /// Exports `result` in `format` to a new library-owned buffer (free with `recon_buffer_free`).
@@ -443,9 +417,14 @@ mod tests {
     }
 
     #[test]
-    fn export_refuses_what_the_result_lacks_and_reports_unimplemented_writers() {
+    fn export_writes_what_the_result_holds_and_refuses_the_rest() {
         let mut result = sample_result();
-        result.output.mesh = Some(Mesh::default());
+        result.output.gaussians = None;
+        result.output.mesh = Some(Mesh {
+            positions: vec![0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0],
+            colors: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            indices: vec![0, 1, 2],
+        });
         let dir = tempfile::tempdir().unwrap();
         let path = crate::ffi::c_string(&dir.path().join("a.glb").to_string_lossy());
         let mut buffer = std::ptr::null_mut();
@@ -455,16 +434,24 @@ mod tests {
                 recon_result_export(&result, 99, path.as_ptr()),
                 recon_status::RECON_ERR_INVALID_ARGUMENT
             );
-            assert_eq!(
-                recon_result_export(&result, RECON_EXPORT_GLB, path.as_ptr()),
-                recon_status::RECON_ERR_UNSUPPORTED
-            );
+            assert!(!dir.path().join("a.glb").exists());
             assert_eq!(
                 recon_result_export_buffer(&result, RECON_EXPORT_PLY_GAUSSIANS, &mut buffer),
-                recon_status::RECON_ERR_UNSUPPORTED
+                recon_status::RECON_ERR_INVALID_ARGUMENT
             );
+            assert!(buffer.is_null());
+            assert_eq!(
+                recon_result_export(&result, RECON_EXPORT_GLB, path.as_ptr()),
+                recon_status::RECON_OK
+            );
+            assert_eq!(
+                recon_result_export_buffer(&result, RECON_EXPORT_OBJ, &mut buffer),
+                recon_status::RECON_OK
+            );
+            assert!(recon_buffer_size(buffer) > 0);
+            recon_buffer_free(buffer);
         }
-        assert!(buffer.is_null());
-        assert!(!dir.path().join("a.glb").exists());
+        let glb = std::fs::read(dir.path().join("a.glb")).unwrap();
+        assert_eq!(&glb[..4], b"glTF");
     }
 }

@@ -6,6 +6,7 @@ pub mod dinov2;
 pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;
 pub mod structured_latent_flow;
+pub mod structured_latent_vae;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,14 +22,20 @@ use dinov2::{Dinov2, Dinov2Config};
 use sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
 use structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
+use structured_latent_vae::{
+    SLatGaussianDecoder, SLatGaussianDecoderConfig, SLatMeshDecoder, SLatMeshDecoderConfig,
+    SLatRadianceFieldDecoder, SLatRadianceFieldDecoderConfig,
+};
 
 /// Named tensors in and out of a network (the module runner's and the tests' currency).
 pub type NamedTensors = BTreeMap<String, Tensor>;
 
 /// A network that can be run on named tensors, for `recon module` and golden tests.
 /// Networks are `Send` but not `Sync` (libtorch tensors are not declared `Sync`); a
-/// pipeline serialises the runs on its networks.
-pub trait Network: Send {
+/// pipeline serialises the runs on its networks. The pipelines reach a network's own API
+/// (sparse tensors in and out, cached kernel maps across sampler steps) through
+/// [`AsAny::as_any`] and a downcast.
+pub trait Network: Send + AsAny {
     /// The upstream class name, as in the checkpoint json.
     fn class_name(&self) -> &'static str;
     /// Input tensor names and what each is.
@@ -37,6 +44,18 @@ pub trait Network: Send {
     fn outputs(&self) -> &'static [TensorDoc];
     /// Runs forward on the named inputs.
     fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors>;
+}
+
+/// `&dyn Any` of any sized `'static` value, so a `&dyn Network` can be downcast to the
+/// network's type.
+pub trait AsAny {
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// One input or output of a network, for documentation and error messages.
@@ -52,9 +71,9 @@ pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
     ("SparseStructureFlowModel", true),
     ("SLatFlowModel", true),
     ("ElasticSLatFlowModel", true),
-    ("SLatGaussianDecoder", false),
-    ("SLatMeshDecoder", false),
-    ("SLatRadianceFieldDecoder", false),
+    ("SLatGaussianDecoder", true),
+    ("SLatMeshDecoder", true),
+    ("SLatRadianceFieldDecoder", true),
     ("SLatEncoder", false),
     ("ModulatedMultiViewCond", false),
     ("ModulatedSLATMultiViewCond", false),
@@ -113,6 +132,19 @@ fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Bo
         "SLatFlowModel" | "ElasticSLatFlowModel" => {
             let args: SLatFlowConfig = parse_args(config, path)?;
             Ok(Box::new(SLatFlowModel::new(args, weights)?))
+        }
+        // The elastic variants only change training-time memory management.
+        "SLatGaussianDecoder" | "ElasticSLatGaussianDecoder" => {
+            let args: SLatGaussianDecoderConfig = parse_args(config, path)?;
+            Ok(Box::new(SLatGaussianDecoder::new(args, weights)?))
+        }
+        "SLatMeshDecoder" | "ElasticSLatMeshDecoder" => {
+            let args: SLatMeshDecoderConfig = parse_args(config, path)?;
+            Ok(Box::new(SLatMeshDecoder::new(args, weights)?))
+        }
+        "SLatRadianceFieldDecoder" | "ElasticSLatRadianceFieldDecoder" => {
+            let args: SLatRadianceFieldDecoderConfig = parse_args(config, path)?;
+            Ok(Box::new(SLatRadianceFieldDecoder::new(args, weights)?))
         }
         // The image encoder: not named by a pipeline's ckpts/, but runnable from a checkpoint
         // json in the hub's constructor terms (golden fixtures, `recon module`).

@@ -2,7 +2,9 @@
 //! networks a [`crate::pipeline::Pipeline`] loaded. The `Pipeline` chooses and calls them; they
 //! hold no state of their own.
 //!
-//! - [`trellis_image_to_3d`]: `TrellisImageTo3DPipeline` (Microsoft TRELLIS), stage 1 so far:
-//!   images → DINOv2 condition → sparse-structure flow sampling → decoder → occupied voxels.
+//! - [`trellis_image_to_3d`]: `TrellisImageTo3DPipeline` (Microsoft TRELLIS): images → DINOv2
+//!   condition → sparse-structure flow sampling → decoder → occupied voxels (stage 1), then
+//!   structured-latent flow sampling on those voxels → Gaussian / mesh / radiance-field
+//!   decoders (stage 2, [`trellis_image_to_3d::slat`]).
 
 pub mod trellis_image_to_3d;

@@ -1,5 +1,6 @@
 //! `trellis.pipelines.TrellisImageTo3DPipeline`, stage 1: from input views to the occupied voxels
-//! of the sparse structure (research/trellis.md §1.3–1.8).
+//! of the sparse structure (research/trellis.md §1.3–1.8). Stage 2 (structured latent and
+//! decoders) is in [`slat`].
 //!
 //! ```text
 //! views ─ decode ─ preprocess (518², colour × alpha) ─ stack ─ ImageNet-normalise ─ DINOv2
@@ -18,6 +19,8 @@
 //!
 //! The networks are reached through [`Network::forward_named`], so any loaded network of the
 //! right class serves, on the pipeline's device and in the precision its checkpoint asks for.
+
+pub mod slat;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,7 +1,12 @@
-//! `trellis/modules/sparse/transformer/modulated.py`: `ModulatedSparseTransformerCrossBlock`,
-//! the dense [`ModulatedTransformerCrossBlock`](crate::nn::transformer::ModulatedTransformerCrossBlock)
-//! on the voxels of a [`SparseTensor`]: the same keys and maths, with self-attention over each
-//! batch element's voxels and cross-attention from them to that element's condition tokens.
+//! `trellis/modules/sparse/transformer/`: the sparse transformer blocks.
+//!
+//! * [`SparseTransformerBlock`] (`blocks.py`): plain pre-norm self-attention + MLP, no
+//!   modulation, no condition — the torso of the structured-latent VAE decoders, where each
+//!   block attends within swin windows (or the whole batch element).
+//! * [`ModulatedSparseTransformerCrossBlock`] (`modulated.py`): the dense
+//!   [`ModulatedTransformerCrossBlock`](crate::nn::transformer::ModulatedTransformerCrossBlock)
+//!   on the voxels of a [`SparseTensor`]: the same keys and maths, with self-attention over each
+//!   batch element's voxels and cross-attention from them to that element's condition tokens.
 //!
 //! ReconViaGen's variant takes the condition as a list of views and adds each view's
 //! cross-attention divided by the number of views, in list order; one view is the plain block
@@ -202,6 +207,126 @@ impl ModulatedSparseTransformerCrossBlock {
             .f_chunk(6, 1)?
             .try_into()
             .map_err(|_| Error::internal("adaLN modulation did not split into 6 chunks"))
+    }
+}
+
+/// The constructor arguments of a `SparseTransformerBlock` that shape its weights and its
+/// attention (`use_checkpoint` does not matter at inference; RoPE and serialized attention are
+/// not supported by [`SparseMultiHeadAttention`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseTransformerBlockConfig {
+    pub channels: i64,
+    pub num_heads: i64,
+    pub mlp_ratio: f64,
+    /// Full attention over each batch element, or swin windows with this block's shift.
+    pub mode: SparseAttentionMode,
+    pub qkv_bias: bool,
+    pub qk_rms_norm: bool,
+    /// Affine `norm1` / `norm2` (`ln_affine`; the reference's default, used by every
+    /// published decoder, is `false`).
+    pub ln_affine: bool,
+}
+
+impl SparseTransformerBlockConfig {
+    fn attention(&self) -> SparseAttentionConfig {
+        SparseAttentionConfig {
+            channels: self.channels,
+            num_heads: self.num_heads,
+            ctx_channels: None,
+            mode: self.mode,
+            qkv_bias: self.qkv_bias,
+            qk_rms_norm: self.qk_rms_norm,
+        }
+    }
+}
+
+/// `SparseTransformerBlock` (MSA + FFN), pre-norm, no modulation:
+/// ```text
+/// x = x + attn(norm1(x))          self-attention, full or windowed
+/// x = x + mlp(norm2(x))           Linear(C, ratio·C) → GELU(tanh) → Linear(ratio·C, C)
+/// ```
+/// with `norm1`, `norm2` `LayerNorm32` (eps 1e-6, affine only with `ln_affine`). The residual
+/// stream stays in the dtype of the incoming features (fp16 in a converted torso).
+pub struct SparseTransformerBlock {
+    config: SparseTransformerBlockConfig,
+    norm1: LayerNorm32,
+    norm2: LayerNorm32,
+    attn: SparseMultiHeadAttention,
+    mlp: FeedForwardNet,
+}
+
+impl SparseTransformerBlock {
+    /// Loads the block from `weights`; its Linears compute in the view's dtype, the norms in
+    /// fp32.
+    pub fn new(weights: &Weights, config: SparseTransformerBlockConfig) -> Result<Self> {
+        let c = config.channels;
+        let norm = |name: &str| {
+            if config.ln_affine {
+                LayerNorm32::new(&weights.pp(name), c, BLOCK_NORM_EPS)
+            } else {
+                Ok(LayerNorm32::without_affine(c, BLOCK_NORM_EPS))
+            }
+        };
+        Ok(Self {
+            config,
+            norm1: norm("norm1")?,
+            norm2: norm("norm2")?,
+            attn: SparseMultiHeadAttention::new(&weights.pp("attn"), config.attention())?,
+            mlp: FeedForwardNet::new(&weights.pp("mlp"), c, config.mlp_ratio)?,
+        })
+    }
+
+    /// The tensors [`SparseTransformerBlock::new`] reads, in `state_dict()` order (`norm1`,
+    /// `norm2`, `attn`, `mlp`); `linear_kind` is the stored dtype of the Linears, norms are
+    /// always fp32.
+    pub fn layout(
+        prefix: &str,
+        config: &SparseTransformerBlockConfig,
+        linear_kind: Kind,
+    ) -> Vec<TensorSpec> {
+        let c = config.channels;
+        let mut specs = Vec::new();
+        if config.ln_affine {
+            for norm in ["norm1", "norm2"] {
+                specs.push(TensorSpec::new(
+                    format!("{prefix}.{norm}.weight"),
+                    &[c],
+                    Kind::Float,
+                ));
+                specs.push(TensorSpec::new(
+                    format!("{prefix}.{norm}.bias"),
+                    &[c],
+                    Kind::Float,
+                ));
+            }
+        }
+        specs.extend(SparseMultiHeadAttention::layout(
+            &format!("{prefix}.attn"),
+            &config.attention(),
+            linear_kind,
+        ));
+        specs.extend(FeedForwardNet::layout(
+            &format!("{prefix}.mlp"),
+            c,
+            config.mlp_ratio,
+            linear_kind,
+        ));
+        specs
+    }
+
+    pub fn config(&self) -> &SparseTransformerBlockConfig {
+        &self.config
+    }
+
+    /// `x` voxels `[N, C]`; returns the same voxels with features in `x`'s dtype.
+    pub fn forward(&self, x: &SparseTensor) -> Result<SparseTensor> {
+        let feats = x.feats();
+        let h = self
+            .attn
+            .forward_feats(&self.norm1.forward(feats)?, x, None)?;
+        let feats = feats.f_add(&h)?;
+        let h = self.mlp.forward(&self.norm2.forward(&feats)?)?;
+        x.replace(feats.f_add(&h)?)
     }
 }
 

@@ -412,34 +412,93 @@ MODEL_TINY_FLOW_ARGS = {"resolution": 16, "in_channels": 8, "model_channels": 32
                         "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": True}
 
 
-# The fraction of voxels the tiny decoder leaves occupied for a N(0, 1) latent.
-MODEL_TINY_OCCUPANCY = 0.05
+# The stage-2 networks: slat_flow_img_dit_L_64l8p2_fp16 and slat_dec_{gs,rf,mesh}_swin8_B_64l8*_fp16 shrunk,
+# at the published resolution 64 (the SS decoder's 64^3 grid) and latent width 8, in the published
+# fp16 layouts. The flow's condition is the tiny DINOv2's 32-wide tokens. SLatMeshDecoder needs
+# model_channels % 256 == 0 (32-group norms on model_channels // 8).
+MODEL_TINY_SLAT_FLOW_ARGS = {"resolution": 64, "in_channels": 8, "out_channels": 8, "model_channels": 32,
+                             "cond_channels": 32, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 4, "patch_size": 2,
+                             "num_io_res_blocks": 2, "io_block_channels": [16], "pe_mode": "ape",
+                             "qk_rms_norm": True, "use_fp16": True}
+MODEL_TINY_GS_ARGS = {"resolution": 64, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2,
+                      "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                      "representation_config": {
+                          "lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
+                          "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": 4,
+                          "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3,
+                          "opacity_bias": 0.1, "scaling_activation": "softplus"}}
+MODEL_TINY_RF_ARGS = {"resolution": 64, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2,
+                      "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                      "representation_config": {"rank": 4, "dim": 4}}
+MODEL_TINY_MESH_ARGS = {"resolution": 64, "model_channels": 256, "latent_channels": 8, "num_blocks": 1,
+                        "num_heads": 4, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                        "representation_config": {"use_color": True}}
+# (pipeline.json models key, stem, class, args, published listing (checked with blocks abstracted), seed offset)
+MODEL_TINY_SLAT_NETWORKS = [
+    ("slat_flow_model", "ckpts/slat_flow_img_dit_tiny_fp16", "SLatFlowModel", MODEL_TINY_SLAT_FLOW_ARGS,
+     "slat_flow_img_dit_L_64l8p2_fp16.tsv", 4),
+    ("slat_decoder_gs", "ckpts/slat_dec_gs_swin8_tiny_fp16", "SLatGaussianDecoder", MODEL_TINY_GS_ARGS,
+     "slat_dec_gs_swin8_B_64l8gs32_fp16.tsv", 5),
+    ("slat_decoder_rf", "ckpts/slat_dec_rf_swin8_tiny_fp16", "SLatRadianceFieldDecoder", MODEL_TINY_RF_ARGS,
+     "slat_dec_rf_swin8_B_64l8r16_fp16.tsv", 6),
+    ("slat_decoder_mesh", "ckpts/slat_dec_mesh_swin8_tiny_fp16", "SLatMeshDecoder", MODEL_TINY_MESH_ARGS,
+     "slat_dec_mesh_swin8_B_64l8m256c_fp16.tsv", 7),
+]
+
+# The demo (`make demo`: tests/fixtures/images/example.png, seed 42, pipeline.json's sampler
+# parameters). The SS decoder's threshold is placed so that the demo's stage 1 gives this many
+# voxels: the CPU demo then runs stage 2 in seconds.
+MODEL_TINY_DEMO_IMAGE = os.path.join(REPO_ROOT, "tests", "fixtures", "images", "example.png")
+MODEL_TINY_DEMO_SEED = 42
+MODEL_TINY_VOXELS = (1000, 2000)
 
 
 @torch.no_grad()
-def sparsify_decoder_(stem: str, args: dict, gen: torch.Generator) -> float:
-    """Lowers the decoder's last bias (`out_layer.2.bias`, F32) in `<stem>.safetensors` so that
-    MODEL_TINY_OCCUPANCY of the voxels of a N(0, 1) [1, C, 16, 16, 16] latent are occupied;
-    returns the occupancy reached."""
-    from trellis.models.sparse_structure_vae import SparseStructureDecoder
-    path = stem + ".safetensors"
+def place_tiny_threshold_(model_dir: str, decoder_stem: str) -> dict:
+    """Runs the reference stage 1 of the demo on `model_dir` (fp32 from the stored weights) and lowers
+    the SS decoder's last bias (`out_layer.2.bias`, F32) so that 0 sits in the middle of the widest
+    gap between the demo's logits ranked MODEL_TINY_VOXELS from the top (as the stage1 case places
+    its threshold); runs it again to check. Returns what the README states."""
+    from PIL import Image
+    from stage2 import CudaOnCpu, load_reference_pipeline, widest_gap
+
+    def demo_stage1():
+        pipeline = load_reference_pipeline(model_dir)
+        seen = {}
+        handle = pipeline.models["sparse_structure_decoder"].register_forward_hook(
+            lambda _m, _i, out: seen.__setitem__("logits", out.detach().clone()))
+        try:
+            with CudaOnCpu():
+                cond = pipeline.get_cond([pipeline.preprocess_image(Image.open(MODEL_TINY_DEMO_IMAGE))])
+                torch.manual_seed(MODEL_TINY_DEMO_SEED)
+                coords = pipeline.sample_sparse_structure(cond, 1, {})
+        finally:
+            handle.remove()
+        return seen["logits"], coords
+
+    logits, _ = demo_stage1()
+    n = logits.numel()
+    mid, half_gap = widest_gap(logits.flatten(), n - MODEL_TINY_VOXELS[1], n - MODEL_TINY_VOXELS[0])
+    path = os.path.join(model_dir, decoder_stem + ".safetensors")
     sd = load_file(path)
-    ref = SparseStructureDecoder(**dict(args, use_fp16=False)).eval()
-    ref.load_state_dict(sd, strict=True)
-    latent = torch.randn([1, args["latent_channels"], 16, 16, 16], generator=gen)
-    threshold = torch.quantile(ref(latent).flatten().double(), 1 - MODEL_TINY_OCCUPANCY).float()
-    sd["out_layer.2.bias"] = sd["out_layer.2.bias"] - threshold
+    sd["out_layer.2.bias"] = sd["out_layer.2.bias"] - mid
     save_file(sd, path, metadata={"format": "pt"})
-    ref.load_state_dict(sd, strict=True)
-    return float((ref(latent) > 0).double().mean())
+    logits, coords = demo_stage1()
+    voxels = int(coords.shape[0])
+    assert MODEL_TINY_VOXELS[0] <= voxels <= MODEL_TINY_VOXELS[1], voxels
+    return {"voxels": voxels, "min_abs_logit": float(logits.abs().min()), "logit_std": float(logits.std()),
+            "shift": mid, "half_gap": half_gap}
 
 
-@case("model_tiny", "tiny stage-1 model folder (pipeline.json + ckpts/: SS flow, SS decoder, DINOv2 as a "
-      "local image_cond_model stem) for the demo and the ABI tests", kind="model_dir")
+@case("model_tiny", "tiny model folder (pipeline.json + ckpts/: SS flow, SS decoder, SLat flow, Gaussian, "
+      "radiance-field and mesh decoders, DINOv2 as a local image_cond_model stem) for the demo and the ABI "
+      "tests", kind="model_dir")
 def case_model_tiny(w: FixtureWriter):
-    # Imported here: case modules are loaded by main() (cases/dinov2.py holds the hub DINOv2 code).
+    # Imported here: case modules are loaded by main() (cases/dinov2.py holds the hub DINOv2 code,
+    # cases/stage2.py the SLat networks' reference environment).
     from dinov2 import CLASS_NAME as DINOV2_CLASS, build_reference, init_dinov2_
     from ss_flow import init_flow_weights_
+    from stage2 import CudaOnCpu, flexicubes_record, save_slat_networks
     from trellis.models import from_pretrained
     from trellis.models.sparse_structure_flow import SparseStructureFlowModel
 
@@ -449,18 +508,20 @@ def case_model_tiny(w: FixtureWriter):
     args = {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 2, "num_res_blocks_middle": 2,
             "channels": [12, 8, 4], "use_fp16": True}
     seed = 2001
-    gen = torch.Generator().manual_seed(seed)
-    stem = build_ss_dec_checkpoint(w, stem_rel, args, gen, "ss_dec_conv3d_16l8_fp16.tsv")
-    occupancy = sparsify_decoder_(stem, args, torch.Generator().manual_seed(seed + 3))
+    build_ss_dec_checkpoint(w, stem_rel, args, torch.Generator().manual_seed(seed),
+                                   "ss_dec_conv3d_16l8_fp16.tsv")
     # One generator per network: the decoder's draws stay those of the decoder-only fixture.
     flow = SparseStructureFlowModel(**MODEL_TINY_FLOW_ARGS)
     init_flow_weights_(flow, torch.Generator().manual_seed(seed + 1))
-    flow_stem = w.save_checkpoint(flow_rel, "SparseStructureFlowModel", MODEL_TINY_FLOW_ARGS, flow.state_dict())
+    w.save_checkpoint(flow_rel, "SparseStructureFlowModel", MODEL_TINY_FLOW_ARGS, flow.state_dict())
     dinov2 = build_reference(MODEL_TINY_DINOV2_ARGS)
     init_dinov2_(dinov2, torch.Generator().manual_seed(seed + 2))
     dinov2_stem = w.save_checkpoint(dinov2_rel, DINOV2_CLASS, MODEL_TINY_DINOV2_ARGS, dinov2.state_dict())
+    for network in MODEL_TINY_SLAT_NETWORKS:
+        save_slat_networks(w, "", [network[:5]], torch.Generator().manual_seed(seed + network[5]))
     pipeline = {"name": "TrellisImageTo3DPipeline", "args": {
-        "models": {"sparse_structure_flow_model": flow_rel, "sparse_structure_decoder": stem_rel},
+        "models": {"sparse_structure_flow_model": flow_rel, "sparse_structure_decoder": stem_rel,
+                   **{key: rel for key, rel, *_ in MODEL_TINY_SLAT_NETWORKS}},
         "sparse_structure_sampler": sampler_cfg(7.5),
         "slat_sampler": sampler_cfg(3.0),
         "slat_normalization": SLAT_NORMALIZATION,
@@ -469,33 +530,49 @@ def case_model_tiny(w: FixtureWriter):
     with open(w.path("pipeline.json"), "w") as f:
         json.dump(pipeline, f, indent=4)
         f.write("\n")
+    demo = place_tiny_threshold_(w.root, stem_rel)
+    print(f"    demo stage 1: {demo['voxels']} voxels, min |logit| {demo['min_abs_logit']:.3g} "
+          f"(logit std {demo['logit_std']:.3g})")
     # The published repo has a README.md too; ours says where the files come from.
     v = reference_env.versions()
+    fc = flexicubes_record()
+    slat_lines = "".join(
+        f"- `{rel}.{{json,safetensors}}`: {cls} {json.dumps(a)},\n  seed {seed + off}; use_fp16=True layout "
+        f"(key and dtype pattern of the published `{tsv[:-4]}`).\n"
+        for _key, rel, cls, a, tsv, off in MODEL_TINY_SLAT_NETWORKS)
     with open(w.path("README.md"), "w") as f:
         f.write(
             "# model_tiny (generated test fixture)\n\n"
-            "A model folder in the published TRELLIS-image-large layout with a complete, tiny stage 1\n"
-            "(image -> DINOv2 condition -> sparse-structure flow -> decoder -> voxels), for the demo, the\n"
-            "CLI and the ABI tests. Written by `tools/golden/generate.py` (case `model_tiny`); do not\n"
-            "edit by hand. Weights are seeded random (init: weights N(0, 1/fan_in), biases N(0, 0.1^2),\n"
+            "A model folder in the published TRELLIS-image-large layout with a complete, tiny pipeline\n"
+            "(image -> DINOv2 condition -> sparse-structure flow -> decoder -> voxels -> structured-latent\n"
+            "flow -> mesh, Gaussian and radiance-field decoders), for the demo, the CLI and the ABI tests.\n"
+            "Written by `tools/golden/generate.py` (case `model_tiny`); do not edit by hand. Weights are\n"
+            "seeded random (init: weights N(0, 1/fan_in), sparse convolutions included, biases N(0, 0.1^2),\n"
             "norm weights 1 + N(0, 0.1^2); DINOv2 tokens and position embedding N(0, 1), LayerScale\n"
-            "1 + N(0, 0.1^2); flow RMS-norm gammas 1 + N(0, 0.2^2)).\n\n"
-            f"- `{stem_rel}.{{json,safetensors}}`: SparseStructureDecoder {json.dumps(args)}, seed {seed};\n"
-            "  state_dict saved as constructed with use_fp16=True, i.e. the same mixed F16 (torso convs) /\n"
-            "  F32 (rest) layout as the published file. `out_layer.2.bias` is then lowered so that a\n"
-            f"  N(0, 1) latent (seed {seed + 3}) decodes to {MODEL_TINY_OCCUPANCY:.0%} occupied voxels "
-            f"({occupancy:.1%}), a sparse\n  structure like the published model's rather than a full grid.\n"
+            "1 + N(0, 0.1^2); RMS-norm gammas 1 + N(0, 0.2^2); every zero-init of the reference is\n"
+            "overwritten). Every checkpoint except DINOv2 is stored as TRELLIS writes it with\n"
+            "use_fp16=True: the same mixed F16 (torso) / F32 (rest) layout as the published files.\n\n"
+            f"- `{stem_rel}.{{json,safetensors}}`: SparseStructureDecoder {json.dumps(args)}, seed {seed}.\n"
+            "  `out_layer.2.bias` is then lowered so that the demo (`make demo`: "
+            f"`tests/fixtures/images/example.png`,\n  seed {MODEL_TINY_DEMO_SEED}, the sampler parameters below) "
+            f"decodes to {demo['voxels']} occupied voxels of 64^3, the\n"
+            "  threshold mid-gap between the reference's logits (smallest |logit| "
+            f"{demo['min_abs_logit']:.2g}, logit std {demo['logit_std']:.2g}).\n"
             f"- `{flow_rel}.{{json,safetensors}}`: SparseStructureFlowModel {json.dumps(MODEL_TINY_FLOW_ARGS)},\n"
-            f"  seed {seed + 1}; use_fp16=True layout (F16 block linears, as published).\n"
+            f"  seed {seed + 1}.\n"
             f"- `{dinov2_rel}.{{json,safetensors}}`: DinoVisionTransformer (torch.hub layout)\n"
             f"  {json.dumps(MODEL_TINY_DINOV2_ARGS)}, seed {seed + 2}.\n"
-            "- `pipeline.json`: the two SS networks under `models`; `image_cond_model` names the local\n"
-            f"  DINOv2 stem `{dinov2_rel}` (recon's extension; published pipelines name the torch.hub\n"
-            "  model `dinov2_vitl14_reg`); sampler and normalisation entries carry the published values.\n\n"
-            f"Reference stack: torch {v['torch']}, trellis-3d-ms {v['trellis-3d-ms']}, spconv {v['spconv']}.\n")
+            f"{slat_lines}"
+            "- `pipeline.json`: the six networks under `models`; `image_cond_model` names the local DINOv2\n"
+            f"  stem `{dinov2_rel}` (recon's extension; published pipelines name the torch.hub model\n"
+            "  `dinov2_vitl14_reg`); sampler (25 steps, cfg 7.5 / 3.0, interval [0.5, 1], rescale_t 3) and\n"
+            "  normalisation entries carry the published values.\n\n"
+            f"Reference stack: torch {v['torch']}, trellis-3d-ms {v['trellis-3d-ms']}, spconv {v['spconv']},\n"
+            f"FlexiCubes {fc['repo']}@{fc['commit'][:12]}.\n")
     # Not a golden case: no manifest.json, so the folder looks exactly like a published model.
-    for s in (stem, flow_stem):
-        assert from_pretrained(s).use_fp16
+    with CudaOnCpu():
+        for rel in (stem_rel, flow_rel) + tuple(rel for _k, rel, *_ in MODEL_TINY_SLAT_NETWORKS):
+            assert from_pretrained(w.path(rel)).use_fp16
     reference = build_reference(MODEL_TINY_DINOV2_ARGS)
     reference.load_state_dict(load_file(dinov2_stem + ".safetensors"), strict=True)
 

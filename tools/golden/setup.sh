@@ -30,3 +30,19 @@ import flash_attn
 assert flash_attn.IS_RECON_SHIM
 print("ok:", reference_env.versions())
 '
+
+# FlexiCubes (a git submodule of TRELLIS, not in the wheel): fetched at the commit pinned in
+# requirements-github.txt into .cache/ (git-ignored), every file checked against its sha256.
+# Offline: FLEXICUBES_TARBALL=<the GitHub tarball> or FLEXICUBES_GIT_DIR=<a git dir with the
+# commit> (README.md). Then the SLat decoders (trellis.representations) import too.
+"$VENV/bin/python" -c '
+import sys
+sys.path.insert(0, "cases")
+import generate
+generate.load_case_modules()
+import stage2
+print("FlexiCubes:", stage2.flexicubes_dir())
+stage2.import_reference_representations()
+import trellis.models.structured_latent_vae
+print("ok: trellis.representations with FlexiCubes", stage2.flexicubes_record()["commit"])
+'

@@ -1,0 +1,131 @@
+//! Atomic file replacement: a reader (or a crash) sees the old file or the new one, never a
+//! truncated mix, and a failed export leaves nothing behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// Distinguishes temporary files of concurrent exports within one process (the process id
+/// distinguishes processes).
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+/// How many names to try when another writer holds the chosen temporary name.
+const NAME_ATTEMPTS: usize = 16;
+
+/// Writes `bytes` to `path`: into a new hidden temporary file in the same directory (a rename
+/// is only atomic within one filesystem), flushed with fsync, then renamed over `path`. The
+/// directory is fsynced afterwards so the rename itself survives a crash (best effort: some
+/// filesystems refuse to sync directories, and the file is complete either way).
+///
+/// On any error the temporary file is removed and `path` is left as it was. The directory must
+/// exist; it is not created (a typo in it should fail, not scatter directories).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "{}: not a file path (it names no file)",
+            path.display()
+        ))
+    })?;
+    if path.is_dir() {
+        return Err(Error::invalid_argument(format!(
+            "{}: is a directory, expected a file path",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (file, temp) = create_temp(&dir, name, path)?;
+    write_and_sync(file, bytes).map_err(|e| Error::io_at(&temp.path, &e))?;
+    std::fs::rename(&temp.path, path).map_err(|e| {
+        Error::io(format!(
+            "{}: replacing it with {} failed: {e}",
+            path.display(),
+            temp.path.display()
+        ))
+    })?;
+    temp.disarm();
+    sync_dir(&dir);
+    Ok(())
+}
+
+/// Writes and flushes `file`, consuming it so it is closed before any cleanup (Windows cannot
+/// delete an open file).
+fn write_and_sync(mut file: File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// A temporary file that is deleted when dropped, unless disarmed after the rename.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            // Nothing better to do on failure: the caller already gets the original error.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `.{name}.{pid}-{n}.recon-tmp` in `dir` with `create_new`, so an existing file is
+/// never truncated or followed through a symlink.
+fn create_temp(dir: &Path, name: &std::ffi::OsStr, target: &Path) -> Result<(File, TempFile)> {
+    let mut last_error = None;
+    for _ in 0..NAME_ATTEMPTS {
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}-{n}.recon-tmp", std::process::id()));
+        let temp_path = dir.join(temp_name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+        {
+            Ok(file) => {
+                let temp = TempFile {
+                    path: temp_path,
+                    armed: true,
+                };
+                return Ok((file, temp));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
+            Err(e) => return Err(temp_error(target, dir, &e)),
+        }
+    }
+    let e = last_error.unwrap_or_else(|| std::io::Error::other("no temporary name was free"));
+    Err(temp_error(target, dir, &e))
+}
+
+fn temp_error(target: &Path, dir: &Path, e: &std::io::Error) -> Error {
+    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+        format!("directory {} does not exist", dir.display())
+    } else {
+        format!("cannot create a temporary file in {}: {e}", dir.display())
+    };
+    Error::io(format!("cannot write {}: {reason}", target.display()))
+}
+
+/// Flushes the directory entry of a rename (POSIX needs an fsync of the directory itself).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}

@@ -1,0 +1,5 @@
+//! 3D representations the decoders produce (trellis/representations).
+
+pub mod gaussian;
+pub mod mesh;
+pub mod radiance_field;
