@@ -7,19 +7,18 @@
 //! the same order. The configuration (channels, kernel, dilation, factor, groups) comes from
 //! the fixture, so other generated configurations run unchanged.
 //!
-//! `shared_mesh_decoder_upsample_chain` runs the two SparseSubdivideBlock3d of a small
-//! SLatMeshDecoder (../shared/golden/trellis_mesh/slat_mesh_decoder) from the reference's
-//! torso output to its raw per-voxel features, composed here from the engine's layers.
+//! The mesh decoder's subdivide blocks, composed from these layers, are checked against the
+//! shared golden data in tests/slat_decoders.rs.
 
 mod common;
 
 use std::path::Path;
 
-use common::{harness_cases, read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{harness_cases, read_json, read_tensors, rel_l2, REL_L2_TOLERANCE};
 use recon::models::NamedTensors;
 use recon::sparse::{
     ConvGeometry, SparseConv3d, SparseDownsample, SparseGroupNorm32, SparseLayerNorm32,
-    SparseLinear, SparseSiLU, SparseSubdivide, SparseTensor, SparseUpsample,
+    SparseSubdivide, SparseTensor, SparseUpsample,
 };
 use recon::weights::Weights;
 use serde_json::Value;
@@ -225,119 +224,4 @@ fn sparse_golden_cases() {
         "sparse golden failures:\n{}",
         failures.join("\n")
     );
-}
-
-/// `SparseSubdivideBlock3d(channels, resolution, out_channels, num_groups=32)` of the mesh
-/// decoder, composed from the engine's layers (the decoder module itself lives in models/).
-struct SubdivideBlock {
-    act_norm: SparseGroupNorm32,
-    conv1: SparseConv3d,
-    norm2: SparseGroupNorm32,
-    conv2: SparseConv3d,
-    skip: Option<SparseConv3d>,
-}
-
-impl SubdivideBlock {
-    fn new(weights: &Weights, channels: i64, out_channels: i64) -> recon::Result<Self> {
-        let skip = if channels == out_channels {
-            None
-        } else {
-            Some(SparseConv3d::new(
-                &weights.pp("skip_connection"),
-                channels,
-                out_channels,
-                1,
-            )?)
-        };
-        Ok(Self {
-            act_norm: SparseGroupNorm32::new(&weights.pp("act_layers.0"), 32, channels)?,
-            conv1: SparseConv3d::new(&weights.pp("out_layers.0"), channels, out_channels, 3)?,
-            norm2: SparseGroupNorm32::new(&weights.pp("out_layers.1"), 32, out_channels)?,
-            conv2: SparseConv3d::new(&weights.pp("out_layers.3"), out_channels, out_channels, 3)?,
-            skip,
-        })
-    }
-
-    fn forward(&self, x: &SparseTensor) -> recon::Result<SparseTensor> {
-        let sub = SparseSubdivide::new();
-        let h = SparseSiLU.forward(&self.act_norm.forward(x)?)?;
-        let h = sub.forward(&h)?;
-        let x = sub.forward(x)?;
-        let h = self.conv1.forward(&h)?;
-        let h = SparseSiLU.forward(&self.norm2.forward(&h)?)?;
-        let h = self.conv2.forward(&h)?;
-        let skip = match &self.skip {
-            Some(conv) => conv.forward(&x)?,
-            None => x,
-        };
-        h.add(&skip)
-    }
-}
-
-#[test]
-fn shared_mesh_decoder_upsample_chain() {
-    let dir = shared_golden_dir().join("trellis_mesh/slat_mesh_decoder");
-    if !dir.join("manifest.json").exists() {
-        eprintln!("skipped: no shared golden data at {}", dir.display());
-        return;
-    }
-    let config = read_json(&dir.join("slat_dec_mesh_small.json"));
-    let channels = config["args"]["model_channels"]
-        .as_i64()
-        .expect("model_channels");
-    let weights = Weights::open(
-        &dir.join("slat_dec_mesh_small.safetensors"),
-        Kind::Float,
-        Device::Cpu,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let inputs = read_tensors(&dir.join("inputs.safetensors"));
-    let intermediates = read_tensors(&dir.join("intermediates.safetensors"));
-    let outputs = read_tensors(&dir.join("outputs.safetensors"));
-
-    let block0 = SubdivideBlock::new(&weights.pp("upsample.0"), channels, channels / 4).unwrap();
-    let block1 =
-        SubdivideBlock::new(&weights.pp("upsample.1"), channels / 4, channels / 8).unwrap();
-    let out_channels = weights.shape_of("out_layer.weight").unwrap()[0];
-    let out_layer =
-        SparseLinear::new(&weights.pp("out_layer"), channels / 8, out_channels).unwrap();
-
-    let torso = SparseTensor::new(
-        get(&intermediates, "torso_feats", &dir).shallow_clone(),
-        get(&inputs, "coords", &dir).shallow_clone(),
-    )
-    .unwrap();
-    let h0 = block0.forward(&torso).unwrap();
-    let h1 = block1.forward(&h0).unwrap();
-    let raw = out_layer.forward(&h1).unwrap();
-
-    let results = [
-        compare_exact(
-            "upsample0_coords",
-            h0.coords(),
-            get(&intermediates, "upsample0_coords", &dir),
-        ),
-        compare_floats(
-            "upsample0_feats",
-            h0.feats(),
-            get(&intermediates, "upsample0_feats", &dir),
-        ),
-        compare_exact(
-            "raw_coords",
-            raw.coords(),
-            get(&outputs, "raw_coords", &dir),
-        ),
-        compare_floats("raw_feats", raw.feats(), get(&outputs, "raw_feats", &dir)),
-    ];
-    let mut failures = Vec::new();
-    for result in results {
-        match result {
-            Ok(line) => println!("slat_mesh_decoder upsample chain {line}"),
-            Err(line) => {
-                println!("slat_mesh_decoder upsample chain FAIL {line}");
-                failures.push(line);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
