@@ -415,6 +415,16 @@ __device__ __forceinline__ u32 load_u32(const unsigned short *p) {
   return *reinterpret_cast<const u32 *>(p);
 }
 
+// The input row that output row `o` reads at kernel offset k (the row itself at the centre
+// offset), or -1 where it has no neighbour there or lies past the last row.
+__device__ __forceinline__ int neighbour_row(i64 o, i64 n, i64 k, i64 centre,
+                                             const int *pair_index, const i64 *in_rows) {
+  if (o >= n) return -1;
+  if (k == centre) return (int)o;
+  const int p = pair_index[k * n + o];
+  return p >= 0 ? (int)in_rows[p] : -1;
+}
+
 extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
     fused_subm_conv_f16(const unsigned short *x, i64 n, i64 c_in, i64 c_out,
                         const unsigned short *wt, const unsigned short *bias, const i64 *in_rows,
@@ -442,16 +452,7 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
     for (i64 k = 0; k < num_offsets; ++k) {
       int has_neighbour = 0;
       if (threadIdx.x < FUSED_ROWS) {
-        const i64 o = row0 + threadIdx.x;
-        int src = -1;
-        if (o < n) {
-          if (k == centre) {
-            src = (int)o;
-          } else {
-            const int p = pair_index[k * n + o];
-            if (p >= 0) src = (int)in_rows[p];
-          }
-        }
+        const int src = neighbour_row(row0 + threadIdx.x, n, k, centre, pair_index, in_rows);
         src_rows[threadIdx.x] = src;
         has_neighbour = src >= 0;
       }
@@ -592,16 +593,7 @@ __device__ __forceinline__ void fused_subm_conv_f32_tiles(
     for (i64 k = 0; k < num_offsets; ++k) {
       int has_neighbour = 0;
       if (threadIdx.x < ROWS) {
-        const i64 o = row0 + threadIdx.x;
-        int src = -1;
-        if (o < n) {
-          if (k == centre) {
-            src = (int)o;
-          } else {
-            const int p = pair_index[k * n + o];
-            if (p >= 0) src = (int)in_rows[p];
-          }
-        }
+        const int src = neighbour_row(row0 + threadIdx.x, n, k, centre, pair_index, in_rows);
         src_rows[threadIdx.x] = src;
         has_neighbour = src >= 0;
       }

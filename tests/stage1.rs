@@ -15,14 +15,16 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use common::{fixture_model_dir, golden_dir, rel_l2, REL_L2_TOLERANCE};
+use common::{
+    case_manifest, fixture_model_dir, golden_dir, load_pipeline_cpu, read_tensors, rel_l2,
+    REL_L2_TOLERANCE,
+};
 use recon::models::NamedTensors;
 use recon::pipeline::{
     DeviceRequest, ImageInput, LoadOptions, MultiImageMode, Pipeline, RunControl, RunParams,
     SamplerOverrides, Stage,
 };
 use recon::pipelines::trellis_image_to_3d::SparseStructureOutput;
-use recon::weights::SafeTensorsFile;
 use recon::ErrorKind;
 use serde_json::Value;
 use tch::Tensor;
@@ -32,27 +34,15 @@ fn case_dir() -> PathBuf {
 }
 
 fn manifest() -> Value {
-    let path = case_dir().join("manifest.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let manifest: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["harness"], "stage1");
-    manifest
+    case_manifest("stage1", "stage1")
 }
 
 fn load(dir: &Path) -> Pipeline {
-    let mut options = LoadOptions::new(dir.to_str().unwrap());
-    options.device = DeviceRequest::Cpu;
-    options.offline = Some(true);
-    Pipeline::load(&options).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+    load_pipeline_cpu(dir)
 }
 
 fn outputs() -> NamedTensors {
-    SafeTensorsFile::open(&case_dir().join("outputs.safetensors"))
-        .unwrap()
-        .read_all()
-        .unwrap()
-        .into_iter()
-        .collect()
+    read_tensors(&case_dir().join("outputs.safetensors"))
 }
 
 /// One reference run of the manifest, as recon's inputs.

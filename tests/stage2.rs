@@ -18,7 +18,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use common::{fixture_model_dir, golden_dir, rel_l2, REL_L2_TOLERANCE};
+use common::{
+    case_manifest, fixture_model_dir, golden_dir, load_pipeline_cpu, read_tensors, rel_l2,
+    REL_L2_TOLERANCE,
+};
 use recon::models::structured_latent_vae::{
     SLatGaussianDecoder, SLatMeshDecoder, SLatRadianceFieldDecoder,
 };
@@ -32,7 +35,6 @@ use recon::representations::gaussian::Gaussian;
 use recon::representations::mesh::MeshExtractResult;
 use recon::representations::radiance_field::Strivec;
 use recon::sparse::SparseTensor;
-use recon::weights::SafeTensorsFile;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -41,18 +43,11 @@ fn case_dir() -> PathBuf {
 }
 
 fn manifest() -> Value {
-    let path = case_dir().join("manifest.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let manifest: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["harness"], "stage2");
-    manifest
+    case_manifest("stage2", "stage2")
 }
 
 fn load(dir: &Path) -> Pipeline {
-    let mut options = LoadOptions::new(dir.to_str().unwrap());
-    options.device = DeviceRequest::Cpu;
-    options.offline = Some(true);
-    Pipeline::load(&options).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+    load_pipeline_cpu(dir)
 }
 
 fn case_pipeline() -> Pipeline {
@@ -60,12 +55,7 @@ fn case_pipeline() -> Pipeline {
 }
 
 fn outputs() -> NamedTensors {
-    SafeTensorsFile::open(&case_dir().join("outputs.safetensors"))
-        .unwrap()
-        .read_all()
-        .unwrap()
-        .into_iter()
-        .collect()
+    read_tensors(&case_dir().join("outputs.safetensors"))
 }
 
 /// One reference run of the manifest, as recon's inputs.

@@ -109,6 +109,37 @@ impl SparseStructureOutput {
     }
 }
 
+impl ImageCondition {
+    /// Each view's condition `[1, L, C]` (`cond` holds the views along dim 0).
+    pub fn views(&self) -> Result<Vec<Tensor>> {
+        let num_views = self.cond.size().first().copied().unwrap_or(0);
+        Ok((0..num_views)
+            .map(|i| self.cond.f_narrow(0, i, 1))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// What a sampler is conditioned on: one view as the reference's `run`, several (`views`,
+    /// from [`ImageCondition::views`]) combined in `mode` as its `run_multi_image`. `what`
+    /// names the sampling run in errors.
+    pub fn conditioning<'a>(
+        &'a self,
+        views: &'a [Tensor],
+        mode: MultiImageMode,
+        what: &str,
+    ) -> Result<Conditioning<'a, Tensor>> {
+        match views {
+            [] => Err(Error::invalid_argument(format!(
+                "{what}: the condition holds no view"
+            ))),
+            [_] => Ok(Conditioning::Single(&self.cond)),
+            several => Ok(Conditioning::Views {
+                views: several,
+                mode,
+            }),
+        }
+    }
+}
+
 /// Runs stage 1 for `images` (one or more views of one object): see the module docs. Progress:
 /// `Preprocess` per view, `Condition`, then `SparseStructure` per sampler step; cancellation is
 /// checked between stages and before every sampler step.
@@ -264,22 +295,8 @@ pub fn sample_sparse_structure(
     mode: MultiImageMode,
     control: &RunControl<'_>,
 ) -> Result<Tensor> {
-    let num_views = condition.cond.size().first().copied().unwrap_or(0);
-    let views: Vec<Tensor> = (0..num_views)
-        .map(|i| condition.cond.f_narrow(0, i, 1))
-        .collect::<std::result::Result<_, _>>()?;
-    let conditioning = match views.as_slice() {
-        [] => {
-            return Err(Error::invalid_argument(
-                "sparse-structure sampling: the condition holds no view",
-            ))
-        }
-        [_] => Conditioning::Single(&condition.cond),
-        several => Conditioning::Views {
-            views: several,
-            mode,
-        },
-    };
+    let views = condition.views()?;
+    let conditioning = condition.conditioning(&views, mode, "sparse-structure sampling")?;
     let model = NamedFlow(flow);
     let options = SampleOptions::new(Stage::SparseStructure, control);
     let output = sampler

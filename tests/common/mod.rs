@@ -41,6 +41,22 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The manifest of golden case `case` (under [`golden_dir`]), checked to be run by `harness`.
+pub fn case_manifest(case: &str, harness: &str) -> serde_json::Value {
+    let manifest = read_json(&golden_dir().join(case).join("manifest.json"));
+    assert_eq!(manifest["harness"], harness, "golden case {case}");
+    manifest
+}
+
+/// A model folder loaded on the CPU, offline; panics naming the folder.
+pub fn load_pipeline_cpu(dir: &Path) -> recon::pipeline::Pipeline {
+    let mut options = recon::pipeline::LoadOptions::new(dir.to_str().expect("UTF-8 path"));
+    options.device = recon::pipeline::DeviceRequest::Cpu;
+    options.offline = Some(true);
+    recon::pipeline::Pipeline::load(&options)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+}
+
 /// The harness a golden case folder is run by: its manifest's `"harness"`, `"module"` (a
 /// single network, tests/golden_modules.rs) when the manifest names none; None for a folder
 /// without a manifest.

@@ -32,7 +32,7 @@ use crate::weights::Weights;
 
 use super::super::sparse_structure_vae::torso_kind;
 use super::base::SparseTransformerBase;
-use super::SLatDecoderConfig;
+use super::{SLatDecoderConfig, LATENT_INPUTS};
 
 /// The upstream class name.
 pub const CLASS: &str = "SLatMeshDecoder";
@@ -319,16 +319,7 @@ impl Network for SLatMeshDecoder {
         CLASS
     }
     fn inputs(&self) -> &'static [TensorDoc] {
-        &[
-            TensorDoc {
-                name: "coords",
-                description: "latent voxels [N, 4] int32 (batch, x, y, z), batch-contiguous",
-            },
-            TensorDoc {
-                name: "feats",
-                description: "latent features [N, latent_channels], float32",
-            },
-        ]
+        LATENT_INPUTS
     }
     fn outputs(&self) -> &'static [TensorDoc] {
         &[

@@ -13,7 +13,7 @@
 //! ```
 
 use serde::Deserialize;
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::models::{NamedTensors, Network, TensorDoc};
@@ -24,13 +24,10 @@ use crate::sparse::{SparseLinear, SparseTensor};
 use crate::weights::Weights;
 
 use super::base::SparseTransformerBase;
-use super::{batch_rows, SLatDecoderConfig};
+use super::{batch_rows, normed_head, SLatDecoderConfig, LATENT_INPUTS};
 
 /// The upstream class name.
 pub const CLASS: &str = "SLatRadianceFieldDecoder";
-
-/// The eps of the head's `F.layer_norm` (PyTorch's default).
-const HEAD_NORM_EPS: f64 = 1e-5;
 
 /// `representation_config` of a `SLatRadianceFieldDecoder`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -168,14 +165,7 @@ impl SLatRadianceFieldDecoder {
     /// The head on torso features `h` (`[N, model_channels]`, any float dtype): fp32,
     /// `layer_norm` without affine, `out_layer`.
     pub fn forward_head(&self, h: &SparseTensor) -> Result<SparseTensor> {
-        let feats = h.feats().f_to_kind(Kind::Float)?.f_layer_norm(
-            [self.config.model_channels],
-            None::<Tensor>,
-            None::<Tensor>,
-            HEAD_NORM_EPS,
-            true,
-        )?;
-        self.out_layer.forward(&h.replace(feats)?)
+        normed_head(h, self.config.model_channels, &self.out_layer)
     }
 
     /// The reference's `to_representation`: one [`Strivec`] per batch element of the raw
@@ -225,16 +215,7 @@ impl Network for SLatRadianceFieldDecoder {
         CLASS
     }
     fn inputs(&self) -> &'static [TensorDoc] {
-        &[
-            TensorDoc {
-                name: "coords",
-                description: "latent voxels [N, 4] int32 (batch, x, y, z), batch-contiguous",
-            },
-            TensorDoc {
-                name: "feats",
-                description: "latent features [N, latent_channels], float32",
-            },
-        ]
+        LATENT_INPUTS
     }
     fn outputs(&self) -> &'static [TensorDoc] {
         &[

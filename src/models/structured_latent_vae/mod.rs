@@ -24,9 +24,9 @@ use serde::Deserialize;
 use tch::Kind;
 
 use crate::error::{Error, Result};
-use crate::models::{required_input, NamedTensors, Network};
+use crate::models::{required_input, NamedTensors, Network, TensorDoc};
 use crate::nn::transformer::mlp_hidden;
-use crate::sparse::SparseTensor;
+use crate::sparse::{SparseLinear, SparseTensor};
 
 pub use base::{AttentionSchedule, SparseTransformerBase, SparseTransformerBaseConfig};
 pub use decoder_gs::{
@@ -201,6 +201,35 @@ impl<R> SLatDecoderConfig<R> {
         })
     }
 }
+
+/// The eps of the Gaussian and radiance-field heads' `F.layer_norm` (PyTorch's default).
+const HEAD_NORM_EPS: f64 = 1e-5;
+
+/// The Gaussian and radiance-field decoders' head on torso features `h` (`[N, channels]`, any
+/// float dtype): fp32, `layer_norm` without affine, then `out_layer`. (The mesh decoder has
+/// no final norm.)
+fn normed_head(h: &SparseTensor, channels: i64, out_layer: &SparseLinear) -> Result<SparseTensor> {
+    let feats = h.feats().f_to_kind(tch::Kind::Float)?.f_layer_norm(
+        [channels],
+        None::<tch::Tensor>,
+        None::<tch::Tensor>,
+        HEAD_NORM_EPS,
+        true,
+    )?;
+    out_layer.forward(&h.replace(feats)?)
+}
+
+/// The inputs every decoder's `forward_named` takes.
+const LATENT_INPUTS: &[TensorDoc] = &[
+    TensorDoc {
+        name: "coords",
+        description: "latent voxels [N, 4] int32 (batch, x, y, z), batch-contiguous",
+    },
+    TensorDoc {
+        name: "feats",
+        description: "latent features [N, latent_channels], float32",
+    },
+];
 
 /// `(start, length)` of batch element `b`'s rows of `x` (the reference's `x.layout[b]`).
 fn batch_rows(x: &SparseTensor, b: usize) -> Result<(i64, i64)> {

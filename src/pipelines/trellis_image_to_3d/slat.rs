@@ -27,7 +27,7 @@ use crate::pipeline::{MultiImageMode, RunControl, Stage};
 use crate::representations::gaussian::Gaussian;
 use crate::representations::mesh::{MeshExtractResult, SparseFeatures2Mesh};
 use crate::representations::radiance_field::Strivec;
-use crate::samplers::{Conditioning, FlowModel, LatentLayout, SampleOptions, SamplerConfig};
+use crate::samplers::{FlowModel, LatentLayout, SampleOptions, SamplerConfig};
 use crate::sparse::SparseTensor;
 
 /// The pipeline.json key of the structured-latent flow model.
@@ -118,22 +118,8 @@ pub fn sample_slat(
     mode: MultiImageMode,
     control: &RunControl<'_>,
 ) -> Result<Tensor> {
-    let num_views = condition.cond.size().first().copied().unwrap_or(0);
-    let views: Vec<Tensor> = (0..num_views)
-        .map(|i| condition.cond.f_narrow(0, i, 1))
-        .collect::<std::result::Result<_, _>>()?;
-    let conditioning = match views.as_slice() {
-        [] => {
-            return Err(Error::invalid_argument(
-                "structured-latent sampling: the condition holds no view",
-            ))
-        }
-        [_] => Conditioning::Single(&condition.cond),
-        several => Conditioning::Views {
-            views: several,
-            mode,
-        },
-    };
+    let views = condition.views()?;
+    let conditioning = condition.conditioning(&views, mode, "structured-latent sampling")?;
     let batch_index = voxels.batch_index()?;
     let model = SparseFlow {
         flow,
