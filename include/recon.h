@@ -117,7 +117,9 @@
 // `recon_run_params.*_cfg_strength` value that keeps pipeline.json's default.
 #define RECON_DEFAULT_CFG_STRENGTH -1.0
 
-// Pipeline stages reported through `recon_progress.stage`.
+// Pipeline stages reported through `recon_progress.stage`. `recon_run` reports stages 1–5, in
+// order, each from step 0 to its total; `RECON_STAGE_EXPORT` is reserved for front ends that
+// report their own export step (the `recon` CLI does), since exports are separate calls.
 #define RECON_STAGE_PREPROCESS 1
 
 #define RECON_STAGE_CONDITION 2

@@ -1,25 +1,30 @@
 /*
- * test_abi.c — exercises every function of the recon C ABI (include/recon.h) and its error paths.
+ * test_abi.c — exercises every function of the recon C ABI (include/recon.h) and its error paths,
+ * and generates a real asset with the tiny model.
  *
  *     test_abi MODEL_DIR
  *
  * MODEL_DIR is the tiny model fixture (tests/fixtures/model_tiny; the MODEL_DIR environment
  * variable is read when no argument is given). Broken copies of it (malformed pipeline.json,
- * truncated or altered safetensors) are written to a temporary directory that is removed at the
- * end. The last line printed is "N passed, M failed" (parsed by CI); the exit status is nonzero
- * when M > 0.
+ * truncated or altered safetensors) and the exported files are written to a temporary directory
+ * that is removed at the end. The generation runs on the CPU with 2 + 2 sampler steps: its
+ * Gaussians, mesh, progress reports and exports (GLB, PLY, OBJ) are checked, a second run is
+ * cancelled from another thread, and a third run shows the model still works. The last line
+ * printed is "N passed, M failed" (parsed by CI); the exit status is nonzero when M > 0.
  */
-#define _XOPEN_SOURCE 700 /* mkdtemp, setenv, nftw */
+#define _XOPEN_SOURCE 700 /* mkdtemp, setenv, nftw, clock_gettime, nanosleep */
 
 #include <dirent.h>
 #include <ftw.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "recon.h"
@@ -74,12 +79,28 @@ static int contains(const char *haystack, const char *needle) {
  * Files: the temporary directory and broken copies of the tiny model.
  */
 
-/* The checkpoint the broken copies alter (tests/fixtures/model_tiny/README.md); the tiny model
- * also holds the sparse-structure flow and the DINOv2 image encoder. */
+/* The checkpoint the broken copies alter (tests/fixtures/model_tiny/README.md). */
 #define TINY_STEM "ckpts/ss_dec_conv3d_tiny_fp16"
 #define TINY_STEM_FILE "ss_dec_conv3d_tiny_fp16."
-/* Networks the tiny model loads: SS decoder, SS flow, DINOv2 (image_cond_model). */
-#define TINY_NUM_NETWORKS 3
+
+/* The networks the tiny model loads, in recon_model_network's order: pipeline.json's models by
+ * key, then the image encoder (pipeline.json's image_cond_model). recon runs all of them. */
+static const struct {
+    const char *key, *class_name, *stem;
+} k_tiny_networks[] = {
+    {"slat_decoder_gs", "SLatGaussianDecoder", "ckpts/slat_dec_gs_swin8_tiny_fp16"},
+    {"slat_decoder_mesh", "SLatMeshDecoder", "ckpts/slat_dec_mesh_swin8_tiny_fp16"},
+    {"slat_decoder_rf", "SLatRadianceFieldDecoder", "ckpts/slat_dec_rf_swin8_tiny_fp16"},
+    {"slat_flow_model", "SLatFlowModel", "ckpts/slat_flow_img_dit_tiny_fp16"},
+    {"sparse_structure_decoder", "SparseStructureDecoder", TINY_STEM},
+    {"sparse_structure_flow_model", "SparseStructureFlowModel", "ckpts/ss_flow_img_dit_tiny_fp16"},
+    {"image_cond_model", "DinoVisionTransformer", "ckpts/dinov2_tiny"},
+};
+#define TINY_NUM_NETWORKS (sizeof k_tiny_networks / sizeof k_tiny_networks[0])
+
+/* Sampler steps of the test generations (pipeline.json's 25 + 25 would take minutes on a CPU). */
+#define GEN_SS_STEPS 2
+#define GEN_SLAT_STEPS 2
 
 static char g_tmp[256];      /* temporary directory, removed at exit */
 static const char *g_model;  /* the tiny model directory */
@@ -91,6 +112,25 @@ static const unsigned char k_png[] = {
     0xf1, 0x9e, 0x7e, 0x00, 0x00, 0x00, 0x12, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8,
     0xcf, 0xc0, 0xf0, 0x1f, 0x19, 0x33, 0x90, 0x2e, 0x00, 0x00, 0x3c, 0x40, 0x1f, 0xe1, 0x1a,
     0xf3, 0xa5, 0x48, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+
+/* The PNG is fully opaque, which preprocessing refuses (recon has no background removal yet).
+ * Generations use this cut-out instead: raw RGBA pixels of a shaded disc on a transparent
+ * background, filled by make_cutout(). */
+#define CUTOUT_SIDE 64
+static unsigned char g_cutout[CUTOUT_SIDE * CUTOUT_SIDE * 4];
+
+static void make_cutout(void) {
+    for (int y = 0; y < CUTOUT_SIDE; y++) {
+        for (int x = 0; x < CUTOUT_SIDE; x++) {
+            unsigned char *p = g_cutout + 4 * (y * CUTOUT_SIDE + x);
+            double dx = x - 31.5, dy = y - 31.5;
+            p[0] = (unsigned char)(40 + 3 * x);
+            p[1] = (unsigned char)(200 - 2 * y);
+            p[2] = 120;
+            p[3] = dx * dx + dy * dy < 24.0 * 24.0 ? 255 : 0;
+        }
+    }
+}
 
 /* out = a/b; a path that does not fit is a bug of this test, so it stops here. */
 static void path_join(char *out, size_t len, const char *a, const char *b) {
@@ -378,7 +418,7 @@ static void test_null_handles(void) {
     CHECK_STATUS(recon_model_network(NULL, 0, &info), RECON_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(recon_model_network(NULL, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
 
-    /* Result accessors with a NULL result (no run can succeed yet in this build). */
+    /* Result accessors with a NULL result (test_generate checks them on a real one). */
     char path[512];
     path_join(path, sizeof path, g_tmp, "never.glb");
     CHECK(strcmp(recon_result_last_error(NULL), "") == 0);
@@ -655,12 +695,33 @@ static void on_log(int32_t level, const char *message, void *user_data) {
     if (cap->count++ == 0 && message) snprintf(cap->first, sizeof cap->first, "%s", message);
 }
 
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* One progress report, with the time it arrived. */
+typedef struct {
+    int32_t stage;
+    uint32_t step, total;
+    double at;
+} report;
+
 typedef struct {
     int calls;
     int bad;           /* reports that broke the contract */
     int32_t last_stage;
+    uint32_t last_step;
     uint32_t last_total;
     int32_t answer;    /* what the callback returns */
+    /* When stop_stage > 0: return 0 (cancel) at the first report at or past (stop_stage,
+     * stop_step), and set `stopped`. */
+    int32_t stop_stage;
+    uint32_t stop_step;
+    int stopped;
+    size_t num_reports; /* all of them; the first 64 are kept */
+    report reports[64];
 } progress_capture;
 
 static int32_t on_progress(const recon_progress *p, void *user_data) {
@@ -669,9 +730,17 @@ static int32_t on_progress(const recon_progress *p, void *user_data) {
     if (!p || p->struct_size != sizeof(recon_progress) || p->stage < RECON_STAGE_PREPROCESS ||
         p->stage > RECON_STAGE_EXPORT || p->step > p->total)
         cap->bad++;
-    if (p) {
-        cap->last_stage = p->stage;
-        cap->last_total = p->total;
+    if (!p) return cap->answer;
+    cap->last_stage = p->stage;
+    cap->last_step = p->step;
+    cap->last_total = p->total;
+    if (cap->num_reports < sizeof cap->reports / sizeof cap->reports[0])
+        cap->reports[cap->num_reports] = (report){p->stage, p->step, p->total, now_seconds()};
+    cap->num_reports++;
+    if (cap->stop_stage > 0 && (p->stage > cap->stop_stage ||
+                                (p->stage == cap->stop_stage && p->step >= cap->stop_step))) {
+        cap->stopped = 1;
+        return 0;
     }
     return cap->answer;
 }
@@ -721,19 +790,22 @@ static void test_model_introspection(recon_model *model) {
     info.struct_size = sizeof info;
     CHECK_STATUS_M(model, recon_model_network(model, 0, &info), RECON_OK);
     CHECK(info.struct_size == sizeof info); /* kept */
-    CHECK(info.key && strcmp(info.key, "sparse_structure_decoder") == 0);
-    CHECK(info.class_name && strcmp(info.class_name, "SparseStructureDecoder") == 0);
-    CHECK(info.stem && strcmp(info.stem, TINY_STEM) == 0);
-    CHECK(info.implemented == 1);
-    CHECK(info.num_elements > 0);
-    printf("network 0: %s (%s) %s, %llu elements, implemented %d\n", info.key, info.class_name,
-           info.stem, (unsigned long long)info.num_elements, (int)info.implemented);
-    /* The last network is the image encoder, named by pipeline.json's image_cond_model. */
-    recon_network_info encoder = {.struct_size = sizeof encoder};
-    CHECK_STATUS_M(model, recon_model_network(model, TINY_NUM_NETWORKS - 1, &encoder), RECON_OK);
-    CHECK(encoder.key && strcmp(encoder.key, "image_cond_model") == 0);
-    CHECK(encoder.class_name && strcmp(encoder.class_name, "DinoVisionTransformer") == 0);
-    CHECK(encoder.implemented == 1);
+    /* Every network, in order; all of them are implemented. */
+    for (size_t i = 0; i < TINY_NUM_NETWORKS && i < recon_model_num_networks(model); i++) {
+        recon_network_info n;
+        memset(&n, 0, sizeof n);
+        n.struct_size = sizeof n;
+        CHECK_STATUS_M(model, recon_model_network(model, i, &n), RECON_OK);
+        CHECK_MSG(n.key && strcmp(n.key, k_tiny_networks[i].key) == 0, k_tiny_networks[i].key);
+        CHECK_MSG(n.class_name && strcmp(n.class_name, k_tiny_networks[i].class_name) == 0,
+                  k_tiny_networks[i].class_name);
+        CHECK_MSG(n.stem && strcmp(n.stem, k_tiny_networks[i].stem) == 0, k_tiny_networks[i].stem);
+        CHECK_MSG(n.implemented == 1, k_tiny_networks[i].key);
+        CHECK_MSG(n.num_elements > 0, k_tiny_networks[i].key);
+        printf("network %zu: %s (%s) %s, %llu elements, implemented %d\n", i,
+               n.key ? n.key : "?", n.class_name ? n.class_name : "?", n.stem ? n.stem : "?",
+               (unsigned long long)n.num_elements, (int)n.implemented);
+    }
     /* The strings are owned by the model: a second call returns the same pointers. */
     recon_network_info again = {.struct_size = sizeof again};
     CHECK_STATUS_M(model, recon_model_network(model, 0, &again), RECON_OK);
@@ -781,6 +853,16 @@ static recon_image png_view(void) {
     v.format = RECON_IMAGE_ENCODED;
     v.data = k_png;
     v.size = sizeof k_png;
+    return v;
+}
+
+static recon_image cutout_view(void) {
+    recon_image v;
+    recon_image_init(&v);
+    v.format = RECON_IMAGE_RGBA8;
+    v.data = g_cutout;
+    v.size = sizeof g_cutout;
+    v.width = v.height = CUTOUT_SIDE;
     return v;
 }
 
@@ -905,19 +987,65 @@ static void test_run_validation(recon_model *model) {
     CHECK(contains(recon_model_last_error(model), "struct_size"));
 }
 
-/* Valid requests reach generation, which this build does not have: RECON_ERR_UNSUPPORTED. */
-static void test_run_unsupported(recon_model *model) {
+/* Runs `views` with a copy of `params` (NULL: the defaults) whose progress callback cancels the
+ * run at the first report at or past (stop_stage, stop_step). A run that gets there passed every
+ * check of its arguments and did the work up to that point. */
+static recon_status run_until(recon_model *model, const recon_image *views, size_t n,
+                              const recon_run_params *params, int32_t stop_stage,
+                              uint32_t stop_step, progress_capture *cap) {
+    recon_run_params rp;
+    if (params) {
+        rp = *params;
+    } else {
+        recon_run_params_init(&rp);
+    }
+    memset(cap, 0, sizeof *cap);
+    cap->answer = 1;
+    cap->stop_stage = stop_stage;
+    cap->stop_step = stop_step;
+    rp.progress_callback = on_progress;
+    rp.progress_user_data = cap;
+    return run_views(model, views, n, &rp);
+}
+
+/* Expects the request to be accepted: the run reaches (stop_stage, stop_step), where its own
+ * progress callback cancels it (RECON_ERR_CANCELLED, "progress callback" in the message). */
+static void check_accepted(recon_model *model, const recon_image *views, size_t n,
+                           const recon_run_params *params, int32_t stop_stage, uint32_t stop_step,
+                           const char *what, int line) {
+    progress_capture cap;
+    recon_status st = run_until(model, views, n, params, stop_stage, stop_step, &cap);
+    check_status_impl(st, RECON_ERR_CANCELLED, what, recon_model_last_error(model), line);
+    check_impl(cap.stopped == 1 && cap.bad == 0, "the run reached its stop point", what, line);
+    check_impl(contains(recon_model_last_error(model), "progress callback"),
+               "cancelled by the progress callback", recon_model_last_error(model), line);
+}
+
+#define CHECK_ACCEPTED(model, views, n, params, stop_stage, stop_step)                         \
+    check_accepted((model), (views), (n), (params), (stop_stage), (stop_step),                 \
+                   "run " #views " until " #stop_stage " step " #stop_step, __LINE__)
+
+/* Valid requests are accepted. To keep this quick, each run is stopped by its progress callback
+ * once its views are encoded or after one sampler step; test_generate runs to the end. */
+static void test_run_accepted(recon_model *model) {
     recon_image png = png_view();
+    recon_image cut = cutout_view();
     recon_run_params rp;
     recon_run_params_init(&rp);
 
-    CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
-    const char *msg = recon_model_last_error(model);
-    CHECK(msg != NULL && msg[0] != '\0');
-    printf("recon_run: %s\n", msg);
-    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+    /* Defaults (pipeline.json's 25 + 25 steps): stopped when the first sampler starts. */
+    CHECK_ACCEPTED(model, &cut, 1, NULL, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
 
-    /* Explicit, in-range settings are accepted. */
+    /* An opaque image cannot be preprocessed (recon has no background removal yet): the run
+     * says so with RECON_ERR_UNSUPPORTED; without preprocessing the same image is accepted. */
+    CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
+    CHECK_MSG(contains(recon_model_last_error(model), "background"), recon_model_last_error(model));
+    printf("opaque image: %s\n", recon_model_last_error(model));
+    rp.preprocess = 0;
+    CHECK_ACCEPTED(model, &png, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+
+    /* Explicit, in-range settings: one sampler step runs. */
     rp.seed = 7;
     rp.sparse_structure_steps = 12;
     rp.slat_steps = 1000;
@@ -925,9 +1053,9 @@ static void test_run_unsupported(recon_model *model) {
     rp.slat_cfg_strength = 100.0f;
     rp.formats = RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH | RECON_FORMAT_RADIANCE_FIELD;
     rp.preprocess = 0;
-    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK_ACCEPTED(model, &png, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 1);
 
-    /* Several views, both modes, raw RGB and padded RGBA. */
+    /* Several views (encoded, raw RGB, padded RGBA), both modes: one sampler step each. */
     unsigned char rgb[4 * 4 * 3], rgba[4 * 20];
     memset(rgb, 128, sizeof rgb);
     memset(rgba, 255, sizeof rgba);
@@ -942,29 +1070,576 @@ static void test_run_unsupported(recon_model *model) {
     views[2].width = views[2].height = 4;
     views[2].stride = 20;
     recon_run_params_init(&rp);
+    rp.preprocess = 0;
     rp.multi_image_mode = RECON_MULTI_IMAGE_STOCHASTIC;
-    CHECK_STATUS_M(model, run_views(model, views, 3, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK_ACCEPTED(model, views, 3, &rp, RECON_STAGE_SPARSE_STRUCTURE, 1);
     rp.multi_image_mode = RECON_MULTI_IMAGE_MULTIDIFFUSION;
-    CHECK_STATUS_M(model, run_views(model, views, 3, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK_ACCEPTED(model, views, 3, &rp, RECON_STAGE_SPARSE_STRUCTURE, 1);
 
-    /* Progress: reports arrive with user_data; returning 0 cancels the run. */
+    /* Preprocessed cut-outs: tightly packed and with padded rows. */
+    enum { PADDED_STRIDE = CUTOUT_SIDE * 4 + 12 };
+    static unsigned char padded[CUTOUT_SIDE * PADDED_STRIDE];
+    for (int y = 0; y < CUTOUT_SIDE; y++)
+        memcpy(padded + y * PADDED_STRIDE, g_cutout + y * CUTOUT_SIDE * 4, CUTOUT_SIDE * 4);
+    recon_image cuts[2] = {cut, cut};
+    cuts[1].data = padded;
+    cuts[1].size = sizeof padded;
+    cuts[1].stride = PADDED_STRIDE;
+    CHECK_ACCEPTED(model, cuts, 2, NULL, RECON_STAGE_SPARSE_STRUCTURE, 0);
+
+    /* Progress: reports arrive with user_data; returning 0 cancels the run at once. */
     progress_capture cap;
     memset(&cap, 0, sizeof cap);
-    cap.answer = 1;
+    cap.answer = 0;
     recon_run_params_init(&rp);
     rp.progress_callback = on_progress;
     rp.progress_user_data = &cap;
-    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
-    CHECK(cap.calls >= 1);
-    CHECK(cap.bad == 0);
-    CHECK(cap.last_stage >= RECON_STAGE_PREPROCESS);
-    memset(&cap, 0, sizeof cap);
-    cap.answer = 0;
     CHECK_STATUS_M(model, run_views(model, views, 2, &rp), RECON_ERR_CANCELLED);
     CHECK(cap.calls == 1);
     CHECK(cap.last_stage == RECON_STAGE_PREPROCESS && cap.last_total == 2);
     CHECK(contains(recon_model_last_error(model), "cancel"));
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * A real generation: outputs, progress, exports.
+ */
+
+#define CHECK_STATUS_R(result, expr, want)                                                   \
+    do {                                                                                     \
+        recon_status st_ = (expr);                                                           \
+        check_status_impl(st_, (want), #expr, recon_result_last_error(result), __LINE__);    \
+    } while (0)
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static int all_finite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* What later runs compare with: the first generation's Gaussians. */
+typedef struct {
+    size_t count;
+    float *xyz; /* malloc'ed copy, count × 3 */
+} generation_summary;
+
+/* Checks the Gaussians of `result` (activated values, see recon_gaussians); returns the count. */
+static size_t check_gaussians(const recon_result *result, generation_summary *keep) {
+    recon_gaussians g;
+    memset(&g, 0, sizeof g);
+    g.struct_size = sizeof g;
+    CHECK_STATUS_R(result, recon_result_gaussians(result, &g), RECON_OK);
+    CHECK(g.struct_size == sizeof g);
+    CHECK(g.count > 0);
+    if (g.count == 0 || !g.xyz || !g.features_dc || !g.scaling || !g.rotation || !g.opacity) {
+        CHECK_MSG(0, "Gaussian arrays missing");
+        return 0;
+    }
+    size_t n = g.count;
+    CHECK(all_finite(g.xyz, 3 * n));
+    CHECK(all_finite(g.features_dc, 3 * n));
+    CHECK(all_finite(g.scaling, 3 * n));
+    CHECK(all_finite(g.rotation, 4 * n));
+    CHECK(all_finite(g.opacity, n));
+    size_t bad_opacity = 0, bad_scale = 0, bad_rotation = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(g.opacity[i] >= 0.0f && g.opacity[i] <= 1.0f)) bad_opacity++;
+        for (int k = 0; k < 3; k++)
+            if (!(g.scaling[3 * i + k] > 0.0f)) bad_scale++;
+        const float *q = g.rotation + 4 * i;
+        double norm = sqrt((double)q[0] * q[0] + (double)q[1] * q[1] + (double)q[2] * q[2] +
+                           (double)q[3] * q[3]);
+        if (!(fabs(norm - 1.0) < 1e-3)) bad_rotation++;
+    }
+    CHECK(bad_opacity == 0);   /* opacities in 0..1 */
+    CHECK(bad_scale == 0);     /* positive scales */
+    CHECK(bad_rotation == 0);  /* unit quaternions */
+    /* The arrays are owned by the result: a second call gives the same pointers. */
+    recon_gaussians again = {.struct_size = sizeof again};
+    CHECK_STATUS_R(result, recon_result_gaussians(result, &again), RECON_OK);
+    CHECK(again.xyz == g.xyz && again.count == g.count);
+    if (keep) {
+        keep->count = n;
+        keep->xyz = malloc(3 * n * sizeof(float));
+        if (keep->xyz) memcpy(keep->xyz, g.xyz, 3 * n * sizeof(float));
+    }
+    return n;
+}
+
+/* Checks the mesh of `result`; writes its vertex and face counts. */
+static void check_mesh(const recon_result *result, size_t *num_vertices, size_t *num_faces) {
+    recon_mesh m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    *num_vertices = *num_faces = 0;
+    CHECK_STATUS_R(result, recon_result_mesh(result, &m), RECON_OK);
+    CHECK(m.num_vertices > 0 && m.num_faces > 0);
+    if (m.num_vertices == 0 || m.num_faces == 0 || !m.positions || !m.indices) {
+        CHECK_MSG(0, "mesh arrays missing");
+        return;
+    }
+    CHECK(all_finite(m.positions, 3 * m.num_vertices));
+    if (m.colors) {
+        CHECK(all_finite(m.colors, 3 * m.num_vertices));
+        size_t bad_color = 0;
+        for (size_t i = 0; i < 3 * m.num_vertices; i++)
+            if (!(m.colors[i] >= 0.0f && m.colors[i] <= 1.0f)) bad_color++;
+        CHECK(bad_color == 0); /* colours in 0..1 */
+    }
+    size_t bad_index = 0;
+    for (size_t i = 0; i < 3 * m.num_faces; i++)
+        if (m.indices[i] >= m.num_vertices) bad_index++;
+    CHECK(bad_index == 0); /* every index names a vertex */
+    *num_vertices = m.num_vertices;
+    *num_faces = m.num_faces;
+}
+
+/* The progress reports of a whole run: every stage from PREPROCESS to DECODE, in order; within a
+ * stage the steps count up by one from 0 to its total; the samplers' totals are their steps. */
+static void check_progress_sequence(const progress_capture *cap, uint32_t ss_steps,
+                                    uint32_t slat_steps, double end) {
+    size_t kept = sizeof cap->reports / sizeof cap->reports[0];
+    size_t n = cap->num_reports < kept ? cap->num_reports : kept;
+    CHECK(cap->bad == 0);
+    CHECK_MSG(cap->num_reports <= kept, "more progress reports than this test keeps");
+    int seen[RECON_STAGE_EXPORT + 1] = {0};
+    int in_order = n > 0, totals_ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        const report *r = &cap->reports[i];
+        if (r->stage < RECON_STAGE_PREPROCESS || r->stage > RECON_STAGE_EXPORT) {
+            in_order = 0;
+            continue;
+        }
+        seen[r->stage] = 1;
+        if (r->stage == RECON_STAGE_SPARSE_STRUCTURE) totals_ok &= r->total == ss_steps;
+        if (r->stage == RECON_STAGE_STRUCTURED_LATENT) totals_ok &= r->total == slat_steps;
+        if (i == 0) {
+            in_order &= r->stage == RECON_STAGE_PREPROCESS && r->step == 0;
+            continue;
+        }
+        const report *prev = &cap->reports[i - 1];
+        if (r->stage == prev->stage)
+            in_order &= r->step == prev->step + 1 && r->total == prev->total;
+        else
+            in_order &= r->stage > prev->stage && r->step == 0 && prev->step == prev->total;
+    }
+    if (n > 0) in_order &= cap->reports[n - 1].step == cap->reports[n - 1].total;
+    CHECK(in_order);
+    CHECK(totals_ok);
+    for (int stage = RECON_STAGE_PREPROCESS; stage <= RECON_STAGE_DECODE; stage++)
+        CHECK_MSG(seen[stage], "a stage was never reported");
+    CHECK(n > 0 && cap->reports[n - 1].stage == RECON_STAGE_DECODE);
+
+    /* The sequence, and how long each stage took (first report to the next stage's first). */
+    printf("progress:");
+    for (size_t i = 0; i < n; i++)
+        printf(" %d:%u/%u", (int)cap->reports[i].stage, (unsigned)cap->reports[i].step,
+               (unsigned)cap->reports[i].total);
+    printf("\nstage seconds:");
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && cap->reports[i].stage == cap->reports[i - 1].stage) continue;
+        double until = end;
+        for (size_t j = i + 1; j < n; j++) {
+            if (cap->reports[j].stage != cap->reports[i].stage) {
+                until = cap->reports[j].at;
+                break;
+            }
+        }
+        printf(" %d:%.2f", (int)cap->reports[i].stage, until - cap->reports[i].at);
+    }
+    printf("\n");
+}
+
+/* The first occurrence of `needle` in bytes[0..size), or NULL. */
+static const unsigned char *find_bytes(const unsigned char *bytes, size_t size,
+                                       const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; n <= size && i <= size - n; i++)
+        if (memcmp(bytes + i, needle, n) == 0) return bytes + i;
+    return NULL;
+}
+
+/* A PLY file's header as a NUL-terminated string (malloc'ed), and its length; NULL if none. */
+static char *ply_header(const unsigned char *bytes, size_t size, size_t *header_len) {
+    if (size < 4 || memcmp(bytes, "ply\n", 4) != 0) return NULL;
+    const unsigned char *end = find_bytes(bytes, size < 65536 ? size : 65536, "end_header\n");
+    if (!end) return NULL;
+    *header_len = (size_t)(end - bytes) + strlen("end_header\n");
+    char *header = malloc(*header_len + 1);
+    if (!header) return NULL;
+    memcpy(header, bytes, *header_len);
+    header[*header_len] = '\0';
+    return header;
+}
+
+/* The count of "element <name> N" in a PLY header; (size_t)-1 when absent. */
+static size_t ply_element_count(const char *header, const char *name) {
+    char key[64];
+    snprintf(key, sizeof key, "\nelement %s ", name);
+    const char *at = strstr(header, key);
+    unsigned long long n = 0;
+    if (!at || sscanf(at + strlen(key), "%llu", &n) != 1) return (size_t)-1;
+    return (size_t)n;
+}
+
+/* glTF 2.0 binary: "glTF", version 2, the total length, then a JSON chunk (and a BIN chunk). */
+static void check_glb(const unsigned char *bytes, size_t size) {
+    CHECK(size >= 20);
+    if (size < 20) return;
+    CHECK(memcmp(bytes, "glTF", 4) == 0);
+    CHECK(le32(bytes + 4) == 2);
+    CHECK(le32(bytes + 8) == size); /* the length field matches the file */
+    uint32_t json_len = le32(bytes + 12);
+    CHECK(memcmp(bytes + 16, "JSON", 4) == 0);
+    CHECK((size_t)json_len + 20 <= size);
+    if ((size_t)json_len + 20 + 8 <= size) {
+        CHECK(memcmp(bytes + 20 + json_len + 4, "BIN\0", 4) == 0);
+        CHECK(20 + (size_t)json_len + 8 + le32(bytes + 20 + json_len) == size);
+    }
+    CHECK(find_bytes(bytes + 20, json_len, "\"POSITION\"") != NULL);
+}
+
+/* A Gaussian PLY: binary little-endian floats, one vertex record per Gaussian. */
+static void check_gaussian_ply(const unsigned char *bytes, size_t size, size_t count) {
+    size_t header_len = 0;
+    char *header = ply_header(bytes, size, &header_len);
+    CHECK_MSG(header != NULL, "no PLY header");
+    if (!header) return;
+    CHECK(strstr(header, "\nformat binary_little_endian 1.0\n") != NULL);
+    CHECK(ply_element_count(header, "vertex") == count); /* one vertex per Gaussian */
+    size_t properties = 0;
+    for (const char *p = header; (p = strstr(p, "\nproperty float ")) != NULL; p++) properties++;
+    CHECK(properties >= 14); /* x y z, f_dc, opacity, scale, rot at least */
+    CHECK(size == header_len + count * properties * 4);
+    printf("Gaussian PLY: %zu bytes, %zu Gaussians of %zu floats\n", size, count, properties);
+    free(header);
+}
+
+/* Counts the lines of `text` that start with `prefix`. */
+static size_t count_lines(const unsigned char *text, size_t size, const char *prefix) {
+    size_t n = 0, len = strlen(prefix);
+    for (size_t i = 0; i < size; i++) {
+        int line_start = i == 0 || text[i - 1] == '\n';
+        if (line_start && size - i >= len && memcmp(text + i, prefix, len) == 0) n++;
+    }
+    return n;
+}
+
+/* Exports `result` in every format, to files and buffers, and checks the files. */
+static void test_exports(const recon_result *result, size_t gaussians, size_t num_vertices,
+                         size_t num_faces) {
+    char glb_path[512], obj_path[512], missing[512];
+    path_join(glb_path, sizeof glb_path, g_tmp, "asset.glb");
+    path_join(obj_path, sizeof obj_path, g_tmp, "asset.obj");
+    path_join(missing, sizeof missing, g_tmp, "no_such_dir/asset.glb");
+
+    /* GLB to a file, and the same bytes to a buffer. */
+    double t0 = now_seconds();
+    CHECK_STATUS_R(result, recon_result_export(result, RECON_EXPORT_GLB, glb_path), RECON_OK);
+    double glb_seconds = now_seconds() - t0;
+    size_t glb_size = 0;
+    unsigned char *glb = read_all(glb_path, &glb_size);
+    CHECK_MSG(glb != NULL, glb_path);
+    if (glb) check_glb(glb, glb_size);
+    printf("GLB: %zu bytes in %.2f s\n", glb_size, glb_seconds);
+    recon_buffer *buf = NULL;
+    CHECK_STATUS_R(result, recon_result_export_buffer(result, RECON_EXPORT_GLB, &buf), RECON_OK);
+    CHECK(buf != NULL && recon_buffer_size(buf) == glb_size);
+    CHECK(glb && buf && recon_buffer_data(buf) &&
+          memcmp(recon_buffer_data(buf), glb, glb_size) == 0);
+    recon_buffer_free(buf);
+    free(glb);
+
+    /* Gaussian PLY to a buffer. */
+    buf = NULL;
+    CHECK_STATUS_R(result, recon_result_export_buffer(result, RECON_EXPORT_PLY_GAUSSIANS, &buf),
+                   RECON_OK);
+    if (buf) check_gaussian_ply(recon_buffer_data(buf), recon_buffer_size(buf), gaussians);
+    recon_buffer_free(buf);
+
+    /* Mesh PLY to a buffer. */
+    buf = NULL;
+    CHECK_STATUS_R(result, recon_result_export_buffer(result, RECON_EXPORT_PLY_MESH, &buf),
+                   RECON_OK);
+    size_t header_len = 0;
+    char *header = buf ? ply_header(recon_buffer_data(buf), recon_buffer_size(buf), &header_len)
+                       : NULL;
+    CHECK_MSG(header != NULL, "no mesh PLY header");
+    if (header) {
+        CHECK(ply_element_count(header, "vertex") == num_vertices);
+        CHECK(ply_element_count(header, "face") == num_faces);
+    }
+    free(header);
+    recon_buffer_free(buf);
+
+    /* OBJ to a file: a "v" line per vertex and an "f" line per triangle. */
+    CHECK_STATUS_R(result, recon_result_export(result, RECON_EXPORT_OBJ, obj_path), RECON_OK);
+    size_t obj_size = 0;
+    unsigned char *obj = read_all(obj_path, &obj_size);
+    CHECK_MSG(obj != NULL, obj_path);
+    if (obj) {
+        CHECK(count_lines(obj, obj_size, "v ") == num_vertices);
+        CHECK(count_lines(obj, obj_size, "f ") == num_faces);
+    }
+    free(obj);
+
+    /* Refusals: unknown formats, a directory that does not exist, NULL arguments. */
+    const int32_t bad_formats[] = {0, 5, -1};
+    for (size_t i = 0; i < sizeof bad_formats / sizeof bad_formats[0]; i++) {
+        CHECK_STATUS(recon_result_export(result, bad_formats[i], glb_path),
+                     RECON_ERR_INVALID_ARGUMENT);
+        CHECK(contains(recon_result_last_error(result), "format"));
+        buf = (recon_buffer *)&g_tmp;
+        CHECK_STATUS(recon_result_export_buffer(result, bad_formats[i], &buf),
+                     RECON_ERR_INVALID_ARGUMENT);
+        CHECK(buf == (recon_buffer *)&g_tmp); /* untouched */
+    }
+    CHECK_STATUS_R(result, recon_result_export(result, RECON_EXPORT_GLB, missing), RECON_ERR_IO);
+    CHECK(access(missing, F_OK) != 0);
+    CHECK_STATUS(recon_result_export(result, RECON_EXPORT_GLB, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_export_buffer(result, RECON_EXPORT_GLB, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+}
+
+/* The result accessors' refusals on a real result. */
+static void test_result_accessor_errors(const recon_result *result) {
+    CHECK(recon_result_num_cameras(result) == 0); /* TRELLIS estimates no poses */
+    recon_camera cam;
+    memset(&cam, 0, sizeof cam);
+    cam.struct_size = sizeof cam;
+    CHECK_STATUS(recon_result_camera(result, 0, &cam), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(cam.width == 0); /* untouched */
+    CHECK(contains(recon_result_last_error(result), "out of range"));
+    CHECK_STATUS(recon_result_gaussians(result, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_mesh(result, NULL), RECON_ERR_INVALID_ARGUMENT);
+    struct {
+        recon_gaussians g;
+        unsigned char tail[64];
+    } big;
+    const uint32_t sizes[] = {0, 4, (uint32_t)sizeof(recon_gaussians) - 8};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        memset(&big, 0, sizeof big);
+        big.g.struct_size = sizes[i];
+        CHECK_STATUS(recon_result_gaussians(result, &big.g), RECON_ERR_INVALID_ARGUMENT);
+        CHECK(big.g.count == 0 && big.g.xyz == NULL);
+        CHECK(contains(recon_result_last_error(result), "struct_size"));
+    }
+}
+
+/* Generates Gaussians and a mesh from the cut-out with 2 + 2 sampler steps, and checks them,
+ * the progress reports and every export. Keeps the Gaussians in *first for later runs. */
+static void test_generate(recon_model *model, generation_summary *first) {
+    recon_image view = cutout_view();
+    progress_capture cap;
+    memset(&cap, 0, sizeof cap);
+    cap.answer = 1;
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    rp.seed = 1;
+    rp.sparse_structure_steps = GEN_SS_STEPS;
+    rp.slat_steps = GEN_SLAT_STEPS;
+    rp.formats = RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH;
+    rp.progress_callback = on_progress;
+    rp.progress_user_data = &cap;
+    recon_result *result = NULL;
+    double t0 = now_seconds();
+    CHECK_STATUS_M(model, recon_run(model, &view, 1, &rp, &result), RECON_OK);
+    double end = now_seconds();
+    printf("generation (Gaussians + mesh, %d + %d steps): %.2f s\n", GEN_SS_STEPS, GEN_SLAT_STEPS,
+           end - t0);
+    CHECK(result != NULL);
+    check_progress_sequence(&cap, GEN_SS_STEPS, GEN_SLAT_STEPS, end);
+    if (!result) return;
+
+    size_t gaussians = check_gaussians(result, first);
+    size_t num_vertices = 0, num_faces = 0;
+    check_mesh(result, &num_vertices, &num_faces);
+    printf("%zu Gaussians; mesh of %zu vertices, %zu triangles\n", gaussians, num_vertices,
+           num_faces);
+    test_result_accessor_errors(result);
+    test_exports(result, gaussians, num_vertices, num_faces);
+    recon_result_free(result);
+}
+
+/* Cancelling a run from another thread: the run (in a thread) is held in its progress callback
+ * once the sparse-structure sampler starts, until this thread has called recon_cancel; so the
+ * cancel lands while the run is certainly in progress, and before the sampler's first step. */
+typedef struct {
+    recon_model *model;
+    recon_status status;
+    recon_result *result;       /* a sentinel that the failed run must leave untouched */
+    atomic_int sampler_started; /* set by the progress callback */
+    atomic_int cancel_sent;     /* set by the main thread after recon_cancel */
+    int held_too_long;          /* the callback gave up waiting */
+    int32_t max_stage;
+    uint32_t max_sampler_step;
+} cancel_job;
+
+static int32_t on_progress_hold(const recon_progress *p, void *user_data) {
+    cancel_job *job = user_data;
+    if (p->stage > job->max_stage) job->max_stage = p->stage;
+    if (p->stage == RECON_STAGE_SPARSE_STRUCTURE && p->step > job->max_sampler_step)
+        job->max_sampler_step = p->step;
+    if (p->stage == RECON_STAGE_SPARSE_STRUCTURE && !atomic_load(&job->sampler_started)) {
+        atomic_store(&job->sampler_started, 1);
+        for (int i = 0; i < 60000 && !atomic_load(&job->cancel_sent); i++) sleep_ms(1);
+        if (!atomic_load(&job->cancel_sent)) job->held_too_long = 1;
+    }
+    return 1;
+}
+
+static void *cancel_job_thread(void *arg) {
+    cancel_job *job = arg;
+    recon_image view = cutout_view();
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    rp.sparse_structure_steps = GEN_SS_STEPS;
+    rp.slat_steps = GEN_SLAT_STEPS;
+    rp.progress_callback = on_progress_hold;
+    rp.progress_user_data = job;
+    job->status = recon_run(job->model, &view, 1, &rp, &job->result);
+    return NULL;
+}
+
+static void test_cancel_from_thread(recon_model *model) {
+    static char sentinel;
+    cancel_job job;
+    memset(&job, 0, sizeof job);
+    job.model = model;
+    job.status = RECON_OK;
+    job.result = (recon_result *)&sentinel;
+    atomic_init(&job.sampler_started, 0);
+    atomic_init(&job.cancel_sent, 0);
+    pthread_t thread;
+    double t0 = now_seconds();
+    if (pthread_create(&thread, NULL, cancel_job_thread, &job) != 0) {
+        CHECK_MSG(0, "pthread_create");
+        return;
+    }
+    while (!atomic_load(&job.sampler_started) && now_seconds() - t0 < 120.0) sleep_ms(1);
+    CHECK(atomic_load(&job.sampler_started));
+    double t_cancel = now_seconds();
+    recon_cancel(model);
+    atomic_store(&job.cancel_sent, 1);
+    CHECK(pthread_join(thread, NULL) == 0);
+    double t_end = now_seconds();
+    CHECK_STATUS_M(model, job.status, RECON_ERR_CANCELLED);
+    CHECK(job.result == (recon_result *)&sentinel); /* out_result untouched */
+    if (job.status == RECON_OK && job.result != (recon_result *)&sentinel)
+        recon_result_free(job.result);
+    CHECK(!job.held_too_long);
+    /* Stopped before the sampler's first step: nothing after SPARSE_STRUCTURE 0/n. */
+    CHECK(job.max_stage == RECON_STAGE_SPARSE_STRUCTURE && job.max_sampler_step == 0);
+    CHECK_MSG(contains(recon_model_last_error(model), "recon_cancel"),
+              recon_model_last_error(model));
+    printf("cancelled from the main thread after %.2f s; the run returned %.3f s later: %s\n",
+           t_cancel - t0, t_end - t_cancel, recon_model_last_error(model));
+}
+
+/* A run with default parameters (NULL: 25 + 25 steps) in a thread, which this thread cancels
+ * with recon_cancel every 10 ms until the run returns: whenever the run started, it ends
+ * RECON_ERR_CANCELLED. */
+typedef struct {
+    recon_model *model;
+    recon_status status;
+    atomic_int done;
+} defaults_job;
+
+static void *defaults_job_thread(void *arg) {
+    defaults_job *job = arg;
+    recon_image view = cutout_view();
+    recon_result *result = NULL;
+    job->status = recon_run(job->model, &view, 1, NULL, &result);
+    recon_result_free(result);
+    atomic_store(&job->done, 1);
+    return NULL;
+}
+
+static void test_cancel_default_run(recon_model *model) {
+    defaults_job job;
+    job.model = model;
+    job.status = RECON_OK;
+    atomic_init(&job.done, 0);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, defaults_job_thread, &job) != 0) {
+        CHECK_MSG(0, "pthread_create");
+        return;
+    }
+    while (!atomic_load(&job.done)) {
+        recon_cancel(model);
+        sleep_ms(10);
+    }
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK_STATUS_M(model, job.status, RECON_ERR_CANCELLED);
+}
+
+/* After the cancelled runs the model still works: the first generation again, Gaussians only.
+ * The same seed and steps give the same Gaussians. Returns the result, which main frees after
+ * the model (a result may outlive its model). */
+static recon_result *test_run_after_cancel(recon_model *model, const generation_summary *first) {
+    recon_image view = cutout_view();
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    rp.seed = 1;
+    rp.sparse_structure_steps = GEN_SS_STEPS;
+    rp.slat_steps = GEN_SLAT_STEPS;
+    rp.formats = RECON_FORMAT_GAUSSIANS;
+    recon_result *result = NULL;
+    double t0 = now_seconds();
+    CHECK_STATUS_M(model, recon_run(model, &view, 1, &rp, &result), RECON_OK);
+    printf("generation (Gaussians only, %d + %d steps): %.2f s\n", GEN_SS_STEPS, GEN_SLAT_STEPS,
+           now_seconds() - t0);
+    CHECK(result != NULL);
+    if (!result) return NULL;
+    size_t count = check_gaussians(result, NULL);
+    CHECK(count == first->count);
+    recon_gaussians g = {.struct_size = sizeof g};
+    if (count == first->count && first->xyz &&
+        recon_result_gaussians(result, &g) == RECON_OK) {
+        double max_diff = 0.0;
+        for (size_t i = 0; i < 3 * count; i++) {
+            double d = fabs((double)g.xyz[i] - (double)first->xyz[i]);
+            if (d > max_diff) max_diff = d;
+        }
+        printf("same seed again: Gaussian centres differ by at most %g\n", max_diff);
+        CHECK(max_diff <= 1e-4);
+    }
+    /* No mesh was asked for: the mesh accessor and the mesh exports refuse. */
+    recon_mesh m = {.struct_size = sizeof m};
+    CHECK_STATUS(recon_result_mesh(result, &m), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(m.num_vertices == 0 && m.positions == NULL);
+    CHECK(contains(recon_result_last_error(result), "mesh"));
+    recon_buffer *buf = (recon_buffer *)&g_tmp;
+    CHECK_STATUS(recon_result_export_buffer(result, RECON_EXPORT_GLB, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp);
+    CHECK(contains(recon_result_last_error(result), "RECON_FORMAT_MESH"));
+    return result;
+}
+
+/* A result outlives its model: read and export it after recon_free(model). */
+static void test_result_after_model(recon_result *result, size_t count) {
+    recon_gaussians g = {.struct_size = sizeof g};
+    CHECK_STATUS_R(result, recon_result_gaussians(result, &g), RECON_OK);
+    CHECK(g.count == count && g.count > 0 && all_finite(g.xyz, 3 * g.count));
+    recon_buffer *buf = NULL;
+    CHECK_STATUS_R(result, recon_result_export_buffer(result, RECON_EXPORT_PLY_GAUSSIANS, &buf),
+                   RECON_OK);
+    if (buf) check_gaussian_ply(recon_buffer_data(buf), recon_buffer_size(buf), count);
+    recon_buffer_free(buf);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Threads.
+ */
 
 static void *cancel_thread(void *model) {
     recon_cancel(model);
@@ -972,41 +1647,78 @@ static void *cancel_thread(void *model) {
     return NULL;
 }
 
+/* Runs in flight, between their first progress report and their stop; more than one means
+ * runs on one model overlapped. */
+static atomic_int g_runs_in_flight;
+static atomic_int g_overlaps;
+
 typedef struct {
     recon_model *model;
+    uint64_t seed;
     recon_status status;
-} run_job;
+    int stopped;
+    int result_touched;
+} thread_job;
+
+/* Stops the run once its view is encoded (CONDITION), counting runs in flight. */
+static int32_t on_thread_progress(const recon_progress *p, void *user_data) {
+    thread_job *job = user_data;
+    if (p->stage == RECON_STAGE_PREPROCESS && p->step == 0) {
+        if (atomic_fetch_add(&g_runs_in_flight, 1) != 0) atomic_fetch_add(&g_overlaps, 1);
+    }
+    if (p->stage >= RECON_STAGE_CONDITION) {
+        atomic_fetch_sub(&g_runs_in_flight, 1);
+        job->stopped = 1;
+        return 0;
+    }
+    return 1;
+}
 
 static void *run_thread(void *arg) {
-    run_job *job = arg;
-    recon_image png = png_view();
-    recon_result *result = NULL;
-    job->status = recon_run(job->model, &png, 1, NULL, &result);
-    recon_result_free(result);
+    thread_job *job = arg;
+    static char sentinel;
+    recon_image view = cutout_view();
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    rp.seed = job->seed;
+    rp.progress_callback = on_thread_progress;
+    rp.progress_user_data = job;
+    recon_result *result = (recon_result *)&sentinel;
+    job->status = recon_run(job->model, &view, 1, &rp, &result);
+    job->result_touched = result != (recon_result *)&sentinel;
+    if (job->status == RECON_OK) recon_result_free(result);
     return NULL;
 }
 
 static void test_threads(recon_model *model) {
-    /* A cancel while no run is active is harmless: the next run clears it. */
+    /* A cancel while no run is active is harmless: the next run clears it, so that run is
+     * stopped by its own progress callback, not by recon_cancel. */
     pthread_t t;
     CHECK(pthread_create(&t, NULL, cancel_thread, model) == 0);
     CHECK(pthread_join(t, NULL) == 0);
-    recon_image png = png_view();
-    CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
+    recon_image cut = cutout_view();
+    CHECK_ACCEPTED(model, &cut, 1, NULL, RECON_STAGE_CONDITION, 0);
 
     /* Concurrent runs on one model are serialised and each gets its own answer. */
     enum { N = 4 };
     pthread_t threads[N];
-    run_job jobs[N];
+    thread_job jobs[N];
+    atomic_store(&g_runs_in_flight, 0);
+    atomic_store(&g_overlaps, 0);
     for (int i = 0; i < N; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
         jobs[i].model = model;
+        jobs[i].seed = (uint64_t)i;
         jobs[i].status = RECON_OK;
         CHECK(pthread_create(&threads[i], NULL, run_thread, &jobs[i]) == 0);
     }
     for (int i = 0; i < N; i++) {
         CHECK(pthread_join(threads[i], NULL) == 0);
-        CHECK_STATUS(jobs[i].status, RECON_ERR_UNSUPPORTED);
+        CHECK_STATUS(jobs[i].status, RECON_ERR_CANCELLED);
+        CHECK(jobs[i].stopped == 1 && jobs[i].result_touched == 0);
     }
+    CHECK(atomic_load(&g_overlaps) == 0);
+    CHECK(atomic_load(&g_runs_in_flight) == 0);
 }
 
 /* Two models of the same directory are independent, and each keeps its own error log. */
@@ -1039,6 +1751,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    make_cutout();
     test_versions();
     test_status_strings();
     test_struct_layout();
@@ -1056,12 +1769,20 @@ int main(int argc, char **argv) {
     memset(&cap, 0, sizeof cap);
     recon_model *model = load_tiny(&cap, RECON_LOG_INFO);
     if (model) {
+        generation_summary first = {0, NULL};
         test_model_introspection(model);
         test_run_validation(model);
-        test_run_unsupported(model);
+        test_run_accepted(model);
         test_threads(model);
+        test_generate(model, &first);
+        test_cancel_from_thread(model);
+        test_cancel_default_run(model);
+        recon_result *result = test_run_after_cancel(model, &first);
         recon_cancel(model); /* idle model, main thread */
         recon_free(model);
+        if (result) test_result_after_model(result, first.count);
+        recon_result_free(result);
+        free(first.xyz);
     }
 
     nftw(g_tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

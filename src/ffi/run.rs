@@ -32,7 +32,9 @@ pub const RECON_MULTI_IMAGE_MULTIDIFFUSION: i32 = 1;
 /// `recon_run_params.*_cfg_strength` value that keeps pipeline.json's default.
 pub const RECON_DEFAULT_CFG_STRENGTH: f32 = -1.0;
 
-/// Pipeline stages reported through `recon_progress.stage`.
+/// Pipeline stages reported through `recon_progress.stage`. `recon_run` reports stages 1–5, in
+/// order, each from step 0 to its total; `RECON_STAGE_EXPORT` is reserved for front ends that
+/// report their own export step (the `recon` CLI does), since exports are separate calls.
 pub const RECON_STAGE_PREPROCESS: i32 = 1;
 pub const RECON_STAGE_CONDITION: i32 = 2;
 pub const RECON_STAGE_SPARSE_STRUCTURE: i32 = 3;

@@ -2,8 +2,13 @@
 
     import recon
     with recon.Model("microsoft/TRELLIS-image-large", device="cuda:0") as model:
-        result = model.run([open("chair.png", "rb").read()], seed=1)
-        result.export(recon.RECON_EXPORT_GLB, "chair.glb")
+        with model.run([open("chair.png", "rb").read()], seed=1) as result:  # an RGBA cut-out
+            gaussians = result.gaussians()  # numpy arrays: xyz, features_dc, scaling, ...
+            result.export(recon.RECON_EXPORT_GLB, "chair.glb")
+            ply = result.export_bytes(recon.RECON_EXPORT_PLY_GAUSSIANS)
+
+A run can be stopped from another thread with `model.cancel()` (it raises CancelledError), or
+by a `progress` callback returning False.
 
 The library is found through the RECON_LIBRARY environment variable (a path to librecon.so),
 else next to this package, else with ctypes.util.find_library("recon"). Failures raise a
@@ -482,7 +487,9 @@ class Model:
             progress: Optional[Callable[[int, int, int], Optional[bool]]] = None,
             **params: Any) -> "Result":
         """Generates a 3D asset from views of one object. `images` are encoded PNG/JPEG/WebP
-        bytes or uint8 HxWx3/HxWx4 numpy arrays; `params` are recon_run_params fields (seed,
+        bytes or uint8 HxWx3/HxWx4 numpy arrays; with preprocessing on (the default) they must
+        be cut-outs, transparent around the object (recon does not remove backgrounds yet:
+        an opaque image raises UnsupportedError). `params` are recon_run_params fields (seed,
         sparse_structure_steps, sparse_structure_cfg_strength, slat_steps, slat_cfg_strength,
         formats, multi_image_mode, preprocess). `progress(stage, step, total)` returning False
         cancels. Raises a ReconError subclass on failure."""

@@ -2,9 +2,11 @@
 
     RECON_LIBRARY=target/release/librecon.so .venv/bin/python bindings/python/tests/test_abi.py
 
-MODEL_DIR (default: tests/fixtures/model_tiny) is the tiny model; broken copies of it are made
-in a temporary directory. The last line printed is "N passed, M failed" (parsed by CI); the exit
-status is nonzero when M > 0. Plain unittest, no pytest needed.
+MODEL_DIR (default: tests/fixtures/model_tiny) is the tiny model; broken copies of it and the
+exported files are made in a temporary directory. The generation tests run the tiny model on the
+CPU with 2 + 2 sampler steps: Gaussians, mesh, progress, exports (GLB, PLY, OBJ), a run cancelled
+from another thread and a run after it. The last line printed is "N passed, M failed" (parsed by
+CI); the exit status is nonzero when M > 0. Plain unittest, no pytest needed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import unittest
+import zlib
 from ctypes import POINTER, byref, c_uint8, c_void_p, sizeof
 from pathlib import Path
 from typing import Any, Optional
@@ -35,16 +39,54 @@ from recon import (  # noqa: E402
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or ROOT / "tests" / "fixtures" / "model_tiny")
 STEM = "ckpts/ss_dec_conv3d_tiny_fp16"  # the checkpoint the broken copies alter
-# What the tiny model loads: SS decoder, SS flow, and DINOv2 (pipeline.json's image_cond_model).
-TINY_NETWORKS = [("sparse_structure_decoder", "SparseStructureDecoder"),
-                 ("sparse_structure_flow_model", "SparseStructureFlowModel"),
-                 ("image_cond_model", "DinoVisionTransformer")]
+# What the tiny model loads, in recon_model_network's order: pipeline.json's models by key, then
+# the image encoder (pipeline.json's image_cond_model). recon runs all of them.
+TINY_NETWORKS = [
+    ("slat_decoder_gs", "SLatGaussianDecoder", "ckpts/slat_dec_gs_swin8_tiny_fp16"),
+    ("slat_decoder_mesh", "SLatMeshDecoder", "ckpts/slat_dec_mesh_swin8_tiny_fp16"),
+    ("slat_decoder_rf", "SLatRadianceFieldDecoder", "ckpts/slat_dec_rf_swin8_tiny_fp16"),
+    ("slat_flow_model", "SLatFlowModel", "ckpts/slat_flow_img_dit_tiny_fp16"),
+    ("sparse_structure_decoder", "SparseStructureDecoder", STEM),
+    ("sparse_structure_flow_model", "SparseStructureFlowModel", "ckpts/ss_flow_img_dit_tiny_fp16"),
+    ("image_cond_model", "DinoVisionTransformer", "ckpts/dinov2_tiny"),
+]
 HEADER = ROOT / "include" / "recon.h"
 
-# A 4x4 red RGBA PNG (bindings/c/testdata/red_4x4.png).
+# A 4x4 red RGBA PNG (bindings/c/testdata/red_4x4.png). It is fully opaque, which preprocessing
+# refuses (recon has no background removal yet): runs with it either fail that way or turn
+# preprocessing off.
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000004000000040806000000a9f19e7e"
     "000000124944415478da63f8cfc0f01f1933902e00003c401fe11af3a5480000000049454e44ae426082")
+
+
+def make_cutout(side: int = 64) -> np.ndarray:
+    """An RGBA cut-out: a shaded disc on a transparent background, uint8 [side, side, 4]."""
+    y, x = np.mgrid[0:side, 0:side]
+    r = side / 2 - 0.5
+    image = np.empty((side, side, 4), np.uint8)
+    image[..., 0] = np.clip(40 + 3 * x, 0, 255)
+    image[..., 1] = np.clip(200 - 2 * y, 0, 255)
+    image[..., 2] = 120
+    image[..., 3] = np.where((x - r) ** 2 + (y - r) ** 2 < (0.375 * side) ** 2, 255, 0)
+    return image
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """`rgba` (uint8 [H, W, 4]) as PNG bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    h, w = rgba.shape[:2]
+    rows = b"".join(b"\0" + rgba[i].tobytes() for i in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+CUTOUT = make_cutout()  # the generations' input, as raw RGBA pixels
+CUTOUT_PNG = encode_png(CUTOUT)  # the same, encoded
+# The test generations: few sampler steps (pipeline.json's 25 + 25 would take minutes on a CPU).
+GEN_STEPS = {"sparse_structure_steps": 2, "slat_steps": 2}
 
 # sizeof on LP64, as bindings/c/test_abi.c prints and checks them.
 C_SIZES = {"LoadParams": 40, "NetworkInfoStruct": 40, "Image": 40, "RunParams": 56,
@@ -206,7 +248,7 @@ class TestAbi(unittest.TestCase):
         info = recon.NetworkInfoStruct(struct_size=sizeof(recon.NetworkInfoStruct))
         self.assertEqual(lib.recon_model_network(None, 0, byref(info)), RECON_ERR_INVALID_ARGUMENT)
         self.assertEqual(lib.recon_model_network(None, 0, None), RECON_ERR_INVALID_ARGUMENT)
-        # Result accessors (no run succeeds in this build, so only NULL results can be tested).
+        # Result accessors with a NULL result (test_generate checks them on a real one).
         self.assertEqual(lib.recon_result_last_error(None), b"")
         g = recon.Gaussians(struct_size=sizeof(recon.Gaussians))
         self.assertEqual(lib.recon_result_gaussians(None, byref(g)), RECON_ERR_INVALID_ARGUMENT)
@@ -392,14 +434,9 @@ class TestAbi(unittest.TestCase):
         self.assertEqual(m.pipeline_name, "TrellisImageTo3DPipeline")
         self.assertEqual(m.device, recon.RECON_DEVICE_CPU)
         self.assertEqual(lib.recon_model_num_networks(m.handle), len(TINY_NETWORKS))
-        self.assertEqual([(n.key, n.class_name) for n in m.networks], TINY_NETWORKS)
+        self.assertEqual([(n.key, n.class_name, n.stem) for n in m.networks], TINY_NETWORKS)
         self.assertTrue(all(n.implemented for n in m.networks))
-        net = m.networks[0]
-        self.assertEqual(net.key, "sparse_structure_decoder")
-        self.assertEqual(net.class_name, "SparseStructureDecoder")
-        self.assertEqual(net.stem, STEM)
-        self.assertTrue(net.implemented)
-        self.assertGreater(net.num_elements, 0)
+        self.assertTrue(all(n.num_elements > 0 for n in m.networks))
         info = recon.NetworkInfoStruct(struct_size=sizeof(recon.NetworkInfoStruct))
         self.assertEqual(lib.recon_model_network(m.handle, len(TINY_NETWORKS), byref(info)),
                          RECON_ERR_INVALID_ARGUMENT)
@@ -488,35 +525,65 @@ class TestAbi(unittest.TestCase):
             self.assertEqual(st, RECON_ERR_INVALID_ARGUMENT, size)
             self.assertIn("struct_size", m.last_error)
 
-    def test_run_unsupported(self) -> None:
+    def run_until(self, images: list, stop: tuple[int, int], **params: Any) -> list:
+        """Model.run stopped by its progress callback at the first report at or past `stop`
+        (stage, step): a run that gets there passed every check of its arguments. Returns the
+        reports; fails unless the run ended there, cancelled by the callback."""
+        reports: list[tuple[int, int, int]] = []
+
+        def progress(stage: int, step: int, total: int) -> bool:
+            reports.append((stage, step, total))
+            return (stage, step) < stop
+        with self.assertRaises(recon.CancelledError) as cm:
+            self.model.run(images, progress=progress, **params)
+        self.assertIn("progress callback", cm.exception.message)
+        self.assertGreaterEqual(reports[-1][:2], stop)
+        return reports
+
+    def test_run_accepted(self) -> None:
+        # Valid requests are accepted. To keep this quick, each run is stopped by its progress
+        # callback once its views are encoded or after one sampler step; test_generate runs to
+        # the end.
         m = self.model
+        ss = recon.RECON_STAGE_SPARSE_STRUCTURE
+        # Defaults (pipeline.json's 25 + 25 steps), raw and encoded cut-outs.
+        self.run_until([CUTOUT], (ss, 0))
+        self.run_until([CUTOUT_PNG], (ss, 0), seed=3)
+        # An opaque image cannot be preprocessed (no background removal yet): UnsupportedError
+        # saying so; without preprocessing it is accepted.
         with self.assertRaises(recon.UnsupportedError) as cm:
             m.run([PNG], seed=1)
         self.assertEqual(cm.exception.status, RECON_ERR_UNSUPPORTED)
-        self.assertTrue(cm.exception.message)
+        self.assertIn("background", cm.exception.message)
         self.assertEqual(m.last_error, cm.exception.message)
         self.assertEqual(self.raw_run(byref(png_image()), 1), RECON_ERR_UNSUPPORTED)
+        self.run_until([PNG], (ss, 0), preprocess=False)
+        # Several views of every kind, explicit settings, both modes: one sampler step each.
         rgb = np.full((4, 4, 3), 200, np.uint8)
         rgba = np.full((6, 5, 4), 255, np.uint8)
         views = [PNG, bytearray(PNG), memoryview(PNG), rgb, rgba, rgb[:, ::-1], rgba[::2, 1:]]
         for mode in (recon.RECON_MULTI_IMAGE_STOCHASTIC, recon.RECON_MULTI_IMAGE_MULTIDIFFUSION):
-            with self.assertRaises(recon.UnsupportedError):
-                m.run(views, multi_image_mode=mode, sparse_structure_steps=12, slat_steps=1000,
-                      sparse_structure_cfg_strength=0.0, slat_cfg_strength=None, preprocess=False,
-                      formats=recon.RECON_FORMAT_GAUSSIANS | recon.RECON_FORMAT_RADIANCE_FIELD)
+            self.run_until(views, (ss, 1), multi_image_mode=mode, sparse_structure_steps=12,
+                           slat_steps=1000, sparse_structure_cfg_strength=0.0,
+                           slat_cfg_strength=None, preprocess=False,
+                           formats=recon.RECON_FORMAT_GAUSSIANS | recon.RECON_FORMAT_RADIANCE_FIELD)
+        # Preprocessed cut-outs, one with padded rows (a strided view of a wider array).
+        wide = np.zeros((64, 70, 4), np.uint8)
+        wide[:, :64] = CUTOUT
+        self.run_until([CUTOUT, wide[:, :64]], (ss, 0))
 
     def test_progress(self) -> None:
         m = self.model
+        # A failing run reports up to where it failed (an opaque image: at preprocessing).
         reports: list[tuple[int, int, int]] = []
         with self.assertRaises(recon.UnsupportedError):
             m.run([PNG], progress=lambda *r: reports.append(r))
-        self.assertTrue(reports)
-        self.assertEqual(reports[0], (recon.RECON_STAGE_PREPROCESS, 0, 1))
+        self.assertEqual(reports, [(recon.RECON_STAGE_PREPROCESS, 0, 1)])
         with self.assertRaises(recon.CancelledError) as cm:
             m.run([PNG, PNG], progress=lambda stage, step, total: False)
         self.assertEqual(cm.exception.status, RECON_ERR_CANCELLED)
         with self.assertRaises(KeyError):  # an exception in the callback cancels and propagates
-            m.run([PNG], progress=lambda *r: {}["boom"])
+            m.run([CUTOUT], progress=lambda *r: {}["boom"])
         # Raw: user_data is passed through.
         seen: list[Optional[int]] = []
 
@@ -533,25 +600,211 @@ class TestAbi(unittest.TestCase):
 
     def test_cancel_and_threads(self) -> None:
         m = self.model
+        # An idle cancel is forgotten: the next run is stopped by its own callback, not by it.
         t = threading.Thread(target=m.cancel)
         t.start()
         t.join()
         lib.recon_cancel(m.handle)
-        with self.assertRaises(recon.UnsupportedError):  # an idle cancel is forgotten
-            m.run([PNG])
+        self.run_until([CUTOUT], (recon.RECON_STAGE_CONDITION, 0))
+        # Concurrent runs on one model are serialised, and each gets its own answer. Each run
+        # stops once its view is encoded; `in_flight` counts runs between their first report
+        # and their stop, so more than one means two runs overlapped.
+        lock = threading.Lock()
+        in_flight, overlaps = [0], [0]
         statuses: list[int] = []
 
-        def worker() -> None:
+        def progress(stage: int, step: int, total: int) -> bool:
+            with lock:
+                if (stage, step) == (recon.RECON_STAGE_PREPROCESS, 0):
+                    overlaps[0] += in_flight[0] > 0
+                    in_flight[0] += 1
+                if stage >= recon.RECON_STAGE_CONDITION:
+                    in_flight[0] -= 1
+                    return False
+            return True
+
+        def worker(seed: int) -> None:
             try:
-                m.run([PNG])
+                m.run([CUTOUT], seed=seed, progress=progress)
             except recon.ReconError as e:
                 statuses.append(e.status)
-        threads = [threading.Thread(target=worker) for _ in range(4)]
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        self.assertEqual(statuses, [RECON_ERR_UNSUPPORTED] * 4)
+        self.assertEqual(statuses, [RECON_ERR_CANCELLED] * 4)
+        self.assertEqual((in_flight[0], overlaps[0]), (0, 0))
+
+    # -- a real generation ------------------------------------------------------------------
+
+    first_xyz: Optional[np.ndarray] = None  # test_generate's Gaussian centres
+
+    def check_gaussians(self, g: dict) -> int:
+        n = len(g["xyz"])
+        self.assertGreater(n, 0)
+        shapes = {"xyz": (n, 3), "features_dc": (n, 3), "scaling": (n, 3), "rotation": (n, 4),
+                  "opacity": (n,)}
+        for name, shape in shapes.items():
+            self.assertEqual(g[name].shape, shape, name)
+            self.assertEqual(g[name].dtype, np.float32, name)
+            self.assertTrue(np.isfinite(g[name]).all(), name)
+        self.assertTrue(((g["opacity"] >= 0) & (g["opacity"] <= 1)).all())
+        self.assertTrue((g["scaling"] > 0).all())
+        np.testing.assert_allclose(np.linalg.norm(g["rotation"], axis=1), 1.0, atol=1e-3)
+        return n
+
+    def test_generate(self) -> None:
+        m = self.model
+        reports: list[tuple[int, int, int, float]] = []
+        start = time.perf_counter()
+        with m.run([CUTOUT], seed=1, **GEN_STEPS,
+                   formats=recon.RECON_FORMAT_GAUSSIANS | recon.RECON_FORMAT_MESH,
+                   progress=lambda *r: reports.append((*r, time.perf_counter()))) as result:
+            end = time.perf_counter()
+            print(f"\ngeneration (Gaussians + mesh, 2 + 2 steps): {end - start:.2f} s",
+                  file=sys.stderr)
+            self.check_progress(reports, end)
+            g = result.gaussians()
+            n = self.check_gaussians(g)
+            TestAbi.first_xyz = g["xyz"]
+            mesh = result.mesh()
+            positions, colors, indices = mesh["positions"], mesh["colors"], mesh["indices"]
+            assert positions is not None and indices is not None
+            nv, nf = len(positions), len(indices)
+            self.assertGreater(nv, 0)
+            self.assertGreater(nf, 0)
+            self.assertTrue(np.isfinite(positions).all())
+            self.assertEqual(indices.dtype, np.uint32)
+            self.assertLess(int(indices.max()), nv)  # every index names a vertex
+            if colors is not None:
+                self.assertEqual(colors.shape, (nv, 3))
+                self.assertTrue(((colors >= 0) & (colors <= 1)).all())
+            print(f"{n} Gaussians; mesh of {nv} vertices, {nf} triangles", file=sys.stderr)
+            self.assertEqual(result.cameras, [])  # TRELLIS estimates no poses
+            self.check_exports(result, n, nv, nf)
+
+    def check_progress(self, reports: list, end: float) -> None:
+        """A whole run's reports: every stage from PREPROCESS to DECODE in order, each counting
+        its steps up by one from 0 to its total; the samplers' totals are their steps."""
+        sequence = [r[:3] for r in reports]
+        stages = [stage for stage, _, _ in sequence]
+        self.assertEqual(sorted(stages), stages)
+        self.assertEqual(sorted(set(stages)), list(range(recon.RECON_STAGE_PREPROCESS,
+                                                         recon.RECON_STAGE_DECODE + 1)))
+        for stage in set(stages):
+            steps = [(step, total) for s, step, total in sequence if s == stage]
+            total = steps[0][1]
+            self.assertEqual(steps, [(i, total) for i in range(total + 1)], stage)
+        totals = {stage: total for stage, _, total in sequence}
+        self.assertEqual(totals[recon.RECON_STAGE_SPARSE_STRUCTURE],
+                         GEN_STEPS["sparse_structure_steps"])
+        self.assertEqual(totals[recon.RECON_STAGE_STRUCTURED_LATENT], GEN_STEPS["slat_steps"])
+        firsts = [r for i, r in enumerate(reports) if i == 0 or r[0] != reports[i - 1][0]]
+        ends = [r[3] for r in firsts[1:]] + [end]
+        times = [f"{r[0]}:{until - r[3]:.2f}" for r, until in zip(firsts, ends)]
+        print(f"stage seconds: {' '.join(times)}", file=sys.stderr)
+
+    def check_exports(self, result: recon.Result, n: int, nv: int, nf: int) -> None:
+        # GLB to a file: "glTF", version 2, the length field matches; the buffer is the same.
+        path = self.tmp / "asset.glb"
+        result.export(recon.RECON_EXPORT_GLB, path)
+        glb = path.read_bytes()
+        magic, version, length = struct.unpack("<4sII", glb[:12])
+        self.assertEqual((magic, version, length), (b"glTF", 2, len(glb)))
+        json_len, json_kind = struct.unpack("<I4s", glb[12:20])
+        self.assertEqual(json_kind, b"JSON")
+        self.assertIn(b'"POSITION"', glb[20:20 + json_len])
+        self.assertEqual(result.export_bytes(recon.RECON_EXPORT_GLB), glb)
+        # Gaussian PLY to a buffer: one little-endian float record per Gaussian.
+        ply = result.export_bytes(recon.RECON_EXPORT_PLY_GAUSSIANS)
+        self.assertTrue(ply.startswith(b"ply\n"))
+        header_end = ply.index(b"end_header\n") + len(b"end_header\n")
+        header = ply[:header_end].decode()
+        self.assertIn("\nformat binary_little_endian 1.0\n", header)
+        self.assertIn(f"\nelement vertex {n}\n", header)
+        floats = header.count("\nproperty float ")
+        self.assertGreaterEqual(floats, 14)
+        self.assertEqual(len(ply), header_end + n * floats * 4)
+        records = np.frombuffer(ply[header_end:], "<f4").reshape(n, floats)
+        self.assertTrue(np.isfinite(records).all())
+        # Mesh PLY and OBJ.
+        header = result.export_bytes(recon.RECON_EXPORT_PLY_MESH).split(b"end_header\n")[0]
+        self.assertIn(f"\nelement vertex {nv}\n".encode(), header)
+        self.assertIn(f"\nelement face {nf}\n".encode(), header)
+        obj_path = self.tmp / "asset.obj"
+        result.export(recon.RECON_EXPORT_OBJ, obj_path)
+        lines = obj_path.read_bytes().splitlines()
+        self.assertEqual(sum(line.startswith(b"v ") for line in lines), nv)
+        self.assertEqual(sum(line.startswith(b"f ") for line in lines), nf)
+        # Refusals.
+        for bad in (0, 5):
+            with self.assertRaises(recon.InvalidArgumentError) as cm:
+                result.export_bytes(bad)
+            self.assertIn("format", cm.exception.message)
+        with self.assertRaises(recon.IoError):
+            result.export(recon.RECON_EXPORT_GLB, self.tmp / "no_such_dir" / "a.glb")
+        self.assertFalse((self.tmp / "no_such_dir").exists())
+        cam = recon.Camera(struct_size=sizeof(recon.Camera))
+        self.assertEqual(lib.recon_result_camera(result.handle, 0, byref(cam)),
+                         RECON_ERR_INVALID_ARGUMENT)
+        self.assertIn(b"out of range", lib.recon_result_last_error(result.handle))
+
+    def test_generate_cancel_from_thread(self) -> None:
+        # A run in another thread is held in its progress callback once the sparse-structure
+        # sampler starts, until this thread has called cancel(): the cancel lands while the run
+        # is certainly in progress, before the sampler's first step.
+        m = self.model
+        started, sent = threading.Event(), threading.Event()
+        reports: list[tuple[int, int, int]] = []
+        outcome: dict[str, Any] = {}
+
+        def progress(stage: int, step: int, total: int) -> bool:
+            reports.append((stage, step, total))
+            if stage == recon.RECON_STAGE_SPARSE_STRUCTURE and not started.is_set():
+                started.set()
+                outcome["held"] = sent.wait(60)
+            return True
+
+        def worker() -> None:
+            try:
+                outcome["result"] = m.run([CUTOUT], seed=1, **GEN_STEPS, progress=progress)
+            except recon.ReconError as e:
+                outcome["error"] = e
+        start = time.perf_counter()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        self.assertTrue(started.wait(120))
+        cancelled_at = time.perf_counter()
+        m.cancel()
+        sent.set()
+        thread.join()
+        print(f"\ncancelled after {cancelled_at - start:.2f} s, the run returned "
+              f"{time.perf_counter() - cancelled_at:.3f} s later", file=sys.stderr)
+        self.assertNotIn("result", outcome)
+        self.assertTrue(outcome.get("held"))
+        error = outcome.get("error")
+        self.assertIsInstance(error, recon.CancelledError)
+        self.assertIn("recon_cancel", error.message)
+        self.assertEqual(reports[-1], (recon.RECON_STAGE_SPARSE_STRUCTURE, 0, 2))
+        # The model still works: the first generation again, Gaussians only, gives the same
+        # Gaussians (same seed and steps).
+        start = time.perf_counter()
+        with m.run([CUTOUT], seed=1, **GEN_STEPS, formats=recon.RECON_FORMAT_GAUSSIANS) as result:
+            print(f"generation (Gaussians only, 2 + 2 steps): {time.perf_counter() - start:.2f} s",
+                  file=sys.stderr)
+            g = result.gaussians()
+            self.check_gaussians(g)
+            if TestAbi.first_xyz is not None:
+                np.testing.assert_allclose(g["xyz"], TestAbi.first_xyz, rtol=0, atol=1e-4)
+            with self.assertRaises(recon.InvalidArgumentError) as cm:
+                result.mesh()
+            self.assertIn("mesh", cm.exception.message)
+            with self.assertRaises(recon.InvalidArgumentError) as cm:
+                result.export_bytes(recon.RECON_EXPORT_GLB)
+            self.assertIn("RECON_FORMAT_MESH", cm.exception.message)
+            ply = result.export_bytes(recon.RECON_EXPORT_PLY_GAUSSIANS)
+            self.assertIn(f"\nelement vertex {len(g['xyz'])}\n".encode(), ply[:1024])
 
     def test_model_lifetime(self) -> None:
         with recon.Model(MODEL_DIR, device="cpu") as model:
