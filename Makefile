@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
+.PHONY: build demo test test-rust test-c test-python test-go venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -38,7 +38,7 @@ build: $(TORCH_STAMP)
 demo: build
 	$(TARGET_DIR)/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
 
-test: test-rust test-c test-python
+test: test-rust test-c test-python test-go
 
 test-rust: $(TORCH_STAMP)
 	cargo test $(CARGO_PROFILE_FLAG)
@@ -48,6 +48,10 @@ test-c: build
 
 test-python: build
 	RECON_LIBRARY=$(TARGET_DIR)/librecon.so $(PYTHON) bindings/python/tests/test_abi.py
+
+# Go from Debian's golang-go (bindings/go/setup.sh installs it when missing).
+test-go: build
+	$(MAKE) -C bindings/go test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
 
 $(CBINDGEN):
 	cargo install --quiet --locked --root $(TOOLS) cbindgen --version $(CBINDGEN_VERSION)

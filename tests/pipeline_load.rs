@@ -50,7 +50,9 @@ fn fixture_model_loads_and_runs_its_decoder() {
             "DinoVisionTransformer"
         ]
     );
-    assert!(nets.iter().all(|n| n.num_elements > 0 && n.network.is_some()));
+    assert!(nets
+        .iter()
+        .all(|n| n.num_elements > 0 && n.network.is_some()));
     let decoder = pipeline.network("sparse_structure_decoder").unwrap();
     let x = recon::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
         tch::Tensor::randn([1, 8, 4, 4, 4], (tch::Kind::Float, tch::Device::Cpu))

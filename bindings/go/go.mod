@@ -1,0 +1,3 @@
+module recon.local/recon
+
+go 1.19
