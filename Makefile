@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python test-go venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
+.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -35,10 +35,13 @@ $(TORCH_STAMP):
 build: $(TORCH_STAMP)
 	cargo build $(CARGO_PROFILE_FLAG) --lib --bins
 
+# Image to GLB + splat PLY in demo-out/, through the C API: with microsoft/TRELLIS-image-large
+# when the Hugging Face cache has it (RECON_DEMO_DOWNLOAD=1 fetches it, ~4 GB), else with the
+# bundled tiny model (random weights) so that every stage still runs.
 demo: build
-	$(TARGET_DIR)/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
+	$(TARGET_DIR)/recon demo
 
-test: test-rust test-c test-python test-go
+test: test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist
 
 test-rust: $(TORCH_STAMP)
 	cargo test $(CARGO_PROFILE_FLAG)
@@ -48,6 +51,35 @@ test-c: build
 
 test-python: build
 	RECON_LIBRARY=$(TARGET_DIR)/librecon.so $(PYTHON) bindings/python/tests/test_abi.py
+
+# The header-only C++ wrapper, built by CMake as C++17 and C++20 (cmake from Debian via setup.sh).
+test-cpp: build
+	$(MAKE) -C bindings/cpp test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
+
+# Installed copy (include/, lib/ with pkg-config and CMake package files, bindings/). libtorch
+# stays outside unless BUNDLE_TORCH=1 (about 3.4 GB copied next to librecon.so).
+PREFIX       ?= /usr/local
+BUNDLE_TORCH ?= 0
+install: build
+	bash tools/install.sh --prefix "$(PREFIX)" --libdir "$(TARGET_DIR)" $(if $(filter 1,$(BUNDLE_TORCH)),--bundle-torch)
+
+# dist/recon-<version>-linux-x86_64.tar.gz
+dist: build
+	bash tools/dist.sh --libdir "$(TARGET_DIR)" $(if $(filter 1,$(BUNDLE_TORCH)),--bundle-torch)
+
+# Builds the tarball, unpacks it into a fresh prefix and builds + runs the C example (pkg-config)
+# and a CMake consumer (find_package(recon)) against that copy only.
+test-dist: build
+	bash tools/test-dist.sh $(TARGET_DIR) $(CURDIR)/tests/fixtures/model_tiny $(CURDIR)/tests/fixtures/images/example.png
+
+# The C# wrapper under mono (Debian's mono-mcs + mono-runtime via setup.sh), with the Unity
+# package's copies of its sources checked identical.
+test-csharp: build
+	$(MAKE) -C bindings/csharp test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
+
+# The Unreal plugin's engine-free C++ core (the engine parts are only checked against stubs).
+test-unreal: build
+	$(MAKE) -C bindings/unreal test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
 
 # Go from Debian's golang-go (bindings/go/setup.sh installs it when missing).
 test-go: build

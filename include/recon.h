@@ -136,6 +136,14 @@
 // refuses a library whose ABI version differs from the one it was written for.
 #define RECON_ABI_VERSION 1
 
+// The library version this header was generated with (`recon_version_string()` returns the
+// library's; tests/abi_guard.rs keeps these equal to Cargo.toml's).
+#define RECON_VERSION_MAJOR 0
+
+#define RECON_VERSION_MINOR 1
+
+#define RECON_VERSION_PATCH 0
+
 // Outcome of a fallible call. The numbers are stable and never reused.
 enum recon_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L

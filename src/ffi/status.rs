@@ -9,6 +9,12 @@ use crate::error::ErrorKind;
 /// refuses a library whose ABI version differs from the one it was written for.
 pub const RECON_ABI_VERSION: u32 = 1;
 
+/// The library version this header was generated with (`recon_version_string()` returns the
+/// library's; tests/abi_guard.rs keeps these equal to Cargo.toml's).
+pub const RECON_VERSION_MAJOR: u32 = 0;
+pub const RECON_VERSION_MINOR: u32 = 1;
+pub const RECON_VERSION_PATCH: u32 = 0;
+
 /// Outcome of a fallible call. The numbers are stable and never reused.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,3 @@
+#pragma once
+#include "Modules/ModuleInterface.h"
+#define IMPLEMENT_MODULE(Class, Name) static Class Name##ModuleInstance;

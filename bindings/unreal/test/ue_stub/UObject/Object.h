@@ -1,0 +1,7 @@
+#pragma once
+#include "CoreMinimal.h"
+class UObject {
+public:
+    virtual ~UObject() = default;
+    virtual void BeginDestroy() {}
+};
