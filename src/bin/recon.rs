@@ -1,91 +1,78 @@
 //! The `recon` command-line tool.
 //!
 //! ```text
-//! recon info   --model SRC [--device D] [--offline]
-//! recon run    --model SRC --image FILE [--image FILE ...] [--seed N] [--device D] [--offline]
-//! recon module --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
-//! recon demo   --model SRC --image FILE
+//! recon generate IMAGE... -o OUT.glb [--gaussians OUT.ply] [options]   (also: recon run)
+//! recon demo     [--download] [--model SRC] [--image FILE ...] [--out DIR]
+//! recon info     --model SRC [--device D] [--offline]
+//! recon module   --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
 //! ```
 //! SRC is a local model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
-//! D is `auto` (default), `cpu`, `cuda` or `cuda:N`.
+//! D is `auto` (default), `cpu`, `cuda` or `cuda:N`. `recon COMMAND --help` describes each.
 
-use std::collections::BTreeMap;
-use std::ffi::{c_char, c_void, CStr, CString};
+// The command's parts live in src/bin/recon/ (a crate root looks for modules beside itself,
+// where cargo would take each file for a binary of its own).
+#[path = "recon/args.rs"]
+mod args;
+#[path = "recon/demo.rs"]
+mod demo;
+#[path = "recon/generate.rs"]
+mod generate;
+#[path = "recon/progress.rs"]
+mod progress;
+
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use recon::ffi::model::*;
-use recon::ffi::result::recon_result_free;
-use recon::ffi::run::*;
-use recon::ffi::status::{recon_status, recon_status_string};
+use args::{Args, Spec};
+use recon::logging::{LogFn, LogLevel};
 use recon::models::{load_network, NamedTensors};
-use recon::pipeline::{DeviceRequest, ImageInput, LoadOptions, Pipeline, RunControl, RunParams};
+use recon::pipeline::{DeviceRequest, LoadOptions, Pipeline};
 use recon::weights::{write_safetensors, SafeTensorsFile};
 use recon::{Error, Result};
 
 const USAGE: &str = "usage:
-  recon info   --model SRC [--device auto|cpu|cuda|cuda:N] [--offline]
-  recon run    --model SRC --image FILE [--image FILE ...] [--seed N] [--device D] [--offline]
-  recon module --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
-  recon demo   --model SRC --image FILE
+  recon generate IMAGE... -o OUT.glb|OUT.obj|OUT.ply [--gaussians OUT.ply] [options]
+                 image(s) of one object to a 3D asset (default model microsoft/TRELLIS-image-large)
+  recon demo     [--download] [--model SRC] [--image FILE ...] [--out DIR]
+                 the whole path through the C API; outputs in demo-out/
+  recon info     --model SRC [--device auto|cpu|cuda|cuda:N] [--offline]
+                 what a pipeline holds
+  recon module   --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
+                 one network on named tensors
+  recon run      the same as generate
 SRC: a model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
---ckpt DIR/NAME: a checkpoint pair DIR/NAME.json + DIR/NAME.safetensors.";
+--ckpt DIR/NAME: a checkpoint pair DIR/NAME.json + DIR/NAME.safetensors.
+recon COMMAND --help describes a command's options.";
 
-/// Parsed `--flag value` pairs; flags may repeat.
-struct Args {
-    values: BTreeMap<String, Vec<String>>,
-    switches: Vec<String>,
-}
+const INFO_SPEC: Spec = Spec {
+    command: "info",
+    values: &["--model", "--device"],
+    switches: &["--offline", "--verbose"],
+    aliases: &[],
+    positionals: false,
+};
 
-const SWITCHES: &[&str] = &["--offline", "--help"];
+const MODULE_SPEC: Spec = Spec {
+    command: "module",
+    values: &["--ckpt", "--input", "--output", "--device"],
+    switches: &[],
+    aliases: &[],
+    positionals: false,
+};
 
-impl Args {
-    fn parse(raw: &[String]) -> Result<Self> {
-        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut switches = Vec::new();
-        let mut iter = raw.iter();
-        while let Some(flag) = iter.next() {
-            if SWITCHES.contains(&flag.as_str()) {
-                switches.push(flag.clone());
-            } else if flag.starts_with("--") {
-                let value = iter
-                    .next()
-                    .ok_or_else(|| Error::invalid_argument(format!("{flag} needs a value")))?;
-                values.entry(flag.clone()).or_default().push(value.clone());
-            } else {
-                return Err(Error::invalid_argument(format!(
-                    "unexpected argument '{flag}'"
-                )));
-            }
-        }
-        Ok(Self { values, switches })
-    }
-
-    fn one(&self, flag: &str) -> Result<&str> {
-        match self.values.get(flag).map(Vec::as_slice) {
-            Some([value]) => Ok(value),
-            Some(_) => Err(Error::invalid_argument(format!(
-                "{flag} given more than once"
-            ))),
-            None => Err(Error::invalid_argument(format!("{flag} is required"))),
-        }
-    }
-
-    fn optional(&self, flag: &str) -> Result<Option<&str>> {
-        if self.values.contains_key(flag) {
-            self.one(flag).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn all(&self, flag: &str) -> &[String] {
-        self.values.get(flag).map_or(&[], Vec::as_slice)
-    }
-
-    fn switch(&self, flag: &str) -> bool {
-        self.switches.iter().any(|s| s == flag)
-    }
+/// Library log messages on stderr; debug messages only when `verbose`.
+fn log_sink(verbose: bool) -> Arc<LogFn> {
+    Arc::new(move |level, message: &str| {
+        let name = match level {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warning",
+            LogLevel::Info => "info",
+            LogLevel::Debug if verbose => "debug",
+            LogLevel::Debug => return,
+        };
+        eprintln!("[{name}] {message}");
+    })
 }
 
 fn device(args: &Args) -> Result<DeviceRequest> {
@@ -109,7 +96,7 @@ fn load(args: &Args) -> Result<Pipeline> {
     let mut options = LoadOptions::new(args.one("--model")?);
     options.device = device(args)?;
     options.offline = args.switch("--offline").then_some(true);
-    options.log = std::sync::Arc::new(|level, message: &str| eprintln!("[{level:?}] {message}"));
+    options.log = log_sink(args.switch("--verbose"));
     Pipeline::load(&options)
 }
 
@@ -132,29 +119,6 @@ fn info(args: &Args) -> Result<()> {
             n.key, n.class, n.num_elements
         );
     }
-    Ok(())
-}
-
-fn run(args: &Args) -> Result<()> {
-    let pipeline = load(args)?;
-    let files: Vec<Vec<u8>> = args
-        .all("--image")
-        .iter()
-        .map(|p| std::fs::read(p).map_err(|e| Error::io_at(Path::new(p), &e)))
-        .collect::<Result<_>>()?;
-    let images: Vec<ImageInput<'_>> = files.iter().map(|b| ImageInput::Encoded(b)).collect();
-    let mut params = RunParams::default();
-    if let Some(seed) = args.optional("--seed")? {
-        params.seed = seed.parse().map_err(|_| {
-            Error::invalid_argument(format!("--seed '{seed}' is not an unsigned integer"))
-        })?;
-    }
-    let output = pipeline.run(&images, &params, &RunControl::none())?;
-    println!(
-        "generated: {} Gaussians, mesh: {}",
-        output.gaussians.map_or(0, |g| g.len()),
-        output.mesh.is_some()
-    );
     Ok(())
 }
 
@@ -195,93 +159,14 @@ fn module(args: &Args) -> Result<()> {
     Ok(())
 }
 
-unsafe extern "C" fn demo_log(level: i32, message: *const c_char, _user_data: *mut c_void) {
-    // SAFETY: recon passes a NUL-terminated message valid during the call.
-    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
-    eprintln!("  log[{level}] {text}");
+/// Prints help text; a closed stdout (`recon --help | head`) is not an error.
+fn print_help(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
-fn status_text(status: recon_status) -> String {
-    // SAFETY: recon_status_string returns a static NUL-terminated string.
-    unsafe { CStr::from_ptr(recon_status_string(status as i32)) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Loads the model and runs one image through the C API, as an embedding program would.
-fn demo(args: &Args) -> Result<()> {
-    let model_path = CString::new(args.one("--model")?)
-        .map_err(|_| Error::invalid_argument("--model contains NUL"))?;
-    let image = std::fs::read(args.one("--image")?).map_err(|e| Error::io(e.to_string()))?;
-    println!(
-        "recon {} (ABI {})",
-        recon::VERSION,
-        recon::ffi::status::recon_abi_version()
-    );
-    // SAFETY: plain C API use with valid pointers, as the header documents.
-    unsafe {
-        let mut params = std::mem::zeroed::<recon_load_params>();
-        recon_load_params_init(&mut params);
-        params.model = model_path.as_ptr();
-        params.device = RECON_DEVICE_AUTO;
-        params.log_callback = Some(demo_log);
-        let mut model = std::ptr::null_mut();
-        let mut error = [0 as c_char; 1024];
-        let status = recon_load(&params, &mut model, error.as_mut_ptr(), error.len());
-        if status != recon_status::RECON_OK {
-            let text = CStr::from_ptr(error.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            return Err(Error::io(format!(
-                "recon_load: {}: {text}",
-                status_text(status)
-            )));
-        }
-        let name = CStr::from_ptr(recon_model_pipeline_name(model)).to_string_lossy();
-        println!("loaded {name} on device {}", recon_model_device(model));
-        for i in 0..recon_model_num_networks(model) {
-            let mut info = std::mem::zeroed::<recon_network_info>();
-            info.struct_size = std::mem::size_of::<recon_network_info>() as u32;
-            if recon_model_network(model, i, &mut info) == recon_status::RECON_OK {
-                println!(
-                    "  {:<28} {:<24} {:>10} elements  {}",
-                    CStr::from_ptr(info.key).to_string_lossy(),
-                    CStr::from_ptr(info.class_name).to_string_lossy(),
-                    info.num_elements,
-                    if info.implemented != 0 {
-                        "runnable"
-                    } else {
-                        "not implemented yet"
-                    }
-                );
-            }
-        }
-        let mut view = std::mem::zeroed::<recon_image>();
-        recon_image_init(&mut view);
-        view.data = image.as_ptr();
-        view.size = image.len();
-        let mut result = std::ptr::null_mut();
-        let status = recon_run(model, &view, 1, std::ptr::null(), &mut result);
-        let message = CStr::from_ptr(recon_model_last_error(model))
-            .to_string_lossy()
-            .into_owned();
-        recon_result_free(result);
-        recon_free(model);
-        match status {
-            recon_status::RECON_OK => println!("generated a result"),
-            recon_status::RECON_ERR_UNSUPPORTED => {
-                println!("generation is not available yet: {message}")
-            }
-            other => {
-                return Err(Error::internal(format!(
-                    "recon_run: {}: {message}",
-                    status_text(other)
-                )))
-            }
-        }
-    }
-    Ok(())
-}
+/// What a command does with its parsed arguments.
+type Action = fn(&Args) -> Result<()>;
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -289,23 +174,26 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    let outcome = Args::parse(rest).and_then(|args| {
-        if args.switch("--help") {
-            println!("{USAGE}");
-            return Ok(());
+    let (spec, usage, action): (&Spec, &str, Action) = match command.as_str() {
+        "generate" | "run" => (&generate::SPEC, generate::USAGE, generate::generate),
+        "demo" => (&demo::SPEC, demo::USAGE, demo::demo),
+        "info" => (&INFO_SPEC, USAGE, info),
+        "module" => (&MODULE_SPEC, USAGE, module),
+        "help" | "--help" | "-h" => {
+            print_help(USAGE);
+            return ExitCode::SUCCESS;
         }
-        match command.as_str() {
-            "info" => info(&args),
-            "run" => run(&args),
-            "module" => module(&args),
-            "demo" => demo(&args),
-            "help" | "--help" | "-h" => {
-                println!("{USAGE}");
-                Ok(())
-            }
-            other => Err(Error::invalid_argument(format!(
-                "unknown command '{other}'\n{USAGE}"
-            ))),
+        other => {
+            eprintln!("recon: error: unknown command '{other}'\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = Args::parse(spec, rest).and_then(|args| {
+        if args.help() {
+            print_help(usage);
+            Ok(())
+        } else {
+            action(&args)
         }
     });
     match outcome {

@@ -194,14 +194,24 @@ fn sampler_overrides(steps: u32, cfg: f32, stage: &str) -> Result<SamplerOverrid
     })
 }
 
-fn run_params(p: &recon_run_params) -> Result<RunParams> {
+/// The `RECON_FORMAT_*` bits of `bits` (the field `what`), refusing unknown ones.
+fn formats_from_bits(bits: u32, what: &str) -> Result<Formats> {
     const KNOWN: u32 = RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH | RECON_FORMAT_RADIANCE_FIELD;
-    if p.formats & !KNOWN != 0 {
+    if bits & !KNOWN != 0 {
         return Err(Error::invalid_argument(format!(
-            "recon_run_params.formats has unknown bits 0x{:x}",
-            p.formats & !KNOWN
+            "{what} has unknown bits 0x{:x}",
+            bits & !KNOWN
         )));
     }
+    Ok(Formats {
+        gaussians: bits & RECON_FORMAT_GAUSSIANS != 0,
+        mesh: bits & RECON_FORMAT_MESH != 0,
+        radiance_field: bits & RECON_FORMAT_RADIANCE_FIELD != 0,
+    })
+}
+
+fn run_params(p: &recon_run_params) -> Result<RunParams> {
+    let formats = formats_from_bits(p.formats, "recon_run_params.formats")?;
     let mode = match p.multi_image_mode {
         RECON_MULTI_IMAGE_STOCHASTIC => MultiImageMode::Stochastic,
         RECON_MULTI_IMAGE_MULTIDIFFUSION => MultiImageMode::Multidiffusion,
@@ -219,11 +229,7 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
             "sparse_structure",
         )?,
         slat: sampler_overrides(p.slat_steps, p.slat_cfg_strength, "slat")?,
-        formats: Formats {
-            gaussians: p.formats & RECON_FORMAT_GAUSSIANS != 0,
-            mesh: p.formats & RECON_FORMAT_MESH != 0,
-            radiance_field: p.formats & RECON_FORMAT_RADIANCE_FIELD != 0,
-        },
+        formats,
         mode,
         preprocess: p.preprocess != 0,
     };
