@@ -49,8 +49,10 @@ test-rust: $(TORCH_STAMP)
 test-c: build
 	$(MAKE) -C bindings/c test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny
 
+# The pip-installable ctypes package: pytest (installed into .venv when missing), plus a check
+# that `pip install` of the package works.
 test-python: build
-	RECON_LIBRARY=$(TARGET_DIR)/librecon.so $(PYTHON) bindings/python/tests/test_abi.py
+	$(MAKE) -C bindings/python test PYTHON=$(PYTHON) LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
 
 # The header-only C++ wrapper, built by CMake as C++17 and C++20 (cmake from Debian via setup.sh).
 test-cpp: build

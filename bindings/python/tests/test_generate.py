@@ -1,0 +1,262 @@
+"""Real generations with the tiny model on the CPU (2 + 2 sampler steps): Gaussians, mesh,
+progress, exports (GLB, PLY, OBJ to files and bytes), the lifetime of the array views, and a
+run cancelled from another thread with the model usable after it."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import struct
+import threading
+import time
+from ctypes import byref, c_void_p, sizeof
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import numpy as np
+import pytest
+
+import recon
+from recon import abi
+from conftest import TIMINGS
+from support import CUTOUT, GEN_STEPS, lib
+
+
+@dataclass
+class Generation:
+    result: recon.Result
+    reports: List[Tuple[int, int, int, float]]  # (stage, step, total, time)
+    end: float
+
+
+@pytest.fixture(scope="session")
+def generation(model: recon.Model) -> Iterator[Generation]:
+    """The first generation: Gaussians + mesh of the cut-out, seed 1, 2 + 2 steps."""
+    reports: List[Tuple[int, int, int, float]] = []
+    start = time.perf_counter()
+    result = model.run(CUTOUT, seed=1, **GEN_STEPS, formats=("gaussians", "mesh"),
+                       progress=lambda *r: reports.append((*r, time.perf_counter())))
+    end = time.perf_counter()
+    TIMINGS.append(f"generation (Gaussians + mesh, 2 + 2 steps): {end - start:.2f} s")
+    with result:
+        yield Generation(result, reports, end)
+
+
+def check_gaussians(g: recon.Gaussians) -> int:
+    n = len(g)
+    assert n > 0
+    shapes = {"xyz": (n, 3), "features_dc": (n, 3), "scaling": (n, 3), "rotation": (n, 4),
+              "opacity": (n,)}
+    for name, shape in shapes.items():
+        array = getattr(g, name)
+        assert array.shape == shape, name
+        assert array.dtype == np.float32, name
+        assert np.isfinite(array).all(), name
+    assert ((g.opacity >= 0) & (g.opacity <= 1)).all()
+    assert (g.scaling > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(g.rotation, axis=1), 1.0, atol=1e-3)
+    return n
+
+
+def test_generate(generation: Generation) -> None:
+    result = generation.result
+    n = check_gaussians(result.gaussians)
+    mesh = result.mesh
+    nv, nf = mesh.num_vertices, mesh.num_faces
+    assert nv > 0 and nf > 0
+    assert mesh.positions.shape == (nv, 3) and mesh.indices.shape == (nf, 3)
+    assert np.isfinite(mesh.positions).all()
+    assert mesh.indices.dtype == np.uint32
+    assert int(mesh.indices.max()) < nv  # every index names a vertex
+    if mesh.colors is not None:
+        assert mesh.colors.shape == (nv, 3)
+        assert ((mesh.colors >= 0) & (mesh.colors <= 1)).all()
+    TIMINGS.append(f"{n} Gaussians; mesh of {nv} vertices, {nf} triangles")
+    assert result.cameras == []  # TRELLIS estimates no poses
+    assert lib.recon_result_num_cameras(result.handle) == 0
+
+
+def test_progress_of_a_whole_run(generation: Generation) -> None:
+    """A whole run's reports: every stage from PREPROCESS to DECODE in order, each counting its
+    steps up by one from 0 to its total; the samplers' totals are their steps."""
+    reports = generation.reports
+    sequence = [r[:3] for r in reports]
+    stages = [stage for stage, _, _ in sequence]
+    assert sorted(stages) == stages
+    assert sorted(set(stages)) == list(range(recon.Stage.PREPROCESS, recon.Stage.DECODE + 1))
+    for stage in set(stages):
+        steps = [(step, total) for s, step, total in sequence if s == stage]
+        total = steps[0][1]
+        assert steps == [(i, total) for i in range(total + 1)], stage
+    totals = {stage: total for stage, _, total in sequence}
+    assert totals[recon.Stage.SPARSE_STRUCTURE] == GEN_STEPS["sparse_structure_steps"]
+    assert totals[recon.Stage.STRUCTURED_LATENT] == GEN_STEPS["slat_steps"]
+    firsts = [r for i, r in enumerate(reports) if i == 0 or r[0] != reports[i - 1][0]]
+    ends = [r[3] for r in firsts[1:]] + [generation.end]
+    times = [f"{recon.Stage(r[0]).name.lower()} {until - r[3]:.2f}"
+             for r, until in zip(firsts, ends)]
+    TIMINGS.append(f"stage seconds: {', '.join(times)}")
+
+
+def test_exports(generation: Generation, tmp_path: Path) -> None:
+    result = generation.result
+    n, mesh = len(result.gaussians), result.mesh
+    nv, nf = mesh.num_vertices, mesh.num_faces
+    # GLB to a file: "glTF", version 2, the length field matches; the bytes are the same.
+    path = tmp_path / "asset.glb"
+    result.export(path, recon.ExportFormat.GLB)
+    glb = path.read_bytes()
+    magic, version, length = struct.unpack("<4sII", glb[:12])
+    assert (magic, version, length) == (b"glTF", 2, len(glb))
+    json_len, json_kind = struct.unpack("<I4s", glb[12:20])
+    assert json_kind == b"JSON"
+    assert b'"POSITION"' in glb[20:20 + json_len]
+    assert result.export_bytes(recon.ExportFormat.GLB) == glb
+    assert result.export_bytes("glb") == glb
+    # Gaussian PLY as bytes: one little-endian float record per Gaussian.
+    ply = result.export_bytes("ply_gaussians")
+    assert ply.startswith(b"ply\n")
+    header_end = ply.index(b"end_header\n") + len(b"end_header\n")
+    header = ply[:header_end].decode()
+    assert "\nformat binary_little_endian 1.0\n" in header
+    assert f"\nelement vertex {n}\n" in header
+    floats = header.count("\nproperty float ")
+    assert floats >= 14
+    assert len(ply) == header_end + n * floats * 4
+    records = np.frombuffer(ply[header_end:], "<f4").reshape(n, floats)
+    assert np.isfinite(records).all()
+    # Mesh PLY and OBJ (formats by name, paths as str).
+    header_bytes = result.export_bytes("PLY-MESH").split(b"end_header\n")[0]
+    assert f"\nelement vertex {nv}\n".encode() in header_bytes
+    assert f"\nelement face {nf}\n".encode() in header_bytes
+    obj_path = tmp_path / "asset.obj"
+    result.export(str(obj_path), "obj")
+    lines = obj_path.read_bytes().splitlines()
+    assert sum(line.startswith(b"v ") for line in lines) == nv
+    assert sum(line.startswith(b"f ") for line in lines) == nf
+    # Refusals.
+    for bad in (0, 5):
+        with pytest.raises(recon.InvalidArgumentError) as info:
+            result.export_bytes(bad)
+        assert "format" in info.value.message
+        assert result.last_error == info.value.message
+    with pytest.raises(ValueError, match="export format"):
+        result.export_bytes("fbx")
+    with pytest.raises(recon.IoError):
+        result.export(tmp_path / "no_such_dir" / "a.glb", recon.ExportFormat.GLB)
+    assert not (tmp_path / "no_such_dir").exists()
+    cam = abi.Camera(struct_size=sizeof(abi.Camera))
+    assert lib.recon_result_camera(result.handle, 0, byref(cam)) == abi.RECON_ERR_INVALID_ARGUMENT
+    assert b"out of range" in lib.recon_result_last_error(result.handle)
+    with pytest.raises(recon.InvalidArgumentError, match="out of range"):
+        result.camera(0)
+    with pytest.raises(ValueError, match="camera index"):
+        result.camera(-1)
+
+
+def test_array_views(model: recon.Model) -> None:
+    """Result arrays are read-only views that keep the result's memory alive: close() frees
+    it only once the last view has gone."""
+    frees: List[Any] = []
+    free = lib.recon_result_free
+
+    def counting_free(handle: Any) -> None:
+        frees.append(handle)
+        free(handle)
+    setattr(lib, "recon_result_free", counting_free)
+    try:
+        with model.run(CUTOUT, seed=1, **GEN_STEPS, formats="gaussians") as result:
+            handle = result.handle
+            g = result.gaussians
+            raw = abi.Gaussians(struct_size=sizeof(abi.Gaussians))
+            assert lib.recon_result_gaussians(handle, byref(raw)) == abi.RECON_OK
+            # Views: the library's memory itself, not a copy, and read-only.
+            assert g.xyz.ctypes.data == ctypes.cast(raw.xyz, c_void_p).value
+            assert not g.xyz.flags.writeable and not g.xyz.flags.owndata
+            with pytest.raises(ValueError):
+                g.xyz[0, 0] = 1.0
+            with pytest.raises(ValueError):
+                g.xyz.flags.writeable = True
+            copy = g.copy()
+            assert copy.xyz.flags.writeable
+            copy.xyz[0, 0] += 1.0
+            assert g.xyz[0, 0] != copy.xyz[0, 0]
+            expected = g.xyz.copy()
+            rows = g.xyz[1:3]  # a view of a view pins the memory too
+        assert result.closed and repr(result) == "<recon.Result closed>"
+        with pytest.raises(ValueError, match="closed"):
+            result.gaussians
+        with pytest.raises(ValueError, match="closed"):
+            result.export_bytes("ply_gaussians")
+        result.close()  # twice is fine
+        assert frees == []  # the views still hold the memory
+        gc.collect()
+        np.testing.assert_array_equal(g.xyz, expected)
+        del g, raw
+        assert frees == []
+        np.testing.assert_array_equal(rows, expected[1:3])
+        del rows
+        assert frees == [handle]  # the last view gone: freed at once
+        # Without views, close() frees at once.
+        result = model.run(CUTOUT, seed=1, **GEN_STEPS, formats="gaussians")
+        handle = result.handle
+        result.close()
+        assert frees[-1] == handle
+    finally:
+        setattr(lib, "recon_result_free", free)
+
+
+def test_generate_cancel_from_thread(model: recon.Model, generation: Generation) -> None:
+    # A run in another thread is held in its progress callback once the sparse-structure
+    # sampler starts, until this thread has called cancel(): the cancel lands while the run is
+    # certainly in progress, before the sampler's first step.
+    started, sent = threading.Event(), threading.Event()
+    reports: List[Tuple[int, int, int]] = []
+    outcome: Dict[str, Any] = {}
+
+    def progress(stage: int, step: int, total: int) -> bool:
+        reports.append((stage, step, total))
+        if stage == recon.Stage.SPARSE_STRUCTURE and not started.is_set():
+            started.set()
+            outcome["held"] = sent.wait(60)
+        return True
+
+    def worker() -> None:
+        try:
+            outcome["result"] = model.run([CUTOUT], seed=1, **GEN_STEPS, progress=progress)
+        except recon.ReconError as e:
+            outcome["error"] = e
+    start = time.perf_counter()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(120)
+    cancelled_at = time.perf_counter()
+    model.cancel()
+    sent.set()
+    thread.join()
+    TIMINGS.append(f"cancelled after {cancelled_at - start:.2f} s, the run returned "
+                   f"{time.perf_counter() - cancelled_at:.3f} s later")
+    assert "result" not in outcome
+    assert outcome.get("held")
+    error = outcome.get("error")
+    assert isinstance(error, recon.CancelledError)
+    assert "recon_cancel" in error.message
+    assert reports[-1] == (recon.Stage.SPARSE_STRUCTURE, 0, 2)
+    # The model still works: the first generation again, Gaussians only, gives the same
+    # Gaussians (same seed and steps).
+    start = time.perf_counter()
+    with model.run([CUTOUT], seed=1, **GEN_STEPS, formats=recon.Format.GAUSSIANS) as result:
+        TIMINGS.append(f"generation (Gaussians only, 2 + 2 steps): "
+                       f"{time.perf_counter() - start:.2f} s")
+        g = result.gaussians
+        check_gaussians(g)
+        np.testing.assert_allclose(g.xyz, generation.result.gaussians.xyz, rtol=0, atol=1e-4)
+        with pytest.raises(recon.InvalidArgumentError) as info:
+            result.mesh
+        assert "mesh" in info.value.message
+        with pytest.raises(recon.InvalidArgumentError) as info:
+            result.export_bytes(recon.ExportFormat.GLB)
+        assert "RECON_FORMAT_MESH" in info.value.message
+        ply = result.export_bytes(recon.ExportFormat.PLY_GAUSSIANS)
+        assert f"\nelement vertex {len(g)}\n".encode() in ply[:1024]
