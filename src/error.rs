@@ -114,7 +114,24 @@ impl From<tch::TchError> for Error {
         } else {
             ErrorKind::Internal
         };
-        Self::new(kind, format!("libtorch: {text}"))
+        Self::new(kind, format!("libtorch: {}", without_backtrace(&text)))
+    }
+}
+
+/// libtorch's message without the C++ backtrace it appends ("Exception raised from ..." and
+/// "frame #N: ..." lines): what went wrong, not forty lines of addresses.
+fn without_backtrace(text: &str) -> String {
+    let kept: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim_start().starts_with("Exception raised from"))
+        .filter(|line| !line.trim_start().starts_with("frame #"))
+        .collect();
+    let joined = kept.join("\n");
+    let trimmed = joined.trim_end();
+    if trimmed.is_empty() {
+        text.trim_end().to_string()
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -137,5 +154,18 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "panic with a non-text payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn libtorch_backtraces_are_dropped() {
+        let text = "CUDA out of memory. Tried to allocate 2.00 MiB.\nException raised from malloc at alloc.cpp:1 (most recent call first):\nframe #0: c10::Error::Error() + 0x1\nframe #1: f + 0x2";
+        assert_eq!(
+            super::without_backtrace(text),
+            "CUDA out of memory. Tried to allocate 2.00 MiB."
+        );
+        assert_eq!(super::without_backtrace("plain"), "plain");
     }
 }

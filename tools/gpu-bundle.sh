@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins
@@ -57,6 +57,8 @@ fi
 "$here"/bin/structured_latent_flow --include-ignored --nocapture --test-threads 1
 # Stage 2 end to end on CUDA (fp16 torsos, FlexiCubes on the GPU) against the reference.
 "$here"/bin/stage2 --include-ignored --nocapture --test-threads 1 cuda
+# CUDA out of memory mid-run: OutOfMemory, the model usable after.
+"$here"/bin/reliability_cuda --include-ignored --nocapture --test-threads 1
 "$here"/bin/recon info --model tests/fixtures/model_tiny --device cuda
 # Stage 1 end to end on CUDA through the C API (the demo).
 "$here"/bin/recon demo --model tests/fixtures/model_tiny --image tests/fixtures/images/example.png
