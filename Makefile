@@ -46,8 +46,10 @@ test: test-rust test-c test-python test-go test-cpp test-csharp test-unreal test
 test-rust: $(TORCH_STAMP)
 	cargo test $(CARGO_PROFILE_FLAG)
 
+# The C example, the ABI test and the thread stress test, then the ABI and thread tests again
+# under AddressSanitizer + LeakSanitizer (every leak of the library's allocations shows).
 test-c: build
-	$(MAKE) -C bindings/c test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny
+	$(MAKE) -C bindings/c test asan LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny
 
 # The pip-installable ctypes package: pytest (installed into .venv when missing), plus a check
 # that `pip install` of the package works.
