@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
+.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist fuzz-ci venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -88,6 +88,11 @@ test-unreal: build
 # Go from Debian's golang-go (bindings/go/setup.sh installs it when missing).
 test-go: build
 	$(MAKE) -C bindings/go test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
+
+# Bounded coverage-guided fuzzing (fuzz/, cargo-fuzz on stable with RUSTC_BOOTSTRAP=1;
+# FUZZ_SECONDS per target, default 20). The first build takes about 13 minutes on 2 cores.
+fuzz-ci: $(TORCH_STAMP)
+	bash tools/fuzz-ci.sh
 
 $(CBINDGEN):
 	cargo install --quiet --locked --root $(TOOLS) cbindgen --version $(CBINDGEN_VERSION)
