@@ -1021,6 +1021,93 @@ fn an_unwritable_directory_fails_cleanly() {
     assert_eq!(std::fs::read(locked.join("asset.obj")).unwrap(), b"old");
 }
 
+/// Set in the child process of `a_full_disk_fails_the_export_and_leaves_no_file`.
+#[cfg(target_os = "linux")]
+const DISK_FULL_CHILD: &str = "RECON_TEST_DISK_FULL_DIR";
+
+/// A write that runs out of space mid-file fails with an I/O error naming the file and leaves
+/// neither a partial file nor the temporary one. Simulated with a 4 KiB file-size limit
+/// (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it fail with EFBIG, the same code path as
+/// ENOSPC) in a child process, so no other test shares the limit; works as root, needs no
+/// mount.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_fails_the_export_and_leaves_no_file() {
+    if let Some(dir) = std::env::var_os(DISK_FULL_CHILD) {
+        export_past_a_file_size_limit(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("asset.glb"), b"old").unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_full_disk_fails_the_export_and_leaves_no_file",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(DISK_FULL_CHILD, dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child's checks failed: {status}");
+    assert_eq!(dir_entries(dir.path()), ["asset.glb"]);
+    assert_eq!(std::fs::read(dir.path().join("asset.glb")).unwrap(), b"old");
+}
+
+#[cfg(target_os = "linux")]
+fn export_past_a_file_size_limit(dir: &Path) {
+    const LIMIT: u64 = 4096;
+    // SAFETY: plain libc calls on this (single-threaded: --test-threads=1) child process.
+    unsafe {
+        assert_ne!(libc::signal(libc::SIGXFSZ, libc::SIG_IGN), libc::SIG_ERR);
+        let limit = libc::rlimit {
+            rlim_cur: LIMIT,
+            rlim_max: LIMIT,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let mesh = mesh_output(dense_grid_mesh(40));
+    let bytes = export_to_bytes(&mesh, ExportFormat::Glb).unwrap();
+    assert!(bytes.len() as u64 > 4 * LIMIT, "{} bytes", bytes.len());
+    for (format, name) in [
+        (ExportFormat::Glb, "asset.glb"),
+        (ExportFormat::Obj, "mesh.obj"),
+    ] {
+        let err = export_to_path(&mesh, format, &dir.join(name)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(
+            err.message().contains(".tmp") || err.message().contains(name),
+            "{err}"
+        );
+        assert!(err.message().contains("too large"), "EFBIG named: {err}");
+    }
+    eprintln!("disk full: both exports failed cleanly");
+}
+
+/// An `n`×`n` grid of quads in the z = 0 plane: a mesh with a few thousand triangles.
+#[cfg(target_os = "linux")]
+fn dense_grid_mesh(n: u32) -> Mesh {
+    let side = n + 1;
+    let mut vertices = Vec::new();
+    for j in 0..side {
+        for i in 0..side {
+            vertices.extend([i as f32 / n as f32, j as f32 / n as f32, 0.0]);
+        }
+    }
+    let mut indices = Vec::new();
+    for j in 0..n {
+        for i in 0..n {
+            let a = j * side + i;
+            indices.extend([a, a + 1, a + side + 1, a, a + side + 1, a + side]);
+        }
+    }
+    Mesh {
+        positions: vertices,
+        colors: Vec::new(),
+        indices,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small vector helpers
 

@@ -453,5 +453,24 @@ mod tests {
         }
         let glb = std::fs::read(dir.path().join("a.glb")).unwrap();
         assert_eq!(&glb[..4], b"glTF");
+
+        // A path that is not UTF-8: refused by name, nothing written under any spelling.
+        let mut bad = dir
+            .path()
+            .join("b")
+            .to_string_lossy()
+            .into_owned()
+            .into_bytes();
+        bad.extend_from_slice(b"\xff\xfe.glb\0");
+        // SAFETY: a NUL-terminated byte string.
+        let status = unsafe {
+            recon_result_export(&result, RECON_EXPORT_GLB, bad.as_ptr() as *const c_char)
+        };
+        assert_eq!(status, recon_status::RECON_ERR_INVALID_ARGUMENT);
+        // SAFETY: a live result.
+        let message = unsafe { std::ffi::CStr::from_ptr(recon_result_last_error(&result)) };
+        assert!(message.to_string_lossy().contains("UTF-8"), "{message:?}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only a.glb: {names:?}");
     }
 }
