@@ -19,12 +19,18 @@ use crate::error::{Error, Result, ResultExt};
 use crate::hub::{self, PipelineConfig, ResolveOptions, ResolvedPipeline, IMAGE_COND_MODEL_KEY};
 use crate::logging::{LogFn, LogLevel};
 use crate::models::dinov2::{self, Dinov2};
+use crate::models::sparse_structure_flow::multiview_cond::ModulatedMultiViewCond;
 use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
+use crate::models::structured_latent_flow::multiview_cond::ModulatedSLATMultiViewCond;
+use crate::models::vggt::model::{
+    Vggt, VggtFiles, VggtPrecision, VGGT_CONFIG_FILE, VGGT_WEIGHTS_FILE,
+};
 use crate::models::{self, Network};
 use crate::pipelines::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput};
 use crate::pipelines::trellis_image_to_3d::{
     self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
 };
+use crate::pipelines::trellis_vggt_to_3d::{self as vggt_pipeline, Noises, Samplers, ViewEncoders};
 use crate::samplers::{GuidanceFormula, SamplerConfig};
 
 /// The classes the structured-latent flow model may be (the elastic variant only changes
@@ -79,6 +85,10 @@ pub struct LoadOptions {
     /// The formats runs will ask for: the decoders of the others are neither downloaded nor
     /// loaded (None: every decoder pipeline.json names).
     pub formats: Option<Formats>,
+    /// TRELLIS-VGGT only: where VGGT comes from — a local folder with `config.json` +
+    /// `model.safetensors`, or a Hub repo id (None: `Stable-X/vggt-object-v0-1`, which the
+    /// reference hard-codes).
+    pub vggt_model: Option<String>,
     pub log: Arc<LogFn>,
 }
 
@@ -90,6 +100,7 @@ impl LoadOptions {
             only_models: None,
             offline: None,
             formats: None,
+            vggt_model: None,
             log: Arc::new(crate::logging::tracing_sink),
         }
     }
@@ -161,6 +172,17 @@ impl Pipeline {
                 networks.push(network);
             }
         }
+        if resolved.config.name == TRELLIS_VGGT_TO_3D
+            && hub::is_selected(only.as_deref(), vggt_pipeline::VGGT_MODEL_KEY)
+        {
+            let source = options
+                .vggt_model
+                .as_deref()
+                .unwrap_or(vggt_pipeline::VGGT_MODEL_REPO);
+            let network = load_vggt_model(source, device, &resolve_options)
+                .context(format!("VGGT '{source}'"))?;
+            networks.push(network);
+        }
         log(
             LogLevel::Info,
             &format!(
@@ -230,6 +252,9 @@ impl Pipeline {
         noise: &GenerationNoise,
         control: &RunControl<'_>,
     ) -> Result<Generation> {
+        if self.name() == TRELLIS_VGGT_TO_3D {
+            return self.generate_from_views(images, params, noise, control);
+        }
         // Both stages' networks are looked up before any work, so a missing decoder fails
         // fast.
         let slat_networks = self.slat_networks(&params.formats)?;
@@ -268,6 +293,93 @@ impl Pipeline {
         Ok(Generation {
             sparse_structure: stage1,
             slat: stage2,
+            view_conditions: Vec::new(),
+            cameras: Vec::new(),
+        })
+    }
+
+    /// [`Pipeline::generate`] for TRELLIS-VGGT: VGGT and DINOv2 on all views, the multi-view
+    /// condition networks, then both stages (see [`vggt_pipeline`]).
+    fn generate_from_views(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        noise: &GenerationNoise,
+        control: &RunControl<'_>,
+    ) -> Result<Generation> {
+        validate_views(images)?;
+        params.validate()?;
+        control.check_cancelled()?;
+        let networks = self.conditioned_networks(&params.formats)?;
+        let samplers = self.samplers(params)?;
+        let encoders = ViewEncoders {
+            vggt: self.concrete::<Vggt>(vggt_pipeline::VGGT_MODEL_KEY, &[VGGT_CLASS])?,
+            image_cond_model: self.runnable(IMAGE_COND_MODEL_KEY, dinov2::DINOV2_CLASS)?,
+            device: self.device,
+        };
+        control.progress(Stage::Preprocess, 0, images.len())?;
+        let encoded = vggt_pipeline::encode_views(&encoders, images, params, control)?;
+        let noises = match noise {
+            GenerationNoise::Seed => Noises {
+                sparse_structure: NoiseSource::Seed(params.seed),
+                slat: NoiseSource::Seed(params.seed),
+            },
+            GenerationNoise::Given {
+                sparse_structure,
+                slat,
+            } => Noises {
+                sparse_structure: NoiseSource::Given(sparse_structure),
+                slat: NoiseSource::Given(slat),
+            },
+        };
+        let generated = vggt_pipeline::generate_from_features(
+            &networks,
+            &samplers,
+            &encoded.features,
+            noises,
+            control,
+        )?;
+        Ok(Generation {
+            sparse_structure: generated.sparse_structure,
+            slat: generated.slat,
+            view_conditions: generated.slat_cond,
+            cameras: encoded.cameras,
+        })
+    }
+
+    /// The TRELLIS-VGGT networks after the view encoders, with the decoders `formats` needs.
+    pub fn conditioned_networks(
+        &self,
+        formats: &Formats,
+    ) -> Result<vggt_pipeline::ConditionedNetworks<'_>> {
+        let flow = self.stage_network(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?;
+        let flow_config: SparseStructureFlowConfig = serde_json::from_value(flow.args.clone())
+            .map_err(|e| {
+                Error::format(format!("model '{}': args of {}: {e}", flow.key, flow.class))
+            })?;
+        Ok(vggt_pipeline::ConditionedNetworks {
+            ss_cond: self.concrete::<ModulatedMultiViewCond>(
+                vggt_pipeline::SPARSE_STRUCTURE_VGGT_COND,
+                &[vggt_pipeline::SS_COND_CLASS],
+            )?,
+            slat_cond: self.concrete::<ModulatedSLATMultiViewCond>(
+                vggt_pipeline::SLAT_VGGT_COND,
+                &[vggt_pipeline::SLAT_COND_CLASS],
+            )?,
+            flow: self.runnable(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?,
+            flow_config,
+            decoder: self.runnable(trellis::SPARSE_STRUCTURE_DECODER, trellis::DECODER_CLASS)?,
+            slat: self.slat_networks(formats)?,
+            device: self.device,
+        })
+    }
+
+    /// Both samplers of a run: pipeline.json's with the run's overrides and guidance formula.
+    pub fn samplers(&self, params: &RunParams) -> Result<Samplers> {
+        Ok(Samplers {
+            sparse_structure: self
+                .sparse_structure_sampler(self.guidance_formula(params)?, params)?,
+            slat: self.slat_sampler(params)?,
         })
     }
 
@@ -306,21 +418,29 @@ impl Pipeline {
         params.validate()?;
         control.check_cancelled()?;
         control.progress(Stage::Preprocess, 0, images.len())?;
-        let guidance = self.guidance_formula()?;
+        if self.name() == TRELLIS_VGGT_TO_3D {
+            return Err(Error::unsupported(
+                "TrellisVGGTTo3DPipeline conditions the sparse structure on all views through \
+                 VGGT: run the whole pipeline (run / generate), not stage 1 alone",
+            ));
+        }
+        let guidance = self.guidance_formula(params)?;
         let sampler = self.sparse_structure_sampler(guidance, params)?;
         let networks = self.sparse_structure_networks()?;
         trellis::run_sparse_structure(&networks, &sampler, images, params, noise, control)
     }
 
-    /// How the pipeline's samplers guide (each pipeline class has its own code).
-    fn guidance_formula(&self) -> Result<GuidanceFormula> {
+    /// How the samplers guide: the run's choice, else the pipeline class's own code (TRELLIS:
+    /// `(1 + s)·v_pos − s·v_neg`; ReconViaGen v0.2: `w·v_pos + (1 − w)·v_neg` with guidance
+    /// rescale).
+    fn guidance_formula(&self, params: &RunParams) -> Result<GuidanceFormula> {
+        if let Some(formula) = params.guidance {
+            return Ok(formula);
+        }
         match self.name() {
             TRELLIS_IMAGE_TO_3D => Ok(GuidanceFormula::Trellis),
-            other => Err(Error::unsupported(format!(
-                "this build of recon cannot run {other} yet: its VGGT conditioning and \
-                 multi-view stages are not implemented; implemented networks: {}",
-                self.implemented_summary()
-            ))),
+            TRELLIS_VGGT_TO_3D => Ok(GuidanceFormula::ReconViaGen),
+            other => Err(Error::internal(format!("no guidance formula for {other}"))),
         }
     }
 
@@ -365,7 +485,7 @@ impl Pipeline {
 
     /// pipeline.json's `slat_sampler` with the run's overrides.
     fn slat_sampler(&self, params: &RunParams) -> Result<SamplerConfig> {
-        let guidance = self.guidance_formula()?;
+        let guidance = self.guidance_formula(params)?;
         let entry = self.config().slat_sampler.as_ref().ok_or_else(|| {
             Error::format(format!(
                 "{}: `args.slat_sampler` is missing",
@@ -474,20 +594,6 @@ impl Pipeline {
                 ))
             })
     }
-
-    fn implemented_summary(&self) -> String {
-        let names: Vec<String> = self
-            .networks
-            .iter()
-            .filter(|n| n.network.is_some())
-            .map(|n| format!("{} ({})", n.key, n.class))
-            .collect();
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
-    }
 }
 
 /// "cpu" or "cuda:N", as the CLI's --device takes it.
@@ -586,6 +692,52 @@ fn load_image_cond_model(
     })
 }
 
+/// The class name VGGT is listed under among a pipeline's networks.
+pub const VGGT_CLASS: &str = "VGGT";
+
+/// Loads VGGT for TRELLIS-VGGT from `source`: a local folder, or a Hub repo whose
+/// `config.json` and `model.safetensors` are fetched like the other models (cache, offline
+/// mode, revision). Mixed precision as the reference on CUDA (bf16 aggregator).
+fn load_vggt_model(
+    source: &str,
+    device: Device,
+    opts: &ResolveOptions<'_>,
+) -> Result<LoadedNetwork> {
+    let local = std::path::Path::new(source);
+    let files = if local.is_dir() {
+        VggtFiles::in_dir(local)
+    } else {
+        let paths = hub::fetch_repo_files(source, &[VGGT_CONFIG_FILE, VGGT_WEIGHTS_FILE], opts)?;
+        match <[std::path::PathBuf; 2]>::try_from(paths) {
+            Ok([config, weights]) => VggtFiles { config, weights },
+            Err(_) => {
+                return Err(Error::internal(
+                    "fetch_repo_files returned the wrong number of paths",
+                ))
+            }
+        }
+    };
+    let network = Vggt::load(&files, device, VggtPrecision::reference(device))?;
+    let num_elements = crate::weights::SafeTensorsFile::open(&files.weights)?.num_elements();
+    let args = hub::read_json_file(&files.config)?;
+    (opts.log)(
+        LogLevel::Info,
+        &format!(
+            "{}: VGGT from {}",
+            vggt_pipeline::VGGT_MODEL_KEY,
+            files.weights.display()
+        ),
+    );
+    Ok(LoadedNetwork {
+        key: vggt_pipeline::VGGT_MODEL_KEY.to_string(),
+        stem: source.to_string(),
+        class: VGGT_CLASS.to_string(),
+        num_elements,
+        network: Some(Box::new(network)),
+        args,
+    })
+}
+
 /// The pipeline keys of the decoders `formats` does not need.
 fn unused_decoders(formats: Formats) -> Vec<&'static str> {
     [
@@ -666,6 +818,10 @@ pub struct RunParams {
     pub mode: MultiImageMode,
     /// Crop and resize the inputs as the reference does (false: already 518×518 and centred).
     pub preprocess: bool,
+    /// The guidance formula of both samplers (None: the pipeline's own — TRELLIS's for
+    /// TRELLIS, ReconViaGen v0.2's for TRELLIS-VGGT; `Trellis` on TRELLIS-VGGT gives the
+    /// Hugging Face Space variant, which also drops the guidance rescale).
+    pub guidance: Option<GuidanceFormula>,
 }
 
 impl Default for RunParams {
@@ -681,6 +837,7 @@ impl Default for RunParams {
             },
             mode: MultiImageMode::Stochastic,
             preprocess: true,
+            guidance: None,
         }
     }
 }
@@ -839,6 +996,11 @@ pub enum GenerationNoise {
 pub struct Generation {
     pub sparse_structure: SparseStructureOutput,
     pub slat: SlatOutput,
+    /// TRELLIS-VGGT: the per-view structured-latent conditions `[1, T, 1024]` (empty for
+    /// TRELLIS, whose condition is `sparse_structure.cond`).
+    pub view_conditions: Vec<tch::Tensor>,
+    /// TRELLIS-VGGT: one camera per input view (empty for TRELLIS).
+    pub cameras: Vec<Camera>,
 }
 
 impl Generation {
@@ -854,7 +1016,7 @@ impl Generation {
         Ok(Output {
             gaussians,
             mesh,
-            cameras: Vec::new(),
+            cameras: self.cameras.clone(),
         })
     }
 }

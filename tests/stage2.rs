@@ -112,6 +112,7 @@ fn runs() -> Vec<Run> {
                     mesh: formats.contains(&"mesh"),
                     radiance_field: formats.contains(&"radiance_field"),
                 },
+                guidance: None,
             };
             Run {
                 name: run["name"].as_str().unwrap().to_string(),

@@ -232,6 +232,8 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
         formats,
         mode,
         preprocess: p.preprocess != 0,
+        // The pipeline's own formula; the C ABI does not choose another yet.
+        guidance: None,
     };
     params.validate()?;
     Ok(params)

@@ -626,7 +626,14 @@ impl Affine {
         })
     }
 
+    /// `x W^T + b` in the weights' dtype (the input is cast to it: under mixed precision the
+    /// residual stream is fp32 and the matmuls bf16, as under the reference's autocast).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if x.kind() == self.weight.kind() {
+            x.shallow_clone()
+        } else {
+            x.f_to_kind(self.weight.kind())?
+        };
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
     }
 }
@@ -697,7 +704,18 @@ struct Block {
 }
 
 impl Block {
-    fn new(config: &Dinov2Config, layout: Dinov2Layout, weights: &Weights) -> Result<Self> {
+    /// Matmul weights come out of `weights` as `kinds.matmul`, LayerScale as `kinds.other`
+    /// (the norms are fp32 whatever the view says).
+    fn new(
+        config: &Dinov2Config,
+        layout: Dinov2Layout,
+        weights: &Weights,
+        kinds: ParameterKinds,
+    ) -> Result<Self> {
+        let (matmul, weights) = (
+            weights.with_kind(kinds.matmul),
+            weights.with_kind(kinds.other),
+        );
         let c = config.embed_dim;
         let eps = config.layer_norm_eps;
         let ffn_kind = config.ffn_kind()?;
@@ -705,11 +723,11 @@ impl Block {
         let hf = layout == Dinov2Layout::Transformers;
         let (proj_bias, ffn_bias) = (config.proj_bias || hf, config.ffn_bias || hf);
         let qkv = match names.qkv {
-            QkvNames::Fused(name) => Affine::read(weights, name, c, 3 * c, config.qkv_bias)?,
+            QkvNames::Fused(name) => Affine::read(&matmul, name, c, 3 * c, config.qkv_bias)?,
             QkvNames::Split(parts) => Affine::concat(
                 parts
                     .iter()
-                    .map(|name| Affine::read(weights, name, c, c, config.qkv_bias))
+                    .map(|name| Affine::read(&matmul, name, c, c, config.qkv_bias))
                     .collect::<Result<_>>()?,
             )?,
         };
@@ -724,12 +742,12 @@ impl Block {
         let hidden = config.ffn_hidden()?;
         let ffn = match ffn_kind {
             FfnKind::Mlp => FeedForward::Mlp {
-                fc1: Affine::read(weights, names.ffn_in, c, hidden, ffn_bias)?,
-                fc2: Affine::read(weights, names.ffn_out, hidden, c, ffn_bias)?,
+                fc1: Affine::read(&matmul, names.ffn_in, c, hidden, ffn_bias)?,
+                fc2: Affine::read(&matmul, names.ffn_out, hidden, c, ffn_bias)?,
             },
             FfnKind::SwiGlu => FeedForward::SwiGlu {
-                w12: Affine::read(weights, names.ffn_in, c, 2 * hidden, ffn_bias)?,
-                w3: Affine::read(weights, names.ffn_out, hidden, c, ffn_bias)?,
+                w12: Affine::read(&matmul, names.ffn_in, c, 2 * hidden, ffn_bias)?,
+                w3: Affine::read(&matmul, names.ffn_out, hidden, c, ffn_bias)?,
             },
             FfnKind::Identity => FeedForward::Identity,
         };
@@ -737,7 +755,7 @@ impl Block {
             norm1: LayerNorm32::new(&weights.pp(names.norm1), c, eps)?,
             attn: Attention {
                 qkv,
-                proj: Affine::read(weights, names.proj, c, c, proj_bias)?,
+                proj: Affine::read(&matmul, names.proj, c, c, proj_bias)?,
                 num_heads: config.num_heads,
             },
             ls1: scale(names.ls1)?,
@@ -800,6 +818,13 @@ pub fn resolve_image_cond_model(
     }
 }
 
+/// The dtypes parameters are read in: matmul weights (patch conv, Linears) and the rest.
+#[derive(Debug, Clone, Copy)]
+struct ParameterKinds {
+    matmul: Kind,
+    other: Kind,
+}
+
 /// DINOv2 with registers, as TRELLIS runs it (fp32, eval, no masks).
 pub struct Dinov2 {
     config: Dinov2Config,
@@ -814,15 +839,49 @@ pub struct Dinov2 {
 }
 
 impl Dinov2 {
-    /// Builds the network from a checkpoint in either layout (detected from its names).
+    /// Builds the network from a checkpoint in either layout (detected from its names), every
+    /// parameter in the dtype of `weights` (the norms compute in fp32 and cast back).
     pub fn new(config: Dinov2Config, weights: &Weights) -> Result<Self> {
+        let kind = weights.kind();
+        Self::build(
+            config,
+            weights,
+            ParameterKinds {
+                matmul: kind,
+                other: kind,
+            },
+        )
+    }
+
+    /// Builds the network for the reference's mixed precision under `autocast(compute)`: the
+    /// patch-embed convolution and every Linear (hence attention) compute in `compute`, while
+    /// the tokens, position embedding, LayerScale, norms and the residual stream stay fp32
+    /// (a low-precision branch output times the fp32 LayerScale promotes back to fp32, as in
+    /// torch). With `compute` fp32 this is [`Dinov2::new`] on fp32 weights.
+    pub fn new_mixed(config: Dinov2Config, weights: &Weights, compute: Kind) -> Result<Self> {
+        Self::build(
+            config,
+            weights,
+            ParameterKinds {
+                matmul: compute,
+                other: Kind::Float,
+            },
+        )
+    }
+
+    fn build(config: Dinov2Config, weights: &Weights, kinds: ParameterKinds) -> Result<Self> {
         config.validate()?;
+        let (matmul, weights) = (
+            weights.with_kind(kinds.matmul),
+            weights.with_kind(kinds.other),
+        );
+        let weights = &weights;
         let layout = Dinov2Layout::detect(weights)?;
         let c = config.embed_dim;
         let p = config.patch_size;
         let top = TopNames::of(layout);
         let grid = config.grid_size();
-        let patch = weights.pp(top.patch_embed);
+        let patch = matmul.pp(top.patch_embed);
         // Unused at inference (it replaces masked patches in training), but part of the layout.
         let _mask_token = weights.get(&[1, c], top.mask_token)?;
         let register_tokens = if config.num_register_tokens > 0 {
@@ -833,7 +892,7 @@ impl Dinov2 {
         let blocks = (0..config.depth)
             .map(|i| {
                 let prefix = config.block_prefix(layout, i);
-                Block::new(&config, layout, &weights.pp(&prefix)).context(prefix)
+                Block::new(&config, layout, &weights.pp(&prefix), kinds).context(prefix)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -900,7 +959,10 @@ impl Dinov2 {
                 1,
             )?
             .f_flatten(2, -1)?
-            .f_transpose(1, 2)?;
+            .f_transpose(1, 2)?
+            // Mixed precision: the low-precision patches join the fp32 tokens in fp32, as
+            // torch.cat promotes.
+            .f_to_kind(self.cls_token.kind())?;
         let c = self.config.embed_dim;
         let cls = self.cls_token.f_expand([b, 1, c], false)?;
         let x = Tensor::f_cat(&[&cls, &patches], 1)?;

@@ -7,6 +7,7 @@ pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;
 pub mod structured_latent_flow;
 pub mod structured_latent_vae;
+pub mod vggt;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,8 +20,14 @@ use crate::hub::{read_checkpoint_config, CheckpointConfig};
 use crate::weights::{SafeTensorsFile, Weights};
 
 use dinov2::{Dinov2, Dinov2Config};
+use sparse_structure_flow::multiview_cond::{
+    ModulatedMultiViewCond, ModulatedMultiViewCondConfig, VGGT_COND_LAYERS,
+};
 use sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use sparse_structure_vae::{SparseStructureDecoder, SparseStructureDecoderConfig};
+use structured_latent_flow::multiview_cond::{
+    ModulatedSLATMultiViewCond, ModulatedSLATMultiViewCondConfig,
+};
 use structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
 use structured_latent_vae::{
     SLatGaussianDecoder, SLatGaussianDecoderConfig, SLatMeshDecoder, SLatMeshDecoderConfig,
@@ -75,8 +82,8 @@ pub const UPSTREAM_CLASSES: &[(&str, bool)] = &[
     ("SLatMeshDecoder", true),
     ("SLatRadianceFieldDecoder", true),
     ("SLatEncoder", false),
-    ("ModulatedMultiViewCond", false),
-    ("ModulatedSLATMultiViewCond", false),
+    ("ModulatedMultiViewCond", true),
+    ("ModulatedSLATMultiViewCond", true),
 ];
 
 /// Whether recon implements `class` (false for classes it knows but does not run yet).
@@ -145,6 +152,14 @@ fn build(config: &CheckpointConfig, path: &Path, weights: &Weights) -> Result<Bo
         "SLatRadianceFieldDecoder" | "ElasticSLatRadianceFieldDecoder" => {
             let args: SLatRadianceFieldDecoderConfig = parse_args(config, path)?;
             Ok(Box::new(SLatRadianceFieldDecoder::new(args, weights)?))
+        }
+        "ModulatedMultiViewCond" => {
+            let args: ModulatedMultiViewCondConfig = parse_args(config, path)?;
+            Ok(Box::new(ModulatedMultiViewCond::new(args, weights)?))
+        }
+        "ModulatedSLATMultiViewCond" => {
+            let args: ModulatedSLATMultiViewCondConfig = parse_args(config, path)?;
+            Ok(Box::new(ModulatedSLATMultiViewCond::new(args, weights)?))
         }
         // The image encoder: not named by a pipeline's ckpts/, but runnable from a checkpoint
         // json in the hub's constructor terms (golden fixtures, `recon module`).
@@ -332,5 +347,166 @@ impl Network for Dinov2 {
                 ("x_prenorm".to_string(), x_prenorm),
             ]))
         })
+    }
+}
+
+/// The named inputs of the multi-view condition networks: the aggregator tokens of layers
+/// [`VGGT_COND_LAYERS`] and the image condition.
+const MULTIVIEW_COND_INPUTS: &[TensorDoc] = &[
+    TensorDoc {
+        name: "aggregated_tokens.4",
+        description: "VGGT aggregator output of layer 4 [B, N, T, 2048], float32 (other \
+                      aggregated_tokens.* entries are ignored)",
+    },
+    TensorDoc {
+        name: "aggregated_tokens.11",
+        description: "VGGT aggregator output of layer 11 [B, N, T, 2048], float32",
+    },
+    TensorDoc {
+        name: "aggregated_tokens.17",
+        description: "VGGT aggregator output of layer 17 [B, N, T, 2048], float32",
+    },
+    TensorDoc {
+        name: "aggregated_tokens.23",
+        description: "VGGT aggregator output of layer 23 [B, N, T, 2048], float32",
+    },
+    TensorDoc {
+        name: "image_cond",
+        description: "DINOv2 condition tokens of all T tokens [B, N, T, 1024] (or [B·N, T, \
+                      1024]), float32; special tokens first",
+    },
+];
+
+/// The named inputs of a multi-view condition network, as `(layers, image_cond)`.
+fn multiview_cond_inputs<'a>(
+    inputs: &'a NamedTensors,
+    network: &dyn Network,
+) -> Result<([&'a Tensor; 4], &'a Tensor)> {
+    let layer = |l: usize| required_input(inputs, &format!("aggregated_tokens.{l}"), network);
+    let [a, b, c, d] = VGGT_COND_LAYERS;
+    let layers = [layer(a)?, layer(b)?, layer(c)?, layer(d)?];
+    Ok((layers, required_input(inputs, "image_cond", network)?))
+}
+
+impl Network for ModulatedMultiViewCond {
+    fn class_name(&self) -> &'static str {
+        "ModulatedMultiViewCond"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        MULTIVIEW_COND_INPUTS
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "cond",
+            description: "SS-flow condition tokens [B, num_init_tokens, channels], float32",
+        }]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let (layers, image_cond) = multiview_cond_inputs(inputs, self)?;
+        let cond = tch::no_grad(|| self.forward(&layers, image_cond))?;
+        Ok(BTreeMap::from([("cond".to_string(), cond)]))
+    }
+}
+
+impl Network for ModulatedSLATMultiViewCond {
+    fn class_name(&self) -> &'static str {
+        "ModulatedSLATMultiViewCond"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        MULTIVIEW_COND_INPUTS
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[
+            TensorDoc {
+                name: "cond.0",
+                description: "SLat-flow condition of view k (cond.0, cond.1, ...) [B, T, 1024], \
+                              float32",
+            },
+            TensorDoc {
+                name: "cond_raw",
+                description: "the module's own output [B·N, T, 1024], float32",
+            },
+        ]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let (layers, image_cond) = multiview_cond_inputs(inputs, self)?;
+        tch::no_grad(|| {
+            let raw = self.forward_stacked(&layers, image_cond)?;
+            let views =
+                structured_latent_flow::multiview_cond::split_views(&raw, layers[0].size()[0])?;
+            let mut out: NamedTensors = views
+                .into_iter()
+                .enumerate()
+                .map(|(k, view)| (format!("cond.{k}"), view))
+                .collect();
+            out.insert("cond_raw".to_string(), raw);
+            Ok(out)
+        })
+    }
+}
+
+impl Network for vggt::model::Vggt {
+    fn class_name(&self) -> &'static str {
+        "VGGT"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[TensorDoc {
+            name: "images",
+            description: "frames [B, S, 3, H, W] in 0..1 (RGB / 255; VGGT normalises them), \
+                          H, W multiples of the patch size",
+        }]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[
+            TensorDoc {
+                name: "aggregated_tokens.L",
+                description: "aggregator output of layer L (every layer) [B, S, T, 2C], float32",
+            },
+            TensorDoc {
+                name: "pose_enc",
+                description: "the camera head's last activated pose encoding [B, S, 9] (T, \
+                              quaternion xyzw, fov_h, fov_w)",
+            },
+            TensorDoc {
+                name: "extrinsic",
+                description: "camera-from-world [B, S, 3, 4], OpenCV axes, frame 0's camera \
+                              as the world",
+            },
+            TensorDoc {
+                name: "intrinsic",
+                description: "pixel intrinsics [B, S, 3, 3]",
+            },
+            TensorDoc {
+                name: "world_points",
+                description: "point head: world points [B, S, H, W, 3]",
+            },
+            TensorDoc {
+                name: "world_points_conf",
+                description: "point head: their confidence [B, S, H, W]",
+            },
+        ]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> Result<NamedTensors> {
+        let images = required_input(inputs, "images", self)?;
+        let output = tch::no_grad(|| self.forward(images, vggt::aggregator::KeepLayers::All))?;
+        let mut named = NamedTensors::new();
+        for (layer, tokens) in output.aggregated.layers.into_iter().enumerate() {
+            if let Some(tokens) = tokens {
+                named.insert(format!("aggregated_tokens.{layer}"), tokens);
+            }
+        }
+        let optional = [
+            ("pose_enc", output.pose_enc_list.into_iter().last()),
+            ("extrinsic", output.extrinsic),
+            ("intrinsic", output.intrinsic),
+            ("world_points", output.world_points),
+            ("world_points_conf", output.world_points_conf),
+        ];
+        for (name, tensor) in optional {
+            if let Some(tensor) = tensor {
+                named.insert(name.to_string(), tensor);
+            }
+        }
+        Ok(named)
     }
 }

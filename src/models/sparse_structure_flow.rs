@@ -13,6 +13,9 @@
 //! to fp16 before the blocks, residual stream fp16, norms in fp32); `input_layer`,
 //! `t_embedder`, `out_layer` and the final norm are fp32. On CPU everything is fp32.
 
+/// ReconViaGen's `ModulatedMultiViewCond`, which its fork adds to this module.
+pub mod multiview_cond;
+
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 

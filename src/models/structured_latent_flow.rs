@@ -27,6 +27,9 @@
 //! stage (`patch_size` 4 and up) is computed with one upsample record per level; the reference
 //! keys those records by an integer scale that collapses to 0 below level 1, so it cannot.
 
+/// ReconViaGen's `ModulatedSLATMultiViewCond`, which its fork adds to this module.
+pub mod multiview_cond;
+
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 

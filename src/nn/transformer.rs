@@ -1,6 +1,7 @@
 //! `trellis.modules.transformer`: the dense transformer blocks of the flow models and the
 //! condition networks — `FeedForwardNet` and `ModulatedTransformerCrossBlock` (adaLN-modulated
-//! self-attention, unmodulated cross-attention, modulated MLP).
+//! self-attention, unmodulated cross-attention, modulated MLP), and ReconViaGen's
+//! `ModulatedTransformerCrossBlock_woT` (the same block without any modulation).
 //!
 //! Precision follows the reference's converted torso: the Linears compute in the dtype they
 //! were loaded in (fp16 in a `use_fp16` model on CUDA), the `LayerNorm32`s and RMS norms in fp32
@@ -93,6 +94,71 @@ impl CrossBlockConfig {
     }
 }
 
+/// The layers every dense cross block holds, whether modulated or not: `norm1` and `norm3`
+/// without affine parameters, `norm2` affine (all `LayerNorm32`, eps 1e-6), self-attention,
+/// cross-attention and the MLP. Shared so that the modulated block and its timestep-free variant
+/// read the same tensors in the same order.
+struct CrossBlockLayers {
+    norm1: LayerNorm32,
+    norm2: LayerNorm32,
+    norm3: LayerNorm32,
+    self_attn: MultiHeadAttention,
+    cross_attn: MultiHeadAttention,
+    mlp: FeedForwardNet,
+}
+
+impl CrossBlockLayers {
+    fn new(weights: &Weights, config: &CrossBlockConfig) -> Result<Self> {
+        let c = config.channels;
+        Ok(Self {
+            norm1: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
+            norm2: LayerNorm32::new(&weights.pp("norm2"), c, BLOCK_NORM_EPS)?,
+            norm3: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
+            self_attn: MultiHeadAttention::new(&weights.pp("self_attn"), config.self_attention())?,
+            cross_attn: MultiHeadAttention::new(
+                &weights.pp("cross_attn"),
+                config.cross_attention(),
+            )?,
+            mlp: FeedForwardNet::new(&weights.pp("mlp"), c, config.mlp_ratio)?,
+        })
+    }
+
+    /// `norm2`, `self_attn`, `cross_attn`, `mlp` under `prefix`, in `state_dict()` order (the
+    /// norms without affine parameters hold no tensors).
+    fn layout(prefix: &str, config: &CrossBlockConfig, linear_kind: Kind) -> Vec<TensorSpec> {
+        let c = config.channels;
+        let mut specs = vec![
+            TensorSpec::new(format!("{prefix}.norm2.weight"), &[c], Kind::Float),
+            TensorSpec::new(format!("{prefix}.norm2.bias"), &[c], Kind::Float),
+        ];
+        specs.extend(MultiHeadAttention::layout(
+            &format!("{prefix}.self_attn"),
+            &config.self_attention(),
+            linear_kind,
+        ));
+        specs.extend(MultiHeadAttention::layout(
+            &format!("{prefix}.cross_attn"),
+            &config.cross_attention(),
+            linear_kind,
+        ));
+        specs.extend(FeedForwardNet::layout(
+            &format!("{prefix}.mlp"),
+            c,
+            config.mlp_ratio,
+            linear_kind,
+        ));
+        specs
+    }
+
+    /// `x + cross_attn(norm2(x), context)`: the unmodulated middle of every cross block.
+    fn cross_attention_residual(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let h = self
+            .cross_attn
+            .forward(&self.norm2.forward(x)?, Some(context))?;
+        Ok(x.f_add(&h)?)
+    }
+}
+
 /// The six adaLN vectors of a block, each `[B, C]`, in the reference's chunk order.
 struct Modulation {
     shift_msa: Tensor,
@@ -138,12 +204,7 @@ fn modulate(h: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// unless `share_mod`.
 pub struct ModulatedTransformerCrossBlock {
     config: CrossBlockConfig,
-    norm1: LayerNorm32,
-    norm2: LayerNorm32,
-    norm3: LayerNorm32,
-    self_attn: MultiHeadAttention,
-    cross_attn: MultiHeadAttention,
-    mlp: FeedForwardNet,
+    layers: CrossBlockLayers,
     ada_ln_modulation: Option<Linear>,
 }
 
@@ -162,15 +223,7 @@ impl ModulatedTransformerCrossBlock {
         };
         Ok(Self {
             config,
-            norm1: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
-            norm2: LayerNorm32::new(&weights.pp("norm2"), c, BLOCK_NORM_EPS)?,
-            norm3: LayerNorm32::without_affine(c, BLOCK_NORM_EPS),
-            self_attn: MultiHeadAttention::new(&weights.pp("self_attn"), config.self_attention())?,
-            cross_attn: MultiHeadAttention::new(
-                &weights.pp("cross_attn"),
-                config.cross_attention(),
-            )?,
-            mlp: FeedForwardNet::new(&weights.pp("mlp"), c, config.mlp_ratio)?,
+            layers: CrossBlockLayers::new(weights, &config)?,
             ada_ln_modulation,
         })
     }
@@ -180,26 +233,7 @@ impl ModulatedTransformerCrossBlock {
     /// always fp32.
     pub fn layout(prefix: &str, config: &CrossBlockConfig, linear_kind: Kind) -> Vec<TensorSpec> {
         let c = config.channels;
-        let mut specs = vec![
-            TensorSpec::new(format!("{prefix}.norm2.weight"), &[c], Kind::Float),
-            TensorSpec::new(format!("{prefix}.norm2.bias"), &[c], Kind::Float),
-        ];
-        specs.extend(MultiHeadAttention::layout(
-            &format!("{prefix}.self_attn"),
-            &config.self_attention(),
-            linear_kind,
-        ));
-        specs.extend(MultiHeadAttention::layout(
-            &format!("{prefix}.cross_attn"),
-            &config.cross_attention(),
-            linear_kind,
-        ));
-        specs.extend(FeedForwardNet::layout(
-            &format!("{prefix}.mlp"),
-            c,
-            config.mlp_ratio,
-            linear_kind,
-        ));
+        let mut specs = CrossBlockLayers::layout(prefix, config, linear_kind);
         if !config.share_mod {
             specs.push(TensorSpec::new(
                 format!("{prefix}.adaLN_modulation.1.weight"),
@@ -223,18 +257,16 @@ impl ModulatedTransformerCrossBlock {
     /// shared modulation `[B, 6C]`); `context` `[B, Lc, ctx]`. Returns `[B, L, C]` in `x`'s dtype.
     pub fn forward(&self, x: &Tensor, modulation: &Tensor, context: &Tensor) -> Result<Tensor> {
         let m = Modulation::split(&self.modulation_vectors(modulation)?)?;
+        let layers = &self.layers;
 
-        let h = modulate(&self.norm1.forward(x)?, &m.shift_msa, &m.scale_msa)?;
-        let h = self.self_attn.forward(&h, None)?;
+        let h = modulate(&layers.norm1.forward(x)?, &m.shift_msa, &m.scale_msa)?;
+        let h = layers.self_attn.forward(&h, None)?;
         let x = x.f_add(&h.f_mul(&m.gate_msa.f_unsqueeze(1)?)?)?;
 
-        let h = self
-            .cross_attn
-            .forward(&self.norm2.forward(&x)?, Some(context))?;
-        let x = x.f_add(&h)?;
+        let x = layers.cross_attention_residual(&x, context)?;
 
-        let h = modulate(&self.norm3.forward(&x)?, &m.shift_mlp, &m.scale_mlp)?;
-        let h = self.mlp.forward(&h)?;
+        let h = modulate(&layers.norm3.forward(&x)?, &m.shift_mlp, &m.scale_mlp)?;
+        let h = layers.mlp.forward(&h)?;
         Ok(x.f_add(&h.f_mul(&m.gate_mlp.f_unsqueeze(1)?)?)?)
     }
 
@@ -255,5 +287,50 @@ impl ModulatedTransformerCrossBlock {
             Some(linear) => linear.forward(&modulation.f_silu()?),
             None => Ok(modulation.shallow_clone()),
         }
+    }
+}
+
+/// `ModulatedTransformerCrossBlock_woT` (ReconViaGen's fork of `trellis.modules.transformer`):
+/// the cross block without timestep modulation, used by the multi-view condition network.
+/// ```text
+/// x = x + self_attn(norm1(x))
+/// x = x + cross_attn(norm2(x), context)
+/// x = x + mlp(norm3(x))
+/// ```
+/// Same tensors as [`ModulatedTransformerCrossBlock`] with `share_mod` (no `adaLN_modulation`);
+/// `config.share_mod` has no effect here, since nothing is modulated.
+pub struct ModulatedTransformerCrossBlockWoT {
+    config: CrossBlockConfig,
+    layers: CrossBlockLayers,
+}
+
+impl ModulatedTransformerCrossBlockWoT {
+    /// Loads the block from `weights`; its Linears compute in the view's dtype.
+    pub fn new(weights: &Weights, config: CrossBlockConfig) -> Result<Self> {
+        Ok(Self {
+            config,
+            layers: CrossBlockLayers::new(weights, &config)?,
+        })
+    }
+
+    /// The tensors [`ModulatedTransformerCrossBlockWoT::new`] reads, in `state_dict()` order;
+    /// `linear_kind` is the stored dtype of the Linears, norms are always fp32.
+    pub fn layout(prefix: &str, config: &CrossBlockConfig, linear_kind: Kind) -> Vec<TensorSpec> {
+        CrossBlockLayers::layout(prefix, config, linear_kind)
+    }
+
+    pub fn config(&self) -> &CrossBlockConfig {
+        &self.config
+    }
+
+    /// `x` `[B, L, C]`, `context` `[B, Lc, ctx]`. Returns `[B, L, C]` in `x`'s dtype (the residual
+    /// stream stays in the dtype it comes in, as the reference's converted torso).
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let layers = &self.layers;
+        let h = layers.self_attn.forward(&layers.norm1.forward(x)?, None)?;
+        let x = x.f_add(&h)?;
+        let x = layers.cross_attention_residual(&x, context)?;
+        let h = layers.mlp.forward(&layers.norm3.forward(&x)?)?;
+        Ok(x.f_add(&h)?)
     }
 }

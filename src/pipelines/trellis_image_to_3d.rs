@@ -187,10 +187,21 @@ pub fn prepare_views(
     preprocess: bool,
     control: &RunControl<'_>,
 ) -> Result<Tensor> {
+    prepare_views_as(images, preprocess, Variant::Trellis, control)
+}
+
+/// [`prepare_views`] with `variant`'s preprocessing (TRELLIS's or ReconViaGen's).
+pub fn prepare_views_as(
+    images: &[ImageInput<'_>],
+    preprocess: bool,
+    variant: Variant,
+    control: &RunControl<'_>,
+) -> Result<Tensor> {
     let mut tensors = Vec::with_capacity(images.len());
     for (index, input) in images.iter().enumerate() {
         control.check_cancelled()?;
-        let prepared = prepare_view(input, preprocess).context(format!("image {index}"))?;
+        let prepared =
+            prepare_view(input, preprocess, variant).context(format!("image {index}"))?;
         tensors.push(prepared);
         control.progress(Stage::Preprocess, index + 1, images.len())?;
     }
@@ -202,10 +213,10 @@ pub fn prepare_views(
     Ok(Tensor::f_stack(&tensors, 0)?)
 }
 
-fn prepare_view(input: &ImageInput<'_>, preprocess: bool) -> Result<Tensor> {
+fn prepare_view(input: &ImageInput<'_>, preprocess: bool, variant: Variant) -> Result<Tensor> {
     let bitmap = image::decode(input)?;
     let prepared = if preprocess {
-        image::preprocess(&bitmap, Variant::Trellis)?
+        image::preprocess(&bitmap, variant)?
     } else {
         image::without_preprocessing(&bitmap)?
     };

@@ -27,7 +27,9 @@ use crate::pipeline::{MultiImageMode, RunControl, Stage};
 use crate::representations::gaussian::Gaussian;
 use crate::representations::mesh::{MeshExtractResult, SparseFeatures2Mesh};
 use crate::representations::radiance_field::Strivec;
-use crate::samplers::{FlowModel, LatentLayout, SampleOptions, SamplerConfig};
+use crate::samplers::{
+    Condition, Conditioning, FlowModel, LatentLayout, SampleOptions, SamplerConfig,
+};
 use crate::sparse::SparseTensor;
 
 /// The pipeline.json key of the structured-latent flow model.
@@ -120,6 +122,31 @@ pub fn sample_slat(
 ) -> Result<Tensor> {
     let views = condition.views()?;
     let conditioning = condition.conditioning(&views, mode, "structured-latent sampling")?;
+    sample_slat_conditioned(
+        flow,
+        sampler,
+        voxels,
+        conditioning,
+        &condition.neg_cond,
+        control,
+    )
+}
+
+/// The sampling of [`sample_slat`] for any condition the flow model takes: a token tensor
+/// `[1, L, C]` (TRELLIS), or a list of them whose cross-attention outputs every block
+/// averages (ReconViaGen's per-view conditions, `Vec<Tensor>`).
+pub fn sample_slat_conditioned<C>(
+    flow: &SLatFlowModel,
+    sampler: &SamplerConfig,
+    voxels: &SparseTensor,
+    conditioning: Conditioning<'_, C>,
+    neg_cond: &C,
+    control: &RunControl<'_>,
+) -> Result<Tensor>
+where
+    C: Condition,
+    for<'a> SparseFlow<'a>: FlowModel<C>,
+{
     let batch_index = voxels.batch_index()?;
     let model = SparseFlow {
         flow,
@@ -132,7 +159,7 @@ pub fn sample_slat(
             &model,
             voxels.feats(),
             conditioning,
-            Some(&condition.neg_cond),
+            Some(neg_cond),
             &options,
         )
         .context("structured-latent sampling")?;
@@ -173,6 +200,21 @@ pub fn run_slat(
     mode: MultiImageMode,
     control: &RunControl<'_>,
 ) -> Result<SlatOutput> {
+    run_slat_with(networks, sampler, coords, noise, control, |voxels| {
+        sample_slat(networks.flow, sampler, voxels, condition, mode, control)
+    })
+}
+
+/// [`run_slat`] with the sampling left to `sample` (given the noise on the voxels, it returns
+/// the sampled features `[N, C]`): the pipelines differ only in how they condition it.
+pub fn run_slat_with(
+    networks: &SlatNetworks<'_>,
+    sampler: &SamplerConfig,
+    coords: &Tensor,
+    noise: Tensor,
+    control: &RunControl<'_>,
+    sample: impl FnOnce(&SparseTensor) -> Result<Tensor>,
+) -> Result<SlatOutput> {
     let device = networks.device;
     let voxels = SparseTensor::new(
         noise.f_to_device(device)?,
@@ -180,7 +222,7 @@ pub fn run_slat(
     )
     .context("the structured latent's voxels")?;
     control.progress(Stage::StructuredLatent, 0, sampler.steps)?;
-    let sampled = sample_slat(networks.flow, sampler, &voxels, condition, mode, control)?;
+    let sampled = sample(&voxels)?;
     control.check_cancelled()?;
     let slat = voxels.replace(denormalize(&sampled, networks.normalization)?)?;
     let decoded = decode_slat(networks, &slat, control)?;
@@ -274,7 +316,7 @@ pub fn decode_meshes(
 /// [`SLatFlowModel`] as the sampler's [`FlowModel`] over the features of `voxels`' rows: each
 /// step's features go on the same spatial level, so what derives from the coordinates is built
 /// once.
-struct SparseFlow<'a> {
+pub struct SparseFlow<'a> {
     flow: &'a SLatFlowModel,
     voxels: &'a SparseTensor,
     batch_index: &'a Tensor,
@@ -288,9 +330,29 @@ impl FlowModel<Tensor> for SparseFlow<'_> {
     }
 
     fn layout(&self) -> LatentLayout<'_> {
+        self.sparse_layout()
+    }
+}
+
+impl SparseFlow<'_> {
+    fn sparse_layout(&self) -> LatentLayout<'_> {
         LatentLayout::Sparse {
             batch_index: self.batch_index,
             batch_size: self.voxels.batch_size() as i64,
         }
+    }
+}
+
+/// ReconViaGen's list condition: one `[1, L, C]` tensor per view, averaged inside every
+/// cross-attention block.
+impl FlowModel<Vec<Tensor>> for SparseFlow<'_> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Vec<Tensor>) -> Result<Tensor> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let v = tch::no_grad(|| self.flow.forward_views(&x, t, cond))?;
+        Ok(v.feats().shallow_clone())
+    }
+
+    fn layout(&self) -> LatentLayout<'_> {
+        self.sparse_layout()
     }
 }

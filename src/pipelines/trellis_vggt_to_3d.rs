@@ -1,0 +1,320 @@
+//! ReconViaGen's `TrellisVGGTTo3DPipeline` (GAP-LAB-CUHK-SZ/ReconViaGen v0.2, weights
+//! `Stable-X/trellis-vggt-v0-2`): several photos of one object → TRELLIS's two stages,
+//! conditioned on VGGT and DINOv2 features of all views at once (research/reconviagen.md §1).
+//!
+//! ```text
+//! views ─ decode ─ ReconViaGen preprocess (518², RGB zeroed outside alpha > 0.8) ─ RGB / 255
+//!   ├─ VGGT aggregator [1, N, 3, 518, 518] → layers 4, 11, 17, 23 [1, N, T, 2048]
+//!   │    └─ camera head (4 iterations) → per-view camera-from-world + intrinsics
+//!   └─ DINOv2 → image_cond = layer_norm(x_prenorm) [1, N, T, 1024]
+//! sparse_structure_vggt_cond(layers, image_cond) → ss_cond [1, 4096, 1024], neg = zeros
+//! noise [1, 8, R, R, R]: manual_seed(seed); randn on the CPU
+//!   → flow-Euler sampler (ReconViaGen guidance: w·v_pos + (1 − w)·v_neg, rescaled) → z_s
+//!   → SparseStructureDecoder → coords = argwhere(logits > 0)
+//! slat_vggt_cond(layers, image_cond) → one [1, T, 1024] condition per view, neg = zeros each
+//! noise [M, 8]: the generator's next draw → SLat flow (every cross-attention block averages
+//!   its output over the views) → slat · std + mean → decoders
+//! ```
+//!
+//! Unlike TRELLIS's `run_multi_image`, the views are fused by the condition networks and the
+//! flow's per-view cross-attention, so there is no multi-image mode: the reference accepts a
+//! `mode` argument and ignores it, and so does recon.
+
+use tch::{Device, Kind, Tensor};
+
+use super::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput};
+use super::trellis_image_to_3d::{self as trellis, ImageCondition, NoiseSource};
+use crate::error::{Error, Result, ResultExt};
+use crate::image::Variant;
+use crate::models::dinov2::imagenet_normalize;
+use crate::models::sparse_structure_flow::multiview_cond::{
+    CondLayerTokens, ModulatedMultiViewCond, VGGT_COND_LAYERS,
+};
+use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
+use crate::models::structured_latent_flow::multiview_cond::ModulatedSLATMultiViewCond;
+use crate::models::vggt::aggregator::KeepLayers;
+use crate::models::vggt::model::Vggt;
+use crate::models::vggt::pose_enc::pose_encoding_to_extri_intri;
+use crate::models::{NamedTensors, Network};
+use crate::pipeline::{Camera, ImageInput, MultiImageMode, RunControl, RunParams, Stage};
+use crate::samplers::{Conditioning, SamplerConfig};
+
+/// The pipeline.json keys of the two condition networks.
+pub const SPARSE_STRUCTURE_VGGT_COND: &str = "sparse_structure_vggt_cond";
+pub const SLAT_VGGT_COND: &str = "slat_vggt_cond";
+/// Their classes, as the checkpoint jsons name them.
+pub const SS_COND_CLASS: &str = "ModulatedMultiViewCond";
+pub const SLAT_COND_CLASS: &str = "ModulatedSLATMultiViewCond";
+/// The VGGT the reference loads: hard-coded in its `from_pretrained`, not in pipeline.json.
+pub const VGGT_MODEL_REPO: &str = "Stable-X/vggt-object-v0-1";
+/// The key recon lists the VGGT model under among the pipeline's networks.
+pub const VGGT_MODEL_KEY: &str = "vggt_model";
+/// The camera head's refinement iterations (the reference's default).
+pub const CAMERA_HEAD_ITERATIONS: usize = 4;
+
+/// What both condition networks read for N views: the aggregator outputs of
+/// [`VGGT_COND_LAYERS`] and the DINOv2 condition tokens.
+pub struct ViewFeatures {
+    /// Aggregator layers 4, 11, 17, 23, each `[1, N, T, 2048]` float32.
+    pub layers: [Tensor; 4],
+    /// `layer_norm(x_prenorm)` of DINOv2, `[1, N, T, 1024]` float32 (`[N, T, 1024]` is also
+    /// taken, as the reference reshapes it).
+    pub image_cond: Tensor,
+}
+
+/// The networks of a TRELLIS-VGGT run after the view encoders, all on `device`.
+pub struct ConditionedNetworks<'a> {
+    pub ss_cond: &'a ModulatedMultiViewCond,
+    pub slat_cond: &'a ModulatedSLATMultiViewCond,
+    pub flow: &'a dyn Network,
+    /// The SS flow checkpoint's args (the noise shape comes from them).
+    pub flow_config: SparseStructureFlowConfig,
+    pub decoder: &'a dyn Network,
+    pub slat: SlatNetworks<'a>,
+    pub device: Device,
+}
+
+/// The view encoders: VGGT and the DINOv2 image-condition model.
+pub struct ViewEncoders<'a> {
+    pub vggt: &'a Vggt,
+    pub image_cond_model: &'a dyn Network,
+    pub device: Device,
+}
+
+/// Both stages' samplers, resolved from pipeline.json and the run's overrides.
+pub struct Samplers {
+    pub sparse_structure: SamplerConfig,
+    pub slat: SamplerConfig,
+}
+
+/// Where each stage's initial noise comes from (the stage-2 noise, when seeded, is the
+/// generator's draw right after the stage-1 noise, as in the reference).
+#[derive(Clone, Copy)]
+pub struct Noises<'a> {
+    pub sparse_structure: NoiseSource<'a>,
+    pub slat: NoiseSource<'a>,
+}
+
+/// Everything a TRELLIS-VGGT generation computed after the encoders.
+pub struct ConditionedGeneration {
+    /// Stage 1: `cond` is the SS condition `[1, num_init_tokens, C]`, `neg_cond` its zeros.
+    pub sparse_structure: trellis::SparseStructureOutput,
+    /// The per-view SLat conditions, each `[1, T, 1024]`.
+    pub slat_cond: Vec<Tensor>,
+    pub slat: SlatOutput,
+}
+
+/// The encoded views of a run.
+pub struct EncodedViews {
+    pub features: ViewFeatures,
+    /// One camera per view in VGGT's frame (see [`cameras_from_pose_encoding`]).
+    pub cameras: Vec<Camera>,
+}
+
+/// Decodes and preprocesses every view as ReconViaGen's app does at upload (when
+/// `params.preprocess`), then runs both encoders. Progress: `Preprocess` per view, then
+/// `Condition`.
+pub fn encode_views(
+    encoders: &ViewEncoders<'_>,
+    images: &[ImageInput<'_>],
+    params: &RunParams,
+    control: &RunControl<'_>,
+) -> Result<EncodedViews> {
+    let views =
+        trellis::prepare_views_as(images, params.preprocess, Variant::ReconViaGen, control)?;
+    control.progress(Stage::Condition, 0, 2)?;
+    let (layers, cameras) = tch::no_grad(|| vggt_features(encoders.vggt, &views, encoders.device))
+        .context("encoding the views with VGGT")?;
+    control.progress(Stage::Condition, 1, 2)?;
+    let image_cond = tch::no_grad(|| image_condition(encoders, &views))
+        .context("encoding the views with image_cond_model")?;
+    control.progress(Stage::Condition, 2, 2)?;
+    Ok(EncodedViews {
+        features: ViewFeatures { layers, image_cond },
+        cameras,
+    })
+}
+
+/// `vggt_feat`: the aggregator on all views as one batch `[1, N, 3, H, W]` (0..1 RGB; the
+/// aggregator normalises), keeping only the layers the condition networks read, and the
+/// camera head on the last layer.
+fn vggt_features(
+    vggt: &Vggt,
+    views: &Tensor,
+    device: Device,
+) -> Result<([Tensor; 4], Vec<Camera>)> {
+    let images = views.f_to_device(device)?.f_unsqueeze(0)?;
+    let depth = vggt.config().depth;
+    let mut keep: Vec<usize> = VGGT_COND_LAYERS.to_vec();
+    keep.push(depth.saturating_sub(1));
+    let aggregated = vggt
+        .aggregator()
+        .forward(&images, KeepLayers::Only(&keep))?;
+    let pick =
+        |layer: usize| -> Result<Tensor> { Ok(aggregated.layer(layer)?.f_to_kind(Kind::Float)?) };
+    let [a, b, c, d] = VGGT_COND_LAYERS;
+    let layers = [pick(a)?, pick(b)?, pick(c)?, pick(d)?];
+    let cameras = match vggt.camera_head() {
+        Some(head) => {
+            let encodings = head.forward(aggregated.last()?, CAMERA_HEAD_ITERATIONS)?;
+            let last = encodings
+                .last()
+                .ok_or_else(|| Error::internal("the camera head returned no iteration"))?;
+            let size = images.size();
+            cameras_from_pose_encoding(last, size[3], size[4])?
+        }
+        None => Vec::new(),
+    };
+    Ok((layers, cameras))
+}
+
+/// The cameras of a pose encoding `[1, N, 9]` for images of `height`×`width`: camera-from-world
+/// `[R | t]` in OpenCV axes (x right, y down, z forward) and pixel intrinsics. The world frame
+/// is VGGT's: the first view's camera (its extrinsic ≈ identity), at VGGT's normalised scale.
+pub fn cameras_from_pose_encoding(
+    encoding: &Tensor,
+    height: i64,
+    width: i64,
+) -> Result<Vec<Camera>> {
+    let (extrinsic, intrinsic) = pose_encoding_to_extri_intri(encoding, height, width)?;
+    let extrinsic = flat_rows(&extrinsic, 12)?;
+    let intrinsic = flat_rows(&intrinsic, 9)?;
+    let (width, height) = (u32::try_from(width), u32::try_from(height));
+    let (Ok(width), Ok(height)) = (width, height) else {
+        return Err(Error::internal("camera image size out of range"));
+    };
+    extrinsic
+        .iter()
+        .zip(&intrinsic)
+        .map(|(e, k)| {
+            Ok(Camera {
+                extrinsic: e
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::internal("extrinsic is not 3×4"))?,
+                intrinsic: k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::internal("intrinsic is not 3×3"))?,
+                width,
+                height,
+            })
+        })
+        .collect()
+}
+
+/// `[B, N, ...]` with `per_view` values per view → one row of floats per view (batch 0).
+fn flat_rows(t: &Tensor, per_view: i64) -> Result<Vec<Vec<f32>>> {
+    let flat = t
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_reshape([-1, per_view])?;
+    let values = Vec::<f32>::try_from(&flat)?;
+    Ok(values
+        .chunks_exact(per_view as usize)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+/// `encode_image` + the reference's layer_norm: DINOv2's condition tokens of every view,
+/// `[1, N, T, 1024]`, in fp32 (the reference runs it outside autocast).
+fn image_condition(encoders: &ViewEncoders<'_>, views: &Tensor) -> Result<Tensor> {
+    let image = imagenet_normalize(&views.f_to_device(encoders.device)?)?;
+    let inputs = NamedTensors::from([("image".to_string(), image)]);
+    let mut outputs = encoders.image_cond_model.forward_named(&inputs)?;
+    let tokens = outputs
+        .remove("tokens")
+        .ok_or_else(|| Error::internal("the image condition model returned no 'tokens' output"))?;
+    Ok(tokens.f_to_kind(Kind::Float)?.f_unsqueeze(0)?)
+}
+
+/// The reference's `run` after `vggt_feat` / `encode_image`: both condition networks, both
+/// stages' sampling, the decoder and the decoders of the formats `networks.slat` holds.
+/// Progress: `SparseStructure` and `StructuredLatent` per sampler step, then `Decode`.
+pub fn generate_from_features(
+    networks: &ConditionedNetworks<'_>,
+    samplers: &Samplers,
+    features: &ViewFeatures,
+    noises: Noises<'_>,
+    control: &RunControl<'_>,
+) -> Result<ConditionedGeneration> {
+    let device = networks.device;
+    let layers = moved_layers(features, device)?;
+    let layer_refs: CondLayerTokens<'_> = [&layers[0], &layers[1], &layers[2], &layers[3]];
+    let image_cond = features.image_cond.f_to_device(device)?;
+    control.check_cancelled()?;
+    let ss_cond = tch::no_grad(|| networks.ss_cond.forward(&layer_refs, &image_cond))
+        .context(SPARSE_STRUCTURE_VGGT_COND)?;
+    let condition = ImageCondition {
+        neg_cond: ss_cond.f_zeros_like()?,
+        cond: ss_cond,
+    };
+    let noise = trellis::initial_noise(noises.sparse_structure, &networks.flow_config, 1)?;
+    control.progress(Stage::SparseStructure, 0, samplers.sparse_structure.steps)?;
+    let latent = trellis::sample_sparse_structure(
+        networks.flow,
+        &samplers.sparse_structure,
+        &noise.f_to_device(device)?,
+        &condition,
+        // One condition tensor: the mode is never consulted.
+        MultiImageMode::Stochastic,
+        control,
+    )?;
+    control.check_cancelled()?;
+    let logits = trellis::decode_sparse_structure(networks.decoder, &latent)?;
+    let coords = trellis::occupied_coords(&logits)?;
+    let stage1 = trellis::SparseStructureOutput {
+        cond: condition.cond,
+        neg_cond: condition.neg_cond,
+        noise,
+        latent,
+        logits,
+        coords,
+    };
+
+    let slat_cond = tch::no_grad(|| networks.slat_cond.forward(&layer_refs, &image_cond))
+        .context(SLAT_VGGT_COND)?;
+    let neg_slat_cond = slat_cond
+        .iter()
+        .map(Tensor::f_zeros_like)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let slat_noise = slat::initial_slat_noise(
+        noises.slat,
+        &stage1.noise.size(),
+        stage1.num_voxels(),
+        networks.slat.flow.config().in_channels,
+    )?;
+    let stage2 = slat::run_slat_with(
+        &networks.slat,
+        &samplers.slat,
+        &stage1.coords,
+        slat_noise,
+        control,
+        |voxels| {
+            slat::sample_slat_conditioned(
+                networks.slat.flow,
+                &samplers.slat,
+                voxels,
+                Conditioning::Single(&slat_cond),
+                &neg_slat_cond,
+                control,
+            )
+        },
+    )?;
+    Ok(ConditionedGeneration {
+        sparse_structure: stage1,
+        slat_cond,
+        slat: stage2,
+    })
+}
+
+fn moved_layers(features: &ViewFeatures, device: Device) -> Result<[Tensor; 4]> {
+    let [a, b, c, d] = &features.layers;
+    Ok([
+        a.f_to_device(device)?,
+        b.f_to_device(device)?,
+        c.f_to_device(device)?,
+        d.f_to_device(device)?,
+    ])
+}
