@@ -15,6 +15,7 @@
 #include <ATen/ops/index_select_ops.h>
 #include <ATen/ops/mm_ops.h>
 #include <ATen/ops/searchsorted_ops.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/Stream.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -274,6 +275,31 @@ uint64_t current_cuda_stream(int8_t device_index) {
   const c10::Stream stream = cuda->getStream(c10::Device(c10::DeviceType::CUDA, device_index));
   return reinterpret_cast<uint64_t>(stream.native_handle());
 }
+
+namespace {
+
+c10::DeviceAllocator *cuda_allocator() {
+  TORCH_CHECK(c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA),
+              "CUDA memory: this libtorch has no CUDA support");
+  return c10::getDeviceAllocator(c10::DeviceType::CUDA);
+}
+
+}  // namespace
+
+std::array<uint64_t, 3> cuda_memory_stats(int8_t device_index) {
+  const c10::CachingDeviceAllocator::DeviceStats stats =
+      cuda_allocator()->getDeviceStats(device_index);
+  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  return {static_cast<uint64_t>(stats.allocated_bytes[all].current),
+          static_cast<uint64_t>(stats.allocated_bytes[all].peak),
+          static_cast<uint64_t>(stats.reserved_bytes[all].current)};
+}
+
+void reset_cuda_peak_memory(int8_t device_index) {
+  cuda_allocator()->resetPeakStats(device_index);
+}
+
+void empty_cuda_cache() { cuda_allocator()->emptyCache(); }
 
 }  // namespace sparse
 }  // namespace recon

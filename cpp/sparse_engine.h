@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <exception>
 #include <memory>
 
@@ -81,6 +82,15 @@ std::unique_ptr<at::Tensor> submanifold_conv(const at::Tensor &feats, const at::
 // implementation libc10_cuda registers), so no CUDA headers are needed here. Throws when
 // libtorch has no CUDA support or the device does not exist.
 uint64_t current_cuda_stream(int8_t device_index);
+
+// libtorch's CUDA caching allocator on `device_index`, through c10's device-generic allocator
+// interface (no CUDA headers): bytes currently allocated, the peak since the last reset, and
+// bytes reserved from the driver. Throws without CUDA support.
+std::array<uint64_t, 3> cuda_memory_stats(int8_t device_index);
+// Resets the peak of `cuda_memory_stats`.
+void reset_cuda_peak_memory(int8_t device_index);
+// Returns the allocator's unused cached blocks to the driver (torch.cuda.empty_cache()).
+void empty_cuda_cache();
 
 }  // namespace sparse
 }  // namespace recon

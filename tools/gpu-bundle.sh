@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins
@@ -28,7 +28,12 @@ strip "$out"/bin/* 2>/dev/null || true
 # bundle carries only binaries and the shared golden data, which lives outside the repo.
 mkdir -p "$out/shared/golden/reconviagen"
 cp -r ../shared/golden/reconviagen/ckpt_pipeline ../shared/golden/reconviagen/pipeline_e2e \
-  ../shared/golden/reconviagen/samplers ../shared/golden/reconviagen/slat_flow_multiview "$out/shared/golden/reconviagen/"
+  ../shared/golden/reconviagen/samplers ../shared/golden/reconviagen/slat_flow_multiview \
+  ../shared/golden/reconviagen/ckpt_vggt ../shared/golden/reconviagen/vggt_s2_70x70 \
+  ../shared/golden/reconviagen/vggt_s3_56x98 ../shared/golden/reconviagen/cond_nets \
+  ../shared/golden/reconviagen/preprocess "$out/shared/golden/reconviagen/"
+mkdir -p "$out/shared/research"
+cp -r ../shared/research/reconviagen_keys "$out/shared/research/"
 cat > "$out/run-tests.sh" <<'RUN'
 #!/usr/bin/env bash
 # The GPU checks: the golden tests (CUDA ones included) and the CLI on CUDA.
@@ -57,6 +62,10 @@ fi
 "$here"/bin/structured_latent_flow --include-ignored --nocapture --test-threads 1
 # Stage 2 end to end on CUDA (fp16 torsos, FlexiCubes on the GPU) against the reference.
 "$here"/bin/stage2 --include-ignored --nocapture --test-threads 1 cuda
+# TRELLIS-VGGT: VGGT in bf16 against the golden data, the pipeline on CUDA against the
+# reference, and full-size VGGT-1B (random weights) on 4 and 16 views: time and peak memory.
+"$here"/bin/vggt --include-ignored --nocapture --test-threads 1 cuda
+"$here"/bin/trellis_vggt --include-ignored --nocapture --test-threads 1
 # CUDA out of memory mid-run: OutOfMemory, the model usable after.
 "$here"/bin/reliability_cuda --include-ignored --nocapture --test-threads 1
 "$here"/bin/recon info --model tests/fixtures/model_tiny --device cuda

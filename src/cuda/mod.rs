@@ -19,6 +19,7 @@
 
 pub mod device;
 pub mod library;
+pub mod memory;
 pub mod nvrtc;
 pub mod sparse;
 

@@ -72,6 +72,11 @@ mod ffi {
         /// libtorch's current CUDA stream of device `device_index` (`cudaStream_t` as an
         /// integer; 0 is the legacy default stream).
         fn current_cuda_stream(device_index: i8) -> Result<u64>;
+
+        /// The CUDA caching allocator's `[allocated, peak allocated, reserved]` bytes.
+        fn cuda_memory_stats(device_index: i8) -> Result<[u64; 3]>;
+        fn reset_cuda_peak_memory(device_index: i8) -> Result<()>;
+        fn empty_cuda_cache() -> Result<()>;
     }
 }
 
@@ -218,6 +223,25 @@ pub(crate) fn torch_current_cuda_stream(ordinal: usize) -> Result<u64> {
     let index = i8::try_from(ordinal)
         .map_err(|_| Error::invalid_argument(format!("CUDA device ordinal {ordinal}")))?;
     ffi::current_cuda_stream(index).map_err(|e| engine_error("current CUDA stream", e))
+}
+
+/// libtorch's CUDA memory on `cuda:<ordinal>`: `[allocated, peak allocated, reserved]` bytes.
+pub(crate) fn torch_cuda_memory_stats(ordinal: usize) -> Result<[u64; 3]> {
+    let index = i8::try_from(ordinal)
+        .map_err(|_| Error::invalid_argument(format!("CUDA device ordinal {ordinal}")))?;
+    ffi::cuda_memory_stats(index).map_err(|e| engine_error("CUDA memory stats", e))
+}
+
+/// Resets the peak reported by [`torch_cuda_memory_stats`].
+pub(crate) fn torch_reset_cuda_peak_memory(ordinal: usize) -> Result<()> {
+    let index = i8::try_from(ordinal)
+        .map_err(|_| Error::invalid_argument(format!("CUDA device ordinal {ordinal}")))?;
+    ffi::reset_cuda_peak_memory(index).map_err(|e| engine_error("CUDA peak reset", e))
+}
+
+/// Returns libtorch's cached, unused CUDA blocks to the driver.
+pub(crate) fn torch_empty_cuda_cache() -> Result<()> {
+    ffi::empty_cuda_cache().map_err(|e| engine_error("emptying the CUDA cache", e))
 }
 
 /// Builds the kernel map of `geometry` over `coords` (int32/int64 `[N, 4]`, unique rows) on
