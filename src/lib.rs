@@ -20,6 +20,7 @@ pub mod pipelines;
 pub mod representations;
 pub mod samplers;
 pub mod sparse;
+pub mod synth;
 pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};

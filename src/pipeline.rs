@@ -10,6 +10,10 @@
 //! among [`Pipeline::networks`] under the key `image_cond_model`, and `only_models` selects it
 //! by that key.
 
+mod residency;
+
+pub use residency::{Held, NetworkRef, NetworkSource};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -30,7 +34,7 @@ use crate::pipelines::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput
 use crate::pipelines::trellis_image_to_3d::{
     self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
 };
-use crate::pipelines::trellis_vggt_to_3d::{self as vggt_pipeline, Noises, Samplers, ViewEncoders};
+use crate::pipelines::trellis_vggt_to_3d::{self as vggt_pipeline, Samplers, ViewEncoders};
 use crate::samplers::{GuidanceFormula, SamplerConfig};
 
 /// The classes the structured-latent flow model may be (the elastic variant only changes
@@ -89,6 +93,11 @@ pub struct LoadOptions {
     /// `model.safetensors`, or a Hub repo id (None: `Stable-X/vggt-object-v0-1`, which the
     /// reference hard-codes).
     pub vggt_model: Option<String>,
+    /// Keep networks off the device between stages (ReconViaGen's `low_vram`): each stage
+    /// builds its networks on the device from the checkpoint files and frees them when it
+    /// ends, so the device holds one stage's networks at a time (and none between runs).
+    /// Outputs are identical; each run pays the host-to-device copies.
+    pub low_vram: bool,
     pub log: Arc<LogFn>,
 }
 
@@ -101,6 +110,7 @@ impl LoadOptions {
             offline: None,
             formats: None,
             vggt_model: None,
+            low_vram: false,
             log: Arc::new(crate::logging::tracing_sink),
         }
     }
@@ -119,9 +129,28 @@ pub struct LoadedNetwork {
     /// The constructor args of the checkpoint json (for a published DINOv2, its transformers
     /// `config.json`).
     pub args: serde_json::Value,
-    /// The runnable network, when recon implements its class; otherwise the checkpoint was
-    /// only validated (json parsed, safetensors header checked).
+    /// The runnable network, when recon implements its class and keeps it on the device
+    /// (None for a class recon does not implement, whose checkpoint was only validated —
+    /// json parsed, safetensors header checked — and in low-VRAM mode, where `source`
+    /// builds it for each stage).
     pub network: Option<Box<dyn Network>>,
+    /// Where the network is built from (None for a class recon does not implement).
+    pub source: Option<NetworkSource>,
+}
+
+impl LoadedNetwork {
+    /// Whether recon runs this network (resident, or built for each stage in low-VRAM mode).
+    pub fn is_implemented(&self) -> bool {
+        self.network.is_some() || self.source.is_some()
+    }
+
+    /// Low-VRAM mode: frees the network, which each stage builds again from `source`.
+    fn into_on_demand(mut self) -> Self {
+        if self.source.is_some() {
+            self.network = None;
+        }
+        self
+    }
 }
 
 /// A loaded pipeline: immutable after load, shareable across threads.
@@ -129,6 +158,8 @@ pub struct Pipeline {
     resolved: ResolvedPipeline,
     device: Device,
     networks: Vec<LoadedNetwork>,
+    /// Networks are built per stage (see [`LoadOptions::low_vram`]).
+    low_vram: bool,
 }
 
 /// Microsoft TRELLIS's image-to-3D pipeline class.
@@ -142,6 +173,10 @@ impl Pipeline {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let log = options.log.as_ref();
         let device = options.device.resolve()?;
+        let low_vram = options.low_vram;
+        // In low-VRAM mode the networks are built once on the CPU (every checkpoint checked
+        // now, not mid-run), then dropped: each stage builds them on the device.
+        let build_device = if low_vram { Device::Cpu } else { device };
         let only: Option<Vec<&str>> = options
             .only_models
             .as_ref()
@@ -162,13 +197,15 @@ impl Pipeline {
         }
         let mut networks = Vec::new();
         for files in resolved.models.values() {
-            let network = load_one(files, device, log).context(format!("model '{}'", files.key))?;
+            let network =
+                load_one(files, build_device, log).context(format!("model '{}'", files.key))?;
             networks.push(network);
         }
         if let Some(name) = &resolved.config.image_cond_model {
             if hub::is_selected(only.as_deref(), IMAGE_COND_MODEL_KEY) {
-                let network = load_image_cond_model(name, &resolved, device, &resolve_options)
-                    .context(format!("image_cond_model '{name}'"))?;
+                let network =
+                    load_image_cond_model(name, &resolved, build_device, &resolve_options)
+                        .context(format!("image_cond_model '{name}'"))?;
                 networks.push(network);
             }
         }
@@ -179,9 +216,15 @@ impl Pipeline {
                 .vggt_model
                 .as_deref()
                 .unwrap_or(vggt_pipeline::VGGT_MODEL_REPO);
-            let network = load_vggt_model(source, device, &resolve_options)
+            let network = load_vggt_model(source, build_device, &resolve_options)
                 .context(format!("VGGT '{source}'"))?;
             networks.push(network);
+        }
+        if low_vram {
+            networks = networks
+                .into_iter()
+                .map(LoadedNetwork::into_on_demand)
+                .collect();
         }
         log(
             LogLevel::Info,
@@ -197,6 +240,7 @@ impl Pipeline {
             resolved,
             device,
             networks,
+            low_vram,
         })
     }
 
@@ -255,22 +299,15 @@ impl Pipeline {
         if self.name() == TRELLIS_VGGT_TO_3D {
             return self.generate_from_views(images, params, noise, control);
         }
-        // Both stages' networks are looked up before any work, so a missing decoder fails
-        // fast.
-        let slat_networks = self.slat_networks(&params.formats)?;
+        // Both stages' networks and samplers are looked up before any work, so a missing
+        // decoder fails fast.
+        self.require_all(&self.slat_keys(&params.formats))?;
         let slat_sampler = self.slat_sampler(params)?;
-        let ss_noise = match noise {
-            GenerationNoise::Seed => NoiseSource::Seed(params.seed),
-            GenerationNoise::Given {
-                sparse_structure, ..
-            } => NoiseSource::Given(sparse_structure),
-        };
+        let (ss_noise, slat_source) = noise.sources(params.seed);
         let stage1 = self.sparse_structure(images, params, ss_noise, control)?;
         control.check_cancelled()?;
-        let slat_source = match noise {
-            GenerationNoise::Seed => NoiseSource::Seed(params.seed),
-            GenerationNoise::Given { slat, .. } => NoiseSource::Given(slat),
-        };
+        let held = self.hold(&self.slat_keys(&params.formats))?;
+        let slat_networks = self.slat_networks(&held, &params.formats)?;
         let slat_noise = slat::initial_slat_noise(
             slat_source,
             &stage1.noise.size(),
@@ -290,6 +327,7 @@ impl Pipeline {
             params.mode,
             control,
         )?;
+        self.release(held)?;
         Ok(Generation {
             sparse_structure: stage1,
             slat: stage2,
@@ -299,7 +337,8 @@ impl Pipeline {
     }
 
     /// [`Pipeline::generate`] for TRELLIS-VGGT: VGGT and DINOv2 on all views, the multi-view
-    /// condition networks, then both stages (see [`vggt_pipeline`]).
+    /// condition networks, then both stages (see [`vggt_pipeline`]), each stage holding only
+    /// its own networks in low-VRAM mode.
     fn generate_from_views(
         &self,
         images: &[ImageInput<'_>],
@@ -310,67 +349,117 @@ impl Pipeline {
         validate_views(images)?;
         params.validate()?;
         control.check_cancelled()?;
-        let networks = self.conditioned_networks(&params.formats)?;
+        let (encoder_keys, ss_keys, slat_keys) = self.view_stage_keys(&params.formats);
+        for keys in [&encoder_keys, &ss_keys, &slat_keys] {
+            self.require_all(keys)?;
+        }
         let samplers = self.samplers(params)?;
+        let (ss_noise, slat_noise) = noise.sources(params.seed);
+
+        let held = self.hold(&encoder_keys)?;
         let encoders = ViewEncoders {
-            vggt: self.concrete::<Vggt>(vggt_pipeline::VGGT_MODEL_KEY, &[VGGT_CLASS])?,
-            image_cond_model: self.runnable(IMAGE_COND_MODEL_KEY, dinov2::DINOV2_CLASS)?,
+            vggt: self.concrete::<Vggt>(&held, vggt_pipeline::VGGT_MODEL_KEY)?,
+            image_cond_model: self.runnable(&held, IMAGE_COND_MODEL_KEY)?,
             device: self.device,
         };
         control.progress(Stage::Preprocess, 0, images.len())?;
         let encoded = vggt_pipeline::encode_views(&encoders, images, params, control)?;
-        let noises = match noise {
-            GenerationNoise::Seed => Noises {
-                sparse_structure: NoiseSource::Seed(params.seed),
-                slat: NoiseSource::Seed(params.seed),
-            },
-            GenerationNoise::Given {
-                sparse_structure,
-                slat,
-            } => Noises {
-                sparse_structure: NoiseSource::Given(sparse_structure),
-                slat: NoiseSource::Given(slat),
-            },
-        };
-        let generated = vggt_pipeline::generate_from_features(
-            &networks,
-            &samplers,
+        self.release(held)?;
+
+        let held = self.hold(&ss_keys)?;
+        let stage1 = vggt_pipeline::sample_sparse_structure(
+            &self.view_sparse_structure_stage(&held)?,
+            &samplers.sparse_structure,
             &encoded.features,
-            noises,
+            ss_noise,
             control,
         )?;
+        self.release(held)?;
+        control.check_cancelled()?;
+
+        let held = self.hold(&slat_keys)?;
+        let (view_conditions, stage2) = vggt_pipeline::sample_slat(
+            &self.view_slat_stage(&held, &params.formats)?,
+            &samplers.slat,
+            &encoded.features,
+            &stage1,
+            slat_noise,
+            control,
+        )?;
+        self.release(held)?;
         Ok(Generation {
-            sparse_structure: generated.sparse_structure,
-            slat: generated.slat,
-            view_conditions: generated.slat_cond,
+            sparse_structure: stage1,
+            slat: stage2,
+            view_conditions,
             cameras: encoded.cameras,
         })
     }
 
-    /// The TRELLIS-VGGT networks after the view encoders, with the decoders `formats` needs.
-    pub fn conditioned_networks(
+    /// The pipeline keys of TRELLIS-VGGT's stages: the view encoders, the sparse structure
+    /// and the structured latent with the decoders `formats` asks for.
+    fn view_stage_keys(
         &self,
         formats: &Formats,
-    ) -> Result<vggt_pipeline::ConditionedNetworks<'_>> {
-        let flow = self.stage_network(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?;
-        let flow_config: SparseStructureFlowConfig = serde_json::from_value(flow.args.clone())
-            .map_err(|e| {
-                Error::format(format!("model '{}': args of {}: {e}", flow.key, flow.class))
-            })?;
+    ) -> (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>) {
+        let encoders = vec![vggt_pipeline::VGGT_MODEL_KEY, IMAGE_COND_MODEL_KEY];
+        let sparse_structure = vec![
+            vggt_pipeline::SPARSE_STRUCTURE_VGGT_COND,
+            trellis::SPARSE_STRUCTURE_FLOW_MODEL,
+            trellis::SPARSE_STRUCTURE_DECODER,
+        ];
+        let mut slat_keys = vec![vggt_pipeline::SLAT_VGGT_COND];
+        slat_keys.extend(self.slat_keys(formats));
+        (encoders, sparse_structure, slat_keys)
+    }
+
+    /// Holds every network a TRELLIS-VGGT run with `formats` needs after its encoders (both
+    /// stages at once, whatever the residency mode): for running the stages on given
+    /// features, as [`vggt_pipeline::generate_from_features`] does.
+    pub fn hold_conditioned(&self, formats: &Formats) -> Result<Held<'_>> {
+        let (_, mut keys, slat_keys) = self.view_stage_keys(formats);
+        keys.extend(slat_keys);
+        self.require_all(&keys)?;
+        self.hold(&keys)
+    }
+
+    /// The TRELLIS-VGGT networks after the view encoders, with the decoders `formats` needs,
+    /// from `held` ([`Pipeline::hold_conditioned`]).
+    pub fn conditioned_networks<'h>(
+        &'h self,
+        held: &'h Held<'_>,
+        formats: &Formats,
+    ) -> Result<vggt_pipeline::ConditionedNetworks<'h>> {
         Ok(vggt_pipeline::ConditionedNetworks {
+            sparse_structure: self.view_sparse_structure_stage(held)?,
+            slat: self.view_slat_stage(held, formats)?,
+        })
+    }
+
+    fn view_sparse_structure_stage<'h>(
+        &self,
+        held: &'h Held<'_>,
+    ) -> Result<vggt_pipeline::SparseStructureStage<'h>> {
+        Ok(vggt_pipeline::SparseStructureStage {
             ss_cond: self.concrete::<ModulatedMultiViewCond>(
+                held,
                 vggt_pipeline::SPARSE_STRUCTURE_VGGT_COND,
-                &[vggt_pipeline::SS_COND_CLASS],
             )?,
-            slat_cond: self.concrete::<ModulatedSLATMultiViewCond>(
-                vggt_pipeline::SLAT_VGGT_COND,
-                &[vggt_pipeline::SLAT_COND_CLASS],
-            )?,
-            flow: self.runnable(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?,
-            flow_config,
-            decoder: self.runnable(trellis::SPARSE_STRUCTURE_DECODER, trellis::DECODER_CLASS)?,
-            slat: self.slat_networks(formats)?,
+            flow: self.runnable(held, trellis::SPARSE_STRUCTURE_FLOW_MODEL)?,
+            flow_config: self.flow_config()?,
+            decoder: self.runnable(held, trellis::SPARSE_STRUCTURE_DECODER)?,
             device: self.device,
+        })
+    }
+
+    fn view_slat_stage<'h>(
+        &'h self,
+        held: &'h Held<'_>,
+        formats: &Formats,
+    ) -> Result<vggt_pipeline::SlatStage<'h>> {
+        Ok(vggt_pipeline::SlatStage {
+            slat_cond: self
+                .concrete::<ModulatedSLATMultiViewCond>(held, vggt_pipeline::SLAT_VGGT_COND)?,
+            slat: self.slat_networks(held, formats)?,
         })
     }
 
@@ -426,8 +515,18 @@ impl Pipeline {
         }
         let guidance = self.guidance_formula(params)?;
         let sampler = self.sparse_structure_sampler(guidance, params)?;
-        let networks = self.sparse_structure_networks()?;
-        trellis::run_sparse_structure(&networks, &sampler, images, params, noise, control)
+        let keys = [
+            IMAGE_COND_MODEL_KEY,
+            trellis::SPARSE_STRUCTURE_FLOW_MODEL,
+            trellis::SPARSE_STRUCTURE_DECODER,
+        ];
+        self.require_all(&keys)?;
+        let held = self.hold(&keys)?;
+        let networks = self.sparse_structure_networks(&held)?;
+        let output =
+            trellis::run_sparse_structure(&networks, &sampler, images, params, noise, control)?;
+        self.release(held)?;
+        Ok(output)
     }
 
     /// How the samplers guide: the run's choice, else the pipeline class's own code (TRELLIS:
@@ -468,17 +567,23 @@ impl Pipeline {
             .with_overrides(&params.sparse_structure)
     }
 
-    fn sparse_structure_networks(&self) -> Result<SparseStructureNetworks<'_>> {
-        let flow = self.stage_network(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?;
-        let flow_config: SparseStructureFlowConfig = serde_json::from_value(flow.args.clone())
-            .map_err(|e| {
-                Error::format(format!("model '{}': args of {}: {e}", flow.key, flow.class))
-            })?;
+    /// The SS flow checkpoint's args (the noise shape comes from them).
+    fn flow_config(&self) -> Result<SparseStructureFlowConfig> {
+        let flow = self.stage_network(trellis::SPARSE_STRUCTURE_FLOW_MODEL)?;
+        serde_json::from_value(flow.args.clone()).map_err(|e| {
+            Error::format(format!("model '{}': args of {}: {e}", flow.key, flow.class))
+        })
+    }
+
+    fn sparse_structure_networks<'h>(
+        &self,
+        held: &'h Held<'_>,
+    ) -> Result<SparseStructureNetworks<'h>> {
         Ok(SparseStructureNetworks {
-            image_cond_model: self.runnable(IMAGE_COND_MODEL_KEY, dinov2::DINOV2_CLASS)?,
-            flow: self.runnable(trellis::SPARSE_STRUCTURE_FLOW_MODEL, trellis::FLOW_CLASS)?,
-            flow_config,
-            decoder: self.runnable(trellis::SPARSE_STRUCTURE_DECODER, trellis::DECODER_CLASS)?,
+            image_cond_model: self.runnable(held, IMAGE_COND_MODEL_KEY)?,
+            flow: self.runnable(held, trellis::SPARSE_STRUCTURE_FLOW_MODEL)?,
+            flow_config: self.flow_config()?,
+            decoder: self.runnable(held, trellis::SPARSE_STRUCTURE_DECODER)?,
             device: self.device,
         })
     }
@@ -500,8 +605,27 @@ impl Pipeline {
             .with_overrides(&params.slat)
     }
 
-    /// The stage-2 networks: the flow model and the decoders `formats` asks for.
-    fn slat_networks(&self, formats: &Formats) -> Result<SlatNetworks<'_>> {
+    /// The stage-2 keys: the flow model and the decoders `formats` asks for.
+    fn slat_keys(&self, formats: &Formats) -> Vec<&'static str> {
+        let mut keys = vec![slat::SLAT_FLOW_MODEL];
+        for (wanted, key) in [
+            (formats.gaussians, slat::SLAT_DECODER_GS),
+            (formats.mesh, slat::SLAT_DECODER_MESH),
+            (formats.radiance_field, slat::SLAT_DECODER_RF),
+        ] {
+            if wanted {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// The stage-2 networks from `held`: the flow model and the decoders `formats` asks for.
+    fn slat_networks<'h>(
+        &'h self,
+        held: &'h Held<'_>,
+        formats: &Formats,
+    ) -> Result<SlatNetworks<'h>> {
         let normalization = self.config().slat_normalization.as_ref().ok_or_else(|| {
             Error::format(format!(
                 "{}: `args.slat_normalization` is missing",
@@ -509,54 +633,118 @@ impl Pipeline {
             ))
         })?;
         Ok(SlatNetworks {
-            flow: self.concrete(slat::SLAT_FLOW_MODEL, SLAT_FLOW_CLASSES)?,
+            flow: self.concrete(held, slat::SLAT_FLOW_MODEL)?,
             gaussian: formats
                 .gaussians
-                .then(|| self.concrete(slat::SLAT_DECODER_GS, &["SLatGaussianDecoder"]))
+                .then(|| self.concrete(held, slat::SLAT_DECODER_GS))
                 .transpose()?,
             mesh: formats
                 .mesh
-                .then(|| self.concrete(slat::SLAT_DECODER_MESH, &["SLatMeshDecoder"]))
+                .then(|| self.concrete(held, slat::SLAT_DECODER_MESH))
                 .transpose()?,
             radiance_field: formats
                 .radiance_field
-                .then(|| self.concrete(slat::SLAT_DECODER_RF, &["SLatRadianceFieldDecoder"]))
+                .then(|| self.concrete(held, slat::SLAT_DECODER_RF))
                 .transpose()?,
             normalization,
             device: self.device,
         })
     }
 
-    /// The network under `key` as its Rust type (one of `classes`, as its json names it).
-    fn concrete<T: 'static>(&self, key: &str, classes: &[&str]) -> Result<&T> {
-        let loaded = self.stage_network_of(key, classes)?;
-        let network = loaded.network.as_deref().ok_or_else(|| {
+    /// The classes a stage accepts under pipeline key `key`, as the checkpoint jsons name
+    /// them.
+    fn classes_of(key: &str) -> &'static [&'static str] {
+        match key {
+            IMAGE_COND_MODEL_KEY => &[dinov2::DINOV2_CLASS],
+            trellis::SPARSE_STRUCTURE_FLOW_MODEL => &[trellis::FLOW_CLASS],
+            trellis::SPARSE_STRUCTURE_DECODER => &[trellis::DECODER_CLASS],
+            slat::SLAT_FLOW_MODEL => SLAT_FLOW_CLASSES,
+            slat::SLAT_DECODER_GS => &["SLatGaussianDecoder"],
+            slat::SLAT_DECODER_MESH => &["SLatMeshDecoder"],
+            slat::SLAT_DECODER_RF => &["SLatRadianceFieldDecoder"],
+            vggt_pipeline::SPARSE_STRUCTURE_VGGT_COND => &[vggt_pipeline::SS_COND_CLASS],
+            vggt_pipeline::SLAT_VGGT_COND => &[vggt_pipeline::SLAT_COND_CLASS],
+            vggt_pipeline::VGGT_MODEL_KEY => &[VGGT_CLASS],
+            _ => &[],
+        }
+    }
+
+    /// Checks that every network of `keys` is loaded with a class its stage takes and is one
+    /// recon runs; errors say why not.
+    fn require_all(&self, keys: &[&str]) -> Result<()> {
+        for key in keys {
+            let loaded = self.stage_network(key)?;
+            if !loaded.is_implemented() {
+                return Err(Error::unsupported(format!(
+                    "network '{key}' ({}) is not implemented in this build of recon",
+                    loaded.class
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The networks of `keys` for one stage: the resident ones, or (low-VRAM mode) built on
+    /// the device now. Keys the pipeline lacks are skipped; [`Pipeline::require_all`] names
+    /// them.
+    pub fn hold(&self, keys: &[&str]) -> Result<Held<'_>> {
+        let mut held = Held::default();
+        for key in keys {
+            let Some(loaded) = self.networks.iter().find(|n| n.key == *key) else {
+                continue;
+            };
+            match (&loaded.network, &loaded.source) {
+                (Some(network), _) => held.insert(key, NetworkRef::Resident(network.as_ref())),
+                (None, Some(source)) => {
+                    let network = source
+                        .build(self.device)
+                        .context(format!("building '{key}' for this stage"))?;
+                    held.insert(key, NetworkRef::Built(network));
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(held)
+    }
+
+    /// Ends a stage: frees the networks built for it and, in low-VRAM mode, returns the
+    /// memory to the driver.
+    fn release(&self, held: Held<'_>) -> Result<()> {
+        let built = held.built_any();
+        drop(held);
+        if built && self.low_vram && self.device.is_cuda() {
+            crate::cuda::memory::empty_cache()?;
+        }
+        Ok(())
+    }
+
+    /// The network under `key` in `held` as its Rust type.
+    fn concrete<'h, T: 'static>(&self, held: &'h Held<'_>, key: &str) -> Result<&'h T> {
+        let loaded = self.stage_network(key)?;
+        held.concrete::<T>(key, &loaded.class)
+    }
+
+    /// The network under `key` in `held`.
+    fn runnable<'h>(&self, held: &'h Held<'_>, key: &str) -> Result<&'h dyn Network> {
+        let loaded = self.stage_network(key)?;
+        held.get(key).ok_or_else(|| {
             Error::unsupported(format!(
                 "network '{key}' ({}) is not implemented in this build of recon",
                 loaded.class
             ))
-        })?;
-        network.as_any().downcast_ref::<T>().ok_or_else(|| {
-            Error::internal(format!(
-                "network '{key}' ({}) was not built as {}",
-                loaded.class,
-                std::any::type_name::<T>()
-            ))
         })
     }
 
-    /// The loaded network under `key`, which a stage needs with class `class`; errors say why
-    /// it is not there (pipeline.json lacks it, `only_models` left it out, another class).
-    fn stage_network(&self, key: &str, class: &str) -> Result<&LoadedNetwork> {
-        self.stage_network_of(key, &[class])
-    }
-
-    /// As [`Pipeline::stage_network`], for a stage that takes any of `classes`.
-    fn stage_network_of(&self, key: &str, classes: &[&str]) -> Result<&LoadedNetwork> {
+    /// The loaded network under `key` with a class its stage takes; errors say why it is not
+    /// there (pipeline.json lacks it, `only_models` left it out, another class).
+    fn stage_network(&self, key: &str) -> Result<&LoadedNetwork> {
+        let classes = Self::classes_of(key);
         let class = classes.join(" or ");
         let Some(loaded) = self.networks.iter().find(|n| n.key == key) else {
             let named = if key == IMAGE_COND_MODEL_KEY {
                 self.config().image_cond_model.is_some()
+            } else if key == vggt_pipeline::VGGT_MODEL_KEY {
+                self.name() == TRELLIS_VGGT_TO_3D
             } else {
                 self.config().models.contains_key(key)
             };
@@ -581,18 +769,6 @@ impl Pipeline {
             )));
         }
         Ok(loaded)
-    }
-
-    /// As [`Pipeline::stage_network`], the runnable network itself.
-    fn runnable(&self, key: &str, class: &str) -> Result<&dyn Network> {
-        self.stage_network(key, class)?
-            .network
-            .as_deref()
-            .ok_or_else(|| {
-                Error::unsupported(format!(
-                    "network '{key}' ({class}) is not implemented in this build of recon"
-                ))
-            })
     }
 }
 
@@ -632,12 +808,17 @@ fn load_one(files: &hub::ModelFiles, device: Device, log: &LogFn) -> Result<Load
         );
         (None, file.num_elements())
     };
+    let source = network.as_ref().map(|_| NetworkSource::Checkpoint {
+        config: files.config.clone(),
+        weights: files.weights.clone(),
+    });
     Ok(LoadedNetwork {
         key: files.key.clone(),
         stem: files.stem.clone(),
         class: config.class,
         num_elements,
         network,
+        source,
         args: config.args,
     })
 }
@@ -651,7 +832,9 @@ fn load_image_cond_model(
     opts: &ResolveOptions<'_>,
 ) -> Result<LoadedNetwork> {
     let log = opts.log;
-    let (network, weights_path, args): (Box<dyn Network>, _, _) = match &resolved.image_cond_model {
+    let (network, weights_path, args, source): (Box<dyn Network>, _, _, _) = match &resolved
+        .image_cond_model
+    {
         Some(files) => {
             let config = hub::read_checkpoint_config(&files.config)?;
             if config.class != dinov2::DINOV2_CLASS {
@@ -664,13 +847,23 @@ fn load_image_cond_model(
             }
             let (network, weights) = models::load_network(&files.config, &files.weights, device)?;
             weights.report_unused(log);
-            (network, files.weights.clone(), config.args)
+            let source = NetworkSource::Checkpoint {
+                config: files.config.clone(),
+                weights: files.weights.clone(),
+            };
+            (network, files.weights.clone(), config.args, source)
         }
         None => {
             let files = dinov2::resolve_image_cond_model(name, opts)?;
             let network = Dinov2::load_published(&files, device)?;
             let args = hub::read_json_file(&files.config)?;
-            (Box::new(network), files.weights, args)
+            let weights = files.weights.clone();
+            (
+                Box::new(network),
+                weights,
+                args,
+                NetworkSource::PublishedDinov2(files),
+            )
         }
     };
     let num_elements = crate::weights::SafeTensorsFile::open(&weights_path)?.num_elements();
@@ -688,6 +881,7 @@ fn load_image_cond_model(
         class: dinov2::DINOV2_CLASS.to_string(),
         num_elements,
         network: Some(network),
+        source: Some(source),
         args,
     })
 }
@@ -734,6 +928,7 @@ fn load_vggt_model(
         class: VGGT_CLASS.to_string(),
         num_elements,
         network: Some(Box::new(network)),
+        source: Some(NetworkSource::Vggt(files)),
         args,
     })
 }
@@ -990,6 +1185,22 @@ pub enum GenerationNoise {
         sparse_structure: tch::Tensor,
         slat: tch::Tensor,
     },
+}
+
+impl GenerationNoise {
+    /// Where each stage's noise comes from: both from `seed`, or both given.
+    fn sources(&self, seed: u64) -> (NoiseSource<'_>, NoiseSource<'_>) {
+        match self {
+            Self::Seed => (NoiseSource::Seed(seed), NoiseSource::Seed(seed)),
+            Self::Given {
+                sparse_structure,
+                slat,
+            } => (
+                NoiseSource::Given(sparse_structure),
+                NoiseSource::Given(slat),
+            ),
+        }
+    }
 }
 
 /// Everything one generation computed (see [`Pipeline::generate`]).

@@ -160,3 +160,23 @@ fn concurrent_runs_on_two_pipelines_are_bit_identical() {
         }
     }
 }
+
+/// Low-VRAM mode (networks built for each stage from the checkpoint files, none kept between
+/// stages) gives the bits of the default mode, and the model still lists every network as
+/// runnable.
+#[test]
+fn low_vram_mode_gives_the_same_bits() {
+    let png = example_png();
+    let p = params(5, false);
+    let resident = load_pipeline_cpu(&fixture_model_dir());
+    let mut options = recon::pipeline::LoadOptions::new(fixture_model_dir().to_str().unwrap());
+    options.device = recon::pipeline::DeviceRequest::Cpu;
+    options.offline = Some(true);
+    options.low_vram = true;
+    let on_demand = Pipeline::load(&options).unwrap();
+    assert!(on_demand.networks().iter().all(|n| n.network.is_none()));
+    assert!(on_demand.networks().iter().all(|n| n.is_implemented()));
+    let a = run(&resident, &png, &p);
+    let b = run(&on_demand, &png, &p);
+    assert_outputs_identical("low-VRAM vs resident", &a, &b);
+}

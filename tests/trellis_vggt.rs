@@ -83,7 +83,10 @@ fn run_matches_the_reference_with_injected_features() {
     );
     assert_eq!(samplers.sparse_structure.guidance_rescale, 0.7);
     assert_eq!(samplers.slat.guidance_rescale, 0.5);
-    let networks = pipeline.conditioned_networks(&params.formats).unwrap();
+    let held = pipeline.hold_conditioned(&params.formats).unwrap();
+    let networks = pipeline
+        .conditioned_networks(&held, &params.formats)
+        .unwrap();
     let generated = generate_from_features(
         &networks,
         &samplers,
@@ -163,8 +166,11 @@ fn seeded_run_draws_the_reference_noises() {
         },
         ..RunParams::default()
     };
+    let held = pipeline.hold_conditioned(&params.formats).unwrap();
     let generated = generate_from_features(
-        &pipeline.conditioned_networks(&params.formats).unwrap(),
+        &pipeline
+            .conditioned_networks(&held, &params.formats)
+            .unwrap(),
         &pipeline.samplers(&params).unwrap(),
         &features(&dir),
         Noises {
@@ -207,8 +213,9 @@ fn missing_encoders_and_stage_one_alone_are_clear_errors() {
     assert!(err.message().contains("vggt_model"), "{err}");
     // The fixture has no mesh decoder: asking for a mesh names it.
     let err = pipeline
-        .run(&images, &RunParams::default(), &RunControl::none())
-        .unwrap_err();
+        .hold_conditioned(&RunParams::default().formats)
+        .err()
+        .unwrap();
     assert!(err.message().contains("slat_decoder_mesh"), "{err}");
     let err = pipeline
         .run_sparse_structure(&images, &gaussians_only, &RunControl::none())
@@ -232,8 +239,11 @@ fn cuda_run_agrees_with_the_reference() {
         },
         ..RunParams::default()
     };
+    let held = pipeline.hold_conditioned(&params.formats).unwrap();
     let generated = generate_from_features(
-        &pipeline.conditioned_networks(&params.formats).unwrap(),
+        &pipeline
+            .conditioned_networks(&held, &params.formats)
+            .unwrap(),
         &pipeline.samplers(&params).unwrap(),
         &features(&dir),
         Noises {

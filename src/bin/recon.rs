@@ -5,6 +5,7 @@
 //! recon demo     [--download] [--model SRC] [--image FILE ...] [--out DIR]
 //! recon info     --model SRC [--device D] [--offline]
 //! recon module   --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
+//! recon synth    --pipeline trellis-image-large|trellis-vggt --out DIR [--seed N] [--hf-home DIR]
 //! ```
 //! SRC is a local model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
 //! D is `auto` (default), `cpu`, `cuda` or `cuda:N`. `recon COMMAND --help` describes each.
@@ -19,6 +20,8 @@ mod demo;
 mod generate;
 #[path = "recon/progress.rs"]
 mod progress;
+#[path = "recon/synth.rs"]
+mod synth;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -40,6 +43,8 @@ const USAGE: &str = "usage:
                  what a pipeline holds
   recon module   --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
                  one network on named tensors
+  recon synth    --pipeline trellis-image-large|trellis-vggt --out DIR [--seed N] [--hf-home DIR]
+                 a full-size model with seeded random weights in the published layout
   recon run      the same as generate
 SRC: a model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
 --ckpt DIR/NAME: a checkpoint pair DIR/NAME.json + DIR/NAME.safetensors.
@@ -109,7 +114,7 @@ fn info(args: &Args) -> Result<()> {
         recon::pipeline::device_name(pipeline.device())
     );
     for n in pipeline.networks() {
-        let state = if n.network.is_some() {
+        let state = if n.is_implemented() {
             "runnable"
         } else {
             "validated, not implemented yet"
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
         "demo" => (&demo::SPEC, demo::USAGE, demo::demo),
         "info" => (&INFO_SPEC, USAGE, info),
         "module" => (&MODULE_SPEC, USAGE, module),
+        "synth" => (&synth::SPEC, synth::USAGE, synth::synth),
         "help" | "--help" | "-h" => {
             print_help(USAGE);
             return ExitCode::SUCCESS;

@@ -53,6 +53,43 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// As [`write_atomically`], with the contents streamed by `write` into a buffered writer of
+/// the temporary file (for files too large to hold in memory, e.g. multi-GB checkpoints).
+/// `write`'s error leaves `path` as it was.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "{}: not a file path (it names no file)",
+            path.display()
+        ))
+    })?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (file, temp) = create_temp(&dir, name, path)?;
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 22, file);
+    write(&mut buffered)?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| Error::io_at(&temp.path, e.error()))?;
+    file.sync_all().map_err(|e| Error::io_at(&temp.path, &e))?;
+    drop(file);
+    std::fs::rename(&temp.path, path).map_err(|e| {
+        Error::io(format!(
+            "{}: replacing it with {} failed: {e}",
+            path.display(),
+            temp.path.display()
+        ))
+    })?;
+    temp.disarm();
+    sync_dir(&dir);
+    Ok(())
+}
+
 /// Writes and flushes `file`, consuming it so it is closed before any cleanup (Windows cannot
 /// delete an open file).
 fn write_and_sync(mut file: File, bytes: &[u8]) -> std::io::Result<()> {

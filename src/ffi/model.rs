@@ -210,7 +210,7 @@ fn new_model(pipeline: Pipeline) -> recon_model {
             key: c_string(&n.key),
             class_name: c_string(&n.class),
             stem: c_string(&n.stem),
-            implemented: n.network.is_some(),
+            implemented: n.is_implemented(),
             num_elements: n.num_elements as u64,
         })
         .collect();

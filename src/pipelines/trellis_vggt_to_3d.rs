@@ -20,6 +20,8 @@
 //! flow's per-view cross-attention, so there is no multi-image mode: the reference accepts a
 //! `mode` argument and ignores it, and so does recon.
 
+pub mod camera_registration;
+
 use tch::{Device, Kind, Tensor};
 
 use super::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput};
@@ -62,16 +64,27 @@ pub struct ViewFeatures {
     pub image_cond: Tensor,
 }
 
-/// The networks of a TRELLIS-VGGT run after the view encoders, all on `device`.
-pub struct ConditionedNetworks<'a> {
+/// The networks of the sparse-structure stage, all on `device`.
+pub struct SparseStructureStage<'a> {
     pub ss_cond: &'a ModulatedMultiViewCond,
-    pub slat_cond: &'a ModulatedSLATMultiViewCond,
     pub flow: &'a dyn Network,
     /// The SS flow checkpoint's args (the noise shape comes from them).
     pub flow_config: SparseStructureFlowConfig,
     pub decoder: &'a dyn Network,
-    pub slat: SlatNetworks<'a>,
     pub device: Device,
+}
+
+/// The networks of the structured-latent stage: its condition network, the flow and the
+/// decoders of the formats asked for.
+pub struct SlatStage<'a> {
+    pub slat_cond: &'a ModulatedSLATMultiViewCond,
+    pub slat: SlatNetworks<'a>,
+}
+
+/// The networks of a TRELLIS-VGGT run after the view encoders.
+pub struct ConditionedNetworks<'a> {
+    pub sparse_structure: SparseStructureStage<'a>,
+    pub slat: SlatStage<'a>,
 }
 
 /// The view encoders: VGGT and the DINOv2 image-condition model.
@@ -239,6 +252,38 @@ pub fn generate_from_features(
     noises: Noises<'_>,
     control: &RunControl<'_>,
 ) -> Result<ConditionedGeneration> {
+    let stage1 = sample_sparse_structure(
+        &networks.sparse_structure,
+        &samplers.sparse_structure,
+        features,
+        noises.sparse_structure,
+        control,
+    )?;
+    control.check_cancelled()?;
+    let (slat_cond, slat) = sample_slat(
+        &networks.slat,
+        &samplers.slat,
+        features,
+        &stage1,
+        noises.slat,
+        control,
+    )?;
+    Ok(ConditionedGeneration {
+        sparse_structure: stage1,
+        slat_cond,
+        slat,
+    })
+}
+
+/// Stage 1: the SS condition of all views, the SS flow sampling from `noise` and the decoder's
+/// occupied voxels.
+pub fn sample_sparse_structure(
+    networks: &SparseStructureStage<'_>,
+    sampler: &SamplerConfig,
+    features: &ViewFeatures,
+    noise: NoiseSource<'_>,
+    control: &RunControl<'_>,
+) -> Result<trellis::SparseStructureOutput> {
     let device = networks.device;
     let layers = moved_layers(features, device)?;
     let layer_refs: CondLayerTokens<'_> = [&layers[0], &layers[1], &layers[2], &layers[3]];
@@ -250,11 +295,11 @@ pub fn generate_from_features(
         neg_cond: ss_cond.f_zeros_like()?,
         cond: ss_cond,
     };
-    let noise = trellis::initial_noise(noises.sparse_structure, &networks.flow_config, 1)?;
-    control.progress(Stage::SparseStructure, 0, samplers.sparse_structure.steps)?;
+    let noise = trellis::initial_noise(noise, &networks.flow_config, 1)?;
+    control.progress(Stage::SparseStructure, 0, sampler.steps)?;
     let latent = trellis::sample_sparse_structure(
         networks.flow,
-        &samplers.sparse_structure,
+        sampler,
         &noise.f_to_device(device)?,
         &condition,
         // One condition tensor: the mode is never consulted.
@@ -264,15 +309,31 @@ pub fn generate_from_features(
     control.check_cancelled()?;
     let logits = trellis::decode_sparse_structure(networks.decoder, &latent)?;
     let coords = trellis::occupied_coords(&logits)?;
-    let stage1 = trellis::SparseStructureOutput {
+    Ok(trellis::SparseStructureOutput {
         cond: condition.cond,
         neg_cond: condition.neg_cond,
         noise,
         latent,
         logits,
         coords,
-    };
+    })
+}
 
+/// Stage 2: the per-view SLat conditions, the SLat flow sampling on the stage-1 voxels (every
+/// cross-attention block averaging over the views) and the decoders. Returns the conditions
+/// and the stage's output.
+pub fn sample_slat(
+    networks: &SlatStage<'_>,
+    sampler: &SamplerConfig,
+    features: &ViewFeatures,
+    stage1: &trellis::SparseStructureOutput,
+    noise: NoiseSource<'_>,
+    control: &RunControl<'_>,
+) -> Result<(Vec<Tensor>, SlatOutput)> {
+    let device = networks.slat.device;
+    let layers = moved_layers(features, device)?;
+    let layer_refs: CondLayerTokens<'_> = [&layers[0], &layers[1], &layers[2], &layers[3]];
+    let image_cond = features.image_cond.f_to_device(device)?;
     let slat_cond = tch::no_grad(|| networks.slat_cond.forward(&layer_refs, &image_cond))
         .context(SLAT_VGGT_COND)?;
     let neg_slat_cond = slat_cond
@@ -280,21 +341,21 @@ pub fn generate_from_features(
         .map(Tensor::f_zeros_like)
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let slat_noise = slat::initial_slat_noise(
-        noises.slat,
+        noise,
         &stage1.noise.size(),
         stage1.num_voxels(),
         networks.slat.flow.config().in_channels,
     )?;
-    let stage2 = slat::run_slat_with(
+    let output = slat::run_slat_with(
         &networks.slat,
-        &samplers.slat,
+        sampler,
         &stage1.coords,
         slat_noise,
         control,
         |voxels| {
             slat::sample_slat_conditioned(
                 networks.slat.flow,
-                &samplers.slat,
+                sampler,
                 voxels,
                 Conditioning::Single(&slat_cond),
                 &neg_slat_cond,
@@ -302,11 +363,7 @@ pub fn generate_from_features(
             )
         },
     )?;
-    Ok(ConditionedGeneration {
-        sparse_structure: stage1,
-        slat_cond,
-        slat: stage2,
-    })
+    Ok((slat_cond, output))
 }
 
 fn moved_layers(features: &ViewFeatures, device: Device) -> Result<[Tensor; 4]> {
