@@ -17,9 +17,15 @@ pub struct MemoryStats {
     pub reserved: u64,
 }
 
+/// The ordinal of a CUDA `device`, with libtorch's allocator initialised for it (its counters
+/// exist only once it has allocated there: a process that has not touched the device yet, e.g.
+/// a low-VRAM pipeline between runs, would get "invalid device" otherwise).
 fn ordinal(device: Device) -> Result<usize> {
     match device {
-        Device::Cuda(ordinal) => Ok(ordinal),
+        Device::Cuda(ordinal) => {
+            let _touch = tch::Tensor::f_zeros([1], (tch::Kind::Float, device))?;
+            Ok(ordinal)
+        }
         other => Err(Error::invalid_argument(format!(
             "CUDA memory statistics need a CUDA device, got {other:?}"
         ))),

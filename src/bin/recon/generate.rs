@@ -13,6 +13,7 @@ use recon::pipeline::{
     Formats, GenerationNoise, ImageInput, LoadOptions, MultiImageMode, Pipeline, RunControl,
     RunParams, SamplerOverrides, Stage, MAX_STEPS,
 };
+use recon::samplers::GuidanceFormula;
 use recon::{Error, Result};
 
 use crate::args::{Args, Spec};
@@ -39,8 +40,10 @@ pub const SPEC: Spec = Spec {
         "--mode",
         "--model",
         "--device",
+        "--vggt-model",
+        "--guidance",
     ],
-    switches: &["--no-preprocess", "--offline", "--verbose"],
+    switches: &["--no-preprocess", "--offline", "--verbose", "--low-vram"],
     aliases: &[("-o", "--output")],
     positionals: true,
 };
@@ -61,12 +64,16 @@ generation:
   --ss-steps N, --slat-steps N     per stage (sparse structure, structured latent)
   --cfg X                 classifier-free guidance strength of both stages (default: the model's)
   --ss-cfg X, --slat-cfg X         per stage
-  --mode stochastic|multidiffusion how several views are combined (default stochastic)
+  --mode stochastic|multidiffusion how several views are combined (default stochastic;
+                          TRELLIS only: TRELLIS-VGGT fuses the views in its networks)
+  --guidance trellis|reconviagen   the guidance formula (default: the pipeline's own)
   --no-preprocess         inputs are already 518x518, object centred (skip crop and resize)
 model:
   --model ID_OR_DIR       Hugging Face repo id or local folder (default microsoft/TRELLIS-image-large)
   --device auto|cpu|cuda|cuda:N    (default auto: the first GPU if there is one)
   --offline               use only the local Hugging Face cache
+  --low-vram              keep only the running stage's networks on the GPU
+  --vggt-model ID_OR_DIR  TRELLIS-VGGT: VGGT's repo or folder (default Stable-X/vggt-object-v0-1)
   --verbose               also print debug messages
 `recon run` is the same command.";
 
@@ -87,6 +94,8 @@ pub fn generate(args: &Args) -> Result<()> {
     options.device = crate::device(args)?;
     options.offline = args.switch("--offline").then_some(true);
     options.formats = Some(params.formats);
+    options.low_vram = args.switch("--low-vram");
+    options.vggt_model = args.optional("--vggt-model")?.map(str::to_string);
     options.log = crate::log_sink(args.switch("--verbose"));
     let load_started = Instant::now();
     let pipeline = Pipeline::load(&options)?;
@@ -99,9 +108,18 @@ pub fn generate(args: &Args) -> Result<()> {
         progress: Some(&report),
     };
     let views: Vec<ImageInput<'_>> = images.iter().map(|b| ImageInput::Encoded(b)).collect();
+    let device = pipeline.device();
+    if device.is_cuda() {
+        recon::cuda::memory::reset_peak(device)?;
+    }
     let generation = pipeline
         .generate(&views, &params, &GenerationNoise::Seed, &control)
         .inspect_err(|_| progress.abandon())?;
+    let peak_memory = if device.is_cuda() {
+        Some(recon::cuda::memory::stats(device)?.peak_allocated)
+    } else {
+        None
+    };
     let voxels = generation.sparse_structure.num_voxels();
     let output = generation.to_output()?;
     drop(generation);
@@ -130,6 +148,12 @@ pub fn generate(args: &Args) -> Result<()> {
         )
     });
     println!("result: {voxels} voxels, {gaussians} Gaussians, mesh: {mesh}");
+    if let Some(peak) = peak_memory {
+        println!(
+            "peak GPU memory of the run: {} (allocated by tensors, weights included)",
+            human_size(peak)
+        );
+    }
     for (target, bytes) in targets.iter().zip(&encoded) {
         println!(
             "wrote {} ({}, {})",
@@ -275,6 +299,16 @@ fn run_params(args: &Args, targets: &[Target]) -> Result<RunParams> {
         Some(other) => {
             return Err(Error::invalid_argument(format!(
                 "--mode '{other}': use stochastic or multidiffusion"
+            )))
+        }
+    };
+    params.guidance = match args.optional("--guidance")? {
+        None => None,
+        Some("trellis") => Some(GuidanceFormula::Trellis),
+        Some("reconviagen") => Some(GuidanceFormula::ReconViaGen),
+        Some(other) => {
+            return Err(Error::invalid_argument(format!(
+                "--guidance '{other}': use trellis or reconviagen"
             )))
         }
     };
