@@ -222,7 +222,7 @@ fn flat_rows(t: &Tensor, per_view: i64) -> Result<Vec<Vec<f32>>> {
         .f_to_kind(Kind::Float)?
         .f_to_device(Device::Cpu)?
         .f_contiguous()?
-        .f_reshape([-1, per_view])?;
+        .f_reshape([-1])?;
     let values = Vec::<f32>::try_from(&flat)?;
     Ok(values
         .chunks_exact(per_view as usize)
@@ -374,4 +374,35 @@ fn moved_layers(features: &ViewFeatures, device: Device) -> Result<[Tensor; 4]> 
         c.f_to_device(device)?,
         d.f_to_device(device)?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An identity rotation (quaternion xyzw 0,0,0,1), a translation and both fields of view:
+    /// extrinsic [I | t], focal lengths (size/2)/tan(fov/2), principal point at the centre.
+    #[test]
+    fn cameras_come_out_per_view_in_row_major_order() {
+        let encoding = Tensor::from_slice(&[
+            0.1f32, 0.2, 0.3, 0.0, 0.0, 0.0, 1.0, 1.0, 1.2, //
+            -1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.8, 0.8,
+        ])
+        .view([1, 2, 9]);
+        let cameras = cameras_from_pose_encoding(&encoding, 518, 392).unwrap();
+        assert_eq!(cameras.len(), 2);
+        let c = &cameras[0];
+        assert_eq!((c.width, c.height), (392, 518));
+        let expected_extrinsic = [1.0, 0.0, 0.0, 0.1, 0.0, 1.0, 0.0, 0.2, 0.0, 0.0, 1.0, 0.3];
+        for (a, b) in c.extrinsic.iter().zip(expected_extrinsic) {
+            assert!((a - b).abs() < 1e-6, "{:?}", c.extrinsic);
+        }
+        let fy = 259.0 / (0.5f32).tan();
+        let fx = 196.0 / (0.6f32).tan();
+        let k = c.intrinsic;
+        assert!((k[0] - fx).abs() < 1e-3 && (k[4] - fy).abs() < 1e-3, "{k:?}");
+        assert!((k[2] - 196.0).abs() < 1e-4 && (k[5] - 259.0).abs() < 1e-4, "{k:?}");
+        assert_eq!(cameras[1].extrinsic[3], -1.0);
+        assert_eq!(cameras[1].extrinsic[11], 2.0);
+    }
 }
