@@ -93,6 +93,13 @@
 
 #define RECON_EXPORT_OBJ 4
 
+// The mesh as GLB plus each camera of the result (`recon_result_num_cameras`) as a glTF
+// perspective camera node "camera_<i>": placed at the camera's pose in the GLB's Y-up frame,
+// looking down its -Z; yfov = 2 atan(height / (2 fy)); the node's extras keep the OpenCV
+// intrinsics (fx, fy, cx, cy, width, height) and the original extrinsic. A result without
+// cameras (TRELLIS estimates no poses) gives the same file as `RECON_EXPORT_GLB`.
+#define RECON_EXPORT_GLB_WITH_CAMERAS 5
+
 // `recon_image.format`: encoded PNG, JPEG or WebP bytes (`data`, `size`).
 #define RECON_IMAGE_ENCODED 0
 
@@ -265,15 +272,19 @@ typedef struct recon_mesh {
   const uint32_t *indices;
 } recon_mesh;
 
-// A camera recovered for one input view (OpenCV convention, camera-from-world).
+// A camera recovered for one input view: OpenCV convention (x right, y down, z forward),
+// camera-from-world, where the world is the frame of the result's own arrays (Gaussians and
+// mesh: TRELLIS's native Z-up frame, not the Y-up of the GLB). A world point X projects to
+// pixel (u, v) by (u·w, v·w, w) = intrinsic · (R·X + t).
 typedef struct recon_camera {
   // Set by the caller to `sizeof(recon_camera)` before the call.
   uint32_t struct_size;
+  // The input view's size in pixels, which the intrinsics refer to.
   uint32_t width;
   uint32_t height;
   // 3×4 row-major [R | t].
   float extrinsic[12];
-  // 3×3 row-major intrinsics, in pixels.
+  // 3×3 row-major intrinsics, in pixels: fx 0 cx / 0 fy cy / 0 0 1.
   float intrinsic[9];
 } recon_camera;
 
@@ -462,8 +473,25 @@ recon_status recon_result_camera(const struct recon_result *result,
                                  size_t index,
                                  struct recon_camera *out);
 
+// Camera `index` of `result` as matrices: `out_extrinsic_4x4` receives 16 floats, the
+// camera-from-world transform [R | t] with the last row 0 0 0 1; `out_intrinsic_3x3` receives
+// 9 floats (fx 0 cx / 0 fy cy / 0 0 1, in pixels). Both row-major, in the convention and
+// world frame of `recon_camera` (OpenCV axes; the native Z-up frame of the result's
+// arrays). Either output may be NULL to skip it. Fails, writing nothing, when `result` is
+// NULL or `index` >= `recon_result_num_cameras(result)`.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size;
+// `out_extrinsic_4x4` 16 and `out_intrinsic_3x3` 9 writable floats.
+recon_status recon_result_camera_matrices(const struct recon_result *result,
+                                          size_t index,
+                                          float *out_extrinsic_4x4,
+                                          float *out_intrinsic_3x3);
+
 // Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
-// whole or not at all.
+// whole or not at all. Fails when the result lacks what the format needs (the mesh for GLB,
+// OBJ and mesh PLY; the Gaussians for the Gaussian PLY).
 //
 // # Safety
 // Each pointer argument must be NULL or valid for its documented use: handles as returned

@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use recon::export::{export_to_bytes, export_to_path, ExportFormat};
-use recon::pipeline::{Gaussians, Mesh, Output};
+use recon::export::{
+    export_code, export_to_bytes, export_to_bytes_with, export_to_path, export_to_path_with,
+    from_export_code, ExportFormat, ExportOptions,
+};
+use recon::pipeline::{Camera, Gaussians, Mesh, Output};
 use recon::ErrorKind;
 
 // ---------------------------------------------------------------------------------------------
@@ -142,13 +145,38 @@ fn format_codes_match_the_c_header() {
         assert_eq!(format.code(), code, "{name}");
         assert_eq!(ExportFormat::from_code(code).unwrap(), format);
         assert_eq!(ExportFormat::try_from(code).unwrap(), format);
+        let plain = ExportOptions::default();
+        assert_eq!(from_export_code(code).unwrap(), (format, plain));
+        assert_eq!(export_code(format, &plain), Some(code));
         seen += 1;
     }
     assert_eq!(seen, ExportFormat::ALL.len());
-    for bad in [0, 5, -1, i32::MAX] {
+    // GLB with cameras: a format plus an option, a code of its own.
+    let prefix = "#define RECON_EXPORT_GLB_WITH_CAMERAS ";
+    let line = header.lines().find(|l| l.starts_with(prefix)).unwrap();
+    let code: i32 = line[prefix.len()..].trim().parse().unwrap();
+    let cameras = ExportOptions { cameras: true };
+    assert_eq!(
+        from_export_code(code).unwrap(),
+        (ExportFormat::Glb, cameras)
+    );
+    assert_eq!(export_code(ExportFormat::Glb, &cameras), Some(code));
+    assert_eq!(export_code(ExportFormat::Obj, &cameras), None);
+    let err = ExportFormat::from_code(code).unwrap_err();
+    assert!(err.message().contains("from_export_code"), "{err}");
+    // Every RECON_EXPORT_* define is one of the above.
+    let defines = header
+        .lines()
+        .filter(|l| l.starts_with("#define RECON_EXPORT_"))
+        .count();
+    assert_eq!(defines, ExportFormat::ALL.len() + 1);
+    for bad in [0, 6, -1, i32::MAX] {
         let err = ExportFormat::from_code(bad).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.message().contains(&bad.to_string()), "{err}");
+        let err = from_export_code(bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("5 GLB_WITH_CAMERAS"), "{err}");
     }
 }
 
@@ -1106,6 +1134,257 @@ fn dense_grid_mesh(n: u32) -> Mesh {
         colors: Vec::new(),
         indices,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cameras in the GLB
+
+/// An OpenCV camera-from-world camera at `centre` (native Z-up frame) looking at `target`,
+/// upright (its image "up", −y, towards native +Z).
+fn look_at(centre: [f64; 3], target: [f64; 3], k: [f32; 4], size: (u32, u32)) -> Camera {
+    let normalize = |v: [f64; 3]| {
+        let n = dot(v, v).sqrt();
+        v.map(|c| c / n)
+    };
+    let z = normalize(sub(target, centre));
+    let x = normalize(cross(z, [0.0, 0.0, 1.0]));
+    let y = cross(z, x);
+    let r = [x, y, z];
+    let t = r.map(|row| -dot(row, centre));
+    let mut extrinsic = [0f32; 12];
+    for i in 0..3 {
+        for j in 0..3 {
+            extrinsic[4 * i + j] = r[i][j] as f32;
+        }
+        extrinsic[4 * i + 3] = t[i] as f32;
+    }
+    let [fx, fy, cx, cy] = k;
+    Camera {
+        extrinsic,
+        intrinsic: [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+        width: size.0,
+        height: size.1,
+    }
+}
+
+/// Two cameras: fx ≠ fy with a centred principal point, and fx = fy off-centre.
+fn two_cameras() -> Vec<Camera> {
+    vec![
+        look_at(
+            [1.2, -1.5, 0.8],
+            [0.05, 0.0, 0.1],
+            [600.0, 620.0, 320.0, 240.0],
+            (640, 480),
+        ),
+        look_at(
+            [-0.5, 1.8, -0.3],
+            [0.0, 0.1, 0.2],
+            [500.0, 500.0, 250.0, 262.0],
+            (512, 512),
+        ),
+    ]
+}
+
+/// Native frame pieces of an OpenCV camera: R's rows and t.
+fn rotation_rows(camera: &Camera) -> ([[f64; 3]; 3], [f64; 3]) {
+    let e = camera.extrinsic.map(f64::from);
+    (
+        [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]],
+        [e[3], e[7], e[11]],
+    )
+}
+
+fn y_up64(p: [f64; 3]) -> [f64; 3] {
+    [p[0], p[2], -p[1]]
+}
+
+fn assert_close(got: [f64; 3], want: [f64; 3], tolerance: f64, what: &str) {
+    let error = sub(got, want).iter().fold(0f64, |m, d| m.max(d.abs()));
+    assert!(error <= tolerance, "{what}: {got:?} vs {want:?}");
+}
+
+#[test]
+fn glb_with_cameras_places_one_camera_node_per_view() {
+    let cameras = two_cameras();
+    let output = Output {
+        mesh: Some(box_mesh(true)),
+        cameras: cameras.clone(),
+        ..Default::default()
+    };
+    let options = ExportOptions { cameras: true };
+    let bytes = export_to_bytes_with(&output, ExportFormat::Glb, &options).unwrap();
+    let chunks = parse_glb_container(&bytes);
+    check_gltf_layout(&chunks);
+    let gltf = read_glb(&bytes);
+    assert_eq!(gltf.cameras().count(), 2);
+    // The mesh node first, then camera_0, camera_1, all children of the scene.
+    let scene_nodes: Vec<_> = gltf.default_scene().unwrap().nodes().collect();
+    assert_eq!(scene_nodes.len(), 3);
+    assert!(scene_nodes[0].mesh().is_some() && scene_nodes[0].camera().is_none());
+    // The mesh itself is unchanged by the cameras.
+    let plain = export_to_bytes(&output, ExportFormat::Glb).unwrap();
+    assert_eq!(
+        parse_glb_container(&plain).bin,
+        chunks.bin,
+        "same buffers with or without cameras"
+    );
+
+    for (i, camera) in cameras.iter().enumerate() {
+        let node = &scene_nodes[i + 1];
+        let json_node = &chunks.json["nodes"][node.index()];
+        assert_eq!(json_node["name"], format!("camera_{i}"));
+        assert_eq!(chunks.json["cameras"][i]["name"], format!("camera_{i}"));
+        assert!(node.children().next().is_none());
+        let gcam = node.camera().expect("a camera node");
+        assert_eq!(gcam.index(), i);
+        let gltf::camera::Projection::Perspective(p) = gcam.projection() else {
+            panic!("camera {i} is not perspective");
+        };
+        let [fx, fy, cx, cy] = [0, 4, 2, 5].map(|k| f64::from(camera.intrinsic[k]));
+        let (w, h) = (f64::from(camera.width), f64::from(camera.height));
+        let yfov = 2.0 * (h / 2.0 / fy).atan();
+        assert!((f64::from(p.yfov()) - yfov).abs() < 1e-6, "yfov {i}");
+        // glTF's aspect ratio is that of the field of view: tan(xfov/2) / tan(yfov/2).
+        let aspect = (w / fx) / (h / fy);
+        assert!((f64::from(p.aspect_ratio().unwrap()) - aspect).abs() < 1e-6);
+        if fx == fy {
+            assert!((f64::from(p.aspect_ratio().unwrap()) - w / h).abs() < 1e-6);
+        }
+        assert!(p.znear() > 0.0 && p.zfar().is_none());
+
+        // The node's transform (TRS, a unit quaternion) as a column-major matrix.
+        let gltf::scene::Transform::Decomposed {
+            rotation, scale, ..
+        } = node.transform()
+        else {
+            panic!("camera {i}: a matrix transform, expected TRS");
+        };
+        assert_eq!(scale, [1.0; 3]);
+        let norm: f32 = rotation.iter().map(|c| c * c).sum();
+        assert!((norm - 1.0).abs() < 1e-6);
+        let m = node.transform().matrix().map(|col| col.map(f64::from));
+        let column = |k: usize| [m[k][0], m[k][1], m[k][2]];
+        let (r, t) = rotation_rows(camera);
+        // Origin: the camera centre −Rᵀt, turned Y-up.
+        let centre = [0, 1, 2].map(|j| -(0..3).map(|k| r[k][j] * t[k]).sum::<f64>());
+        assert_close(column(3), y_up64(centre), 1e-5, "camera centre");
+        // −Z: the OpenCV viewing direction (R's third row), turned Y-up; +Y: OpenCV −y;
+        // +X: OpenCV x.
+        assert_close(
+            column(2).map(|c| -c),
+            y_up64(r[2]),
+            1e-5,
+            "viewing direction",
+        );
+        assert_close(column(1), y_up64(r[1].map(|c| -c)), 1e-5, "up");
+        assert_close(column(0), y_up64(r[0]), 1e-5, "right");
+        // look_at cameras are upright: their up has a positive Y-up component.
+        assert!(column(1)[1] > 0.0, "camera {i} is upside down");
+
+        // A world point projects to the same pixel through OpenCV and through glTF (the
+        // principal point aside, which glTF cannot express: compare offsets from it).
+        let x_native = [0.1, -0.2, 0.3];
+        let cam = [0, 1, 2].map(|k| dot(r[k], x_native) + t[k]);
+        let (u, v) = (fx * cam[0] / cam[2], fy * cam[1] / cam[2]);
+        let rel = sub(y_up64(x_native), column(3));
+        let local = [0, 1, 2].map(|k| dot(column(k), rel)); // Rᵀ(x − c), R orthonormal
+        let tan_half = (f64::from(p.yfov()) / 2.0).tan();
+        let a = f64::from(p.aspect_ratio().unwrap());
+        let ndc = [
+            local[0] / -local[2] / (a * tan_half),
+            local[1] / -local[2] / tan_half,
+        ];
+        assert!((ndc[0] * w / 2.0 - u).abs() < 1e-3, "u {i}");
+        assert!((-ndc[1] * h / 2.0 - v).abs() < 1e-3, "v {i}");
+
+        // Extras keep the OpenCV intrinsics and the extrinsic as given.
+        let extras = &json_node["extras"];
+        assert_eq!(extras["view"], i);
+        for (key, value) in [("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy), ("width", w)] {
+            assert_eq!(extras[key].as_f64().unwrap(), value, "{key}");
+        }
+        assert_eq!(extras["height"].as_u64().unwrap(), u64::from(camera.height));
+        let extrinsic: Vec<f32> = extras["extrinsic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(extrinsic, camera.extrinsic);
+    }
+
+    // The file export writes the same bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cameras.glb");
+    export_to_path_with(&output, ExportFormat::Glb, &options, &path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn glb_without_the_option_or_without_cameras_has_none() {
+    let with_cameras = Output {
+        mesh: Some(box_mesh(false)),
+        cameras: two_cameras(),
+        ..Default::default()
+    };
+    let plain = export_to_bytes(&with_cameras, ExportFormat::Glb).unwrap();
+    let gltf = read_glb(&plain);
+    assert_eq!(gltf.cameras().count(), 0);
+    assert_eq!(gltf.nodes().count(), 1);
+    assert!(parse_glb_container(&plain).json.get("cameras").is_none());
+    // Asking for cameras when the result has none: the plain GLB, byte for byte.
+    let options = ExportOptions { cameras: true };
+    let no_cameras = mesh_output(box_mesh(false));
+    assert_eq!(
+        export_to_bytes_with(&no_cameras, ExportFormat::Glb, &options).unwrap(),
+        plain
+    );
+    // A mesh without triangles still carries the cameras.
+    let empty = Output {
+        mesh: Some(Mesh {
+            positions: Vec::new(),
+            colors: Vec::new(),
+            indices: Vec::new(),
+        }),
+        cameras: two_cameras(),
+        ..Default::default()
+    };
+    let bytes = export_to_bytes_with(&empty, ExportFormat::Glb, &options).unwrap();
+    let gltf = read_glb(&bytes);
+    assert_eq!(gltf.cameras().count(), 2);
+    assert_eq!(gltf.default_scene().unwrap().nodes().count(), 3);
+}
+
+#[test]
+fn cameras_are_refused_where_they_cannot_go() {
+    let options = ExportOptions { cameras: true };
+    let output = Output {
+        gaussians: Some(some_gaussians()),
+        mesh: Some(box_mesh(true)),
+        cameras: two_cameras(),
+    };
+    for format in [
+        ExportFormat::PlyGaussians,
+        ExportFormat::PlyMesh,
+        ExportFormat::Obj,
+    ] {
+        let err = export_to_bytes_with(&output, format, &options).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("cameras"), "{err}");
+    }
+    // No mesh: no GLB, cameras or not.
+    let gaussians_only = Output {
+        mesh: None,
+        ..output.clone()
+    };
+    let err = export_to_bytes_with(&gaussians_only, ExportFormat::Glb, &options).unwrap_err();
+    assert!(err.message().contains("no mesh"), "{err}");
+    // A camera that is not a rigid pose is named.
+    let mut broken = output;
+    broken.cameras[1].extrinsic[5] = 3.0;
+    let err = export_to_bytes_with(&broken, ExportFormat::Glb, &options).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("cameras[1]"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

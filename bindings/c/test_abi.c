@@ -433,6 +433,11 @@ static void test_null_handles(void) {
     recon_camera c = {.struct_size = sizeof c};
     CHECK_STATUS(recon_result_camera(NULL, 0, &c), RECON_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(recon_result_camera(NULL, 0, NULL), RECON_ERR_INVALID_ARGUMENT);
+    float extrinsic[16] = {0}, intrinsic[9] = {0};
+    CHECK_STATUS(recon_result_camera_matrices(NULL, 0, extrinsic, intrinsic),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_camera_matrices(NULL, 0, NULL, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(extrinsic[15] == 0.0f && intrinsic[8] == 0.0f); /* untouched */
     CHECK_STATUS(recon_result_export(NULL, RECON_EXPORT_GLB, path), RECON_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(recon_result_export(NULL, RECON_EXPORT_OBJ, NULL), RECON_ERR_INVALID_ARGUMENT);
     CHECK(access(path, F_OK) != 0); /* nothing written */
@@ -1356,6 +1361,17 @@ static void test_exports(const recon_result *result, size_t gaussians, size_t nu
     CHECK(glb && buf && recon_buffer_data(buf) &&
           memcmp(recon_buffer_data(buf), glb, glb_size) == 0);
     recon_buffer_free(buf);
+
+    /* GLB with cameras: TRELLIS estimates no poses, so the same file as the plain GLB. */
+    buf = NULL;
+    CHECK_STATUS_R(result,
+                   recon_result_export_buffer(result, RECON_EXPORT_GLB_WITH_CAMERAS, &buf),
+                   RECON_OK);
+    CHECK(buf != NULL && recon_buffer_size(buf) == glb_size);
+    CHECK(glb && buf && recon_buffer_data(buf) &&
+          memcmp(recon_buffer_data(buf), glb, glb_size) == 0);
+    CHECK(buf && !find_bytes(recon_buffer_data(buf), recon_buffer_size(buf), "\"cameras\""));
+    recon_buffer_free(buf);
     free(glb);
 
     /* Gaussian PLY to a buffer. */
@@ -1392,7 +1408,7 @@ static void test_exports(const recon_result *result, size_t gaussians, size_t nu
     free(obj);
 
     /* Refusals: unknown formats, a directory that does not exist, NULL arguments. */
-    const int32_t bad_formats[] = {0, 5, -1};
+    const int32_t bad_formats[] = {0, RECON_EXPORT_GLB_WITH_CAMERAS + 1, -1};
     for (size_t i = 0; i < sizeof bad_formats / sizeof bad_formats[0]; i++) {
         CHECK_STATUS(recon_result_export(result, bad_formats[i], glb_path),
                      RECON_ERR_INVALID_ARGUMENT);
@@ -1418,6 +1434,17 @@ static void test_result_accessor_errors(const recon_result *result) {
     CHECK_STATUS(recon_result_camera(result, 0, &cam), RECON_ERR_INVALID_ARGUMENT);
     CHECK(cam.width == 0); /* untouched */
     CHECK(contains(recon_result_last_error(result), "out of range"));
+    float extrinsic[16], intrinsic[9];
+    for (size_t i = 0; i < 16; i++) extrinsic[i] = -7.0f;
+    for (size_t i = 0; i < 9; i++) intrinsic[i] = -7.0f;
+    const size_t bad_indices[] = {0, 1, SIZE_MAX};
+    for (size_t i = 0; i < sizeof bad_indices / sizeof bad_indices[0]; i++) {
+        CHECK_STATUS(recon_result_camera_matrices(result, bad_indices[i], extrinsic, intrinsic),
+                     RECON_ERR_INVALID_ARGUMENT);
+        CHECK(contains(recon_result_last_error(result), "out of range"));
+    }
+    CHECK_STATUS(recon_result_camera_matrices(result, 0, NULL, NULL), RECON_ERR_INVALID_ARGUMENT);
+    CHECK(extrinsic[0] == -7.0f && extrinsic[15] == -7.0f && intrinsic[8] == -7.0f); /* untouched */
     CHECK_STATUS(recon_result_gaussians(result, NULL), RECON_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(recon_result_mesh(result, NULL), RECON_ERR_INVALID_ARGUMENT);
     struct {
@@ -1619,6 +1646,10 @@ static recon_result *test_run_after_cancel(recon_model *model, const generation_
     CHECK(contains(recon_result_last_error(result), "mesh"));
     recon_buffer *buf = (recon_buffer *)&g_tmp;
     CHECK_STATUS(recon_result_export_buffer(result, RECON_EXPORT_GLB, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp);
+    CHECK(contains(recon_result_last_error(result), "RECON_FORMAT_MESH"));
+    CHECK_STATUS(recon_result_export_buffer(result, RECON_EXPORT_GLB_WITH_CAMERAS, &buf),
                  RECON_ERR_INVALID_ARGUMENT);
     CHECK(buf == (recon_buffer *)&g_tmp);
     CHECK(contains(recon_result_last_error(result), "RECON_FORMAT_MESH"));

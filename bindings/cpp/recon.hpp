@@ -132,6 +132,8 @@ enum class ExportFormat : std::int32_t {
     ply_gaussians = RECON_EXPORT_PLY_GAUSSIANS,
     ply_mesh = RECON_EXPORT_PLY_MESH,
     obj = RECON_EXPORT_OBJ,
+    // GLB plus one glTF camera node per camera of the result (the plain GLB when it has none).
+    glb_with_cameras = RECON_EXPORT_GLB_WITH_CAMERAS,
 };
 
 // What a run produces (a bit set: `Outputs::gaussians | Outputs::mesh`).
@@ -380,6 +382,12 @@ struct Camera {
     std::array<float, 9> intrinsic{};   // 3×3 row-major, pixels
 };
 
+// A camera as matrices (recon_result_camera_matrices), row-major, conventions of Camera.
+struct CameraMatrices {
+    std::array<float, 16> extrinsic{};  // 4×4 camera-from-world [R | t] over 0 0 0 1
+    std::array<float, 9> intrinsic{};   // 3×3, pixels
+};
+
 // One network of a loaded model (recon_network_info), copied.
 struct NetworkInfo {
     std::string key;
@@ -496,6 +504,14 @@ public:
         out.height = c.height;
         std::copy(std::begin(c.extrinsic), std::end(c.extrinsic), out.extrinsic.begin());
         std::copy(std::begin(c.intrinsic), std::end(c.intrinsic), out.intrinsic.begin());
+        return out;
+    }
+
+    // Camera `index` (< num_cameras()) as 4×4 and 3×3 matrices; throws Error otherwise.
+    CameraMatrices camera_matrices(std::size_t index) const {
+        CameraMatrices out;
+        check(recon_result_camera_matrices(get(), index, out.extrinsic.data(),
+                                           out.intrinsic.data()));
         return out;
     }
 

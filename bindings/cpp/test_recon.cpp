@@ -332,6 +332,7 @@ static std::optional<recon::Result> test_generate_gaussians(const recon::Model& 
     CHECK(result.num_cameras() == 0);
     CHECK(result.cameras().empty());
     EXPECT_ERROR(result.camera(0), recon::Status::invalid_argument);
+    EXPECT_ERROR(result.camera_matrices(0), recon::Status::invalid_argument);
 
     // Exports: a file and bytes of the same format agree.
     fs::path ply = g_tmp / "gaussians.ply";
@@ -385,6 +386,8 @@ static void test_generate_mesh(const recon::Model& model, const recon::Image& im
     fs::path glb_file = g_tmp / "mesh.glb";
     run->export_to(glb_file.string(), recon::ExportFormat::glb);
     CHECK(read_file(glb_file) == glb.to_vector());
+    // TRELLIS estimates no poses: with cameras is the same file.
+    CHECK(run->export_bytes(recon::ExportFormat::glb_with_cameras) == glb.to_vector());
     std::cout << "exports: OBJ " << fs::file_size(obj) << " bytes, PLY " << ply.size()
               << " bytes, GLB " << glb.size() << " bytes\n";
 }

@@ -451,6 +451,10 @@ func TestGenerate(t *testing.T) {
 	}
 	_, err = res.Camera(0)
 	wantStatus(t, err, ErrInvalidArgument, "out of range")
+	for _, index := range []int{0, 1, -1} {
+		_, _, err = res.CameraMatrices(index)
+		wantStatus(t, err, ErrInvalidArgument, "out of range")
+	}
 
 	// GLB to a file, the same bytes in memory.
 	glbPath := filepath.Join(t.TempDir(), "asset.glb")
@@ -468,6 +472,11 @@ func TestGenerate(t *testing.T) {
 	if err != nil || !bytes.Equal(glbBytes, glb) {
 		t.Fatalf("ExportBytes(GLB): %d bytes, %v; the file has %d", len(glbBytes), err, len(glb))
 	}
+	// With cameras: TRELLIS estimates no poses, so the same file.
+	withCameras, err := res.ExportBytes(ExportGLBWithCameras)
+	if err != nil || !bytes.Equal(withCameras, glb) {
+		t.Fatalf("ExportBytes(GLBWithCameras): %d bytes, %v; the GLB has %d", len(withCameras), err, len(glb))
+	}
 	// Gaussian PLY in memory: one vertex record per Gaussian.
 	ply, err := res.ExportBytes(ExportPLYGaussians)
 	if err != nil {
@@ -482,7 +491,7 @@ func TestGenerate(t *testing.T) {
 	// Refusals carry the result's message.
 	err = res.Export(ExportFormat(0), glbPath)
 	wantStatus(t, err, ErrInvalidArgument, "format")
-	_, err = res.ExportBytes(ExportFormat(5))
+	_, err = res.ExportBytes(ExportFormat(6))
 	wantStatus(t, err, ErrInvalidArgument, "format")
 	err = res.Export(ExportOBJ, filepath.Join(t.TempDir(), "no_such_dir", "a.obj"))
 	wantStatus(t, err, ErrIO, "")

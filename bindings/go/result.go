@@ -25,6 +25,9 @@ const (
 	ExportPLYMesh ExportFormat = C.RECON_EXPORT_PLY_MESH
 	// ExportOBJ is the mesh as a Wavefront OBJ (needs FormatMesh).
 	ExportOBJ ExportFormat = C.RECON_EXPORT_OBJ
+	// ExportGLBWithCameras is ExportGLB plus one glTF camera node per camera of the result
+	// (the plain GLB when it has none).
+	ExportGLBWithCameras ExportFormat = C.RECON_EXPORT_GLB_WITH_CAMERAS
 )
 
 // Gaussians are 3D Gaussians, activated: centres, SH DC colours, positive scales, unit
@@ -187,6 +190,24 @@ func (r *Result) Camera(index int) (Camera, error) {
 	}
 	defer r.mu.Unlock()
 	return r.camera(ptr, index)
+}
+
+// CameraMatrices returns the camera of input view index as row-major matrices: the 4×4
+// camera-from-world [R | t] over 0 0 0 1 and the 3×3 intrinsics in pixels (the conventions of
+// Camera); ErrInvalidArgument when out of range.
+func (r *Result) CameraMatrices(index int) (extrinsic [4][4]float32, intrinsic [3][3]float32, err error) {
+	ptr, err := r.lock()
+	if err != nil {
+		return extrinsic, intrinsic, err
+	}
+	defer r.mu.Unlock()
+	// A negative index wraps to a huge size_t, which the library reports as out of range.
+	status := C.recon_result_camera_matrices(ptr, C.size_t(index),
+		(*C.float)(unsafe.Pointer(&extrinsic[0][0])), (*C.float)(unsafe.Pointer(&intrinsic[0][0])))
+	if err := r.check("camera matrices", status); err != nil {
+		return [4][4]float32{}, [3][3]float32{}, err
+	}
+	return extrinsic, intrinsic, nil
 }
 
 func (r *Result) camera(ptr *C.recon_result, index int) (Camera, error) {

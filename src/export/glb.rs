@@ -9,12 +9,14 @@
 //! Layout: one buffer (the BIN chunk) holding, tightly packed and each 4-byte aligned,
 //! positions, normals, colours (when present) and the u32 indices, one bufferView each;
 //! one mesh with one triangle primitive, one node, one scene. Units are metres, Y up (the
-//! reference's `to_glb` frame, see `export`'s module docs).
+//! reference's `to_glb` frame, see `export`'s module docs). With cameras
+//! ([`mesh_to_glb_with_cameras`]), one perspective camera and one node per camera follow,
+//! the nodes children of the scene beside the mesh node.
 
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::pipeline::Mesh;
+use crate::pipeline::{Camera, Mesh};
 
 use super::{check_mesh, CheckedMesh};
 
@@ -47,12 +49,42 @@ const TRIANGLES: u32 = 4;
 /// A mesh without triangles gives a valid GLB whose scene holds one empty node (glTF forbids
 /// empty accessors).
 pub fn mesh_to_glb(mesh: &Mesh) -> Result<Vec<u8>> {
+    mesh_to_glb_with_cameras(mesh, &[])
+}
+
+/// Encodes a mesh as GLB, as [`mesh_to_glb`], plus one glTF camera per entry of `cameras`
+/// (none: the same bytes as [`mesh_to_glb`]).
+///
+/// Camera `i` becomes a perspective camera and a node named `camera_<i>` in the scene:
+/// - The node's transform is the camera-to-world pose in glTF terms. recon's cameras are
+///   OpenCV camera-from-world `[R | t]` (x right, y down, z forward) in the native Z-up frame;
+///   glTF cameras look down their local −Z with +Y up. So the node's rotation is
+///   `Y · Rᵀ · diag(1, −1, −1)` and its translation `Y · (−Rᵀ t)`, the camera centre, where
+///   `Y` is the mesh's Z-up → Y-up turn ([`super::mesh_frame`]). Written as translation + unit
+///   quaternion (glTF requires node matrices to be rigid; TRS states it exactly).
+/// - `yfov = 2·atan(height / (2·fy))`; `aspectRatio = (width / fx) / (height / fy)`, the
+///   ratio of the tangents of the half fields of view, which is what glTF's projection uses
+///   (`width / height` when fx = fy; a different fx keeps the horizontal field of view
+///   right). `znear` is 1 cm, `zfar` absent (an infinite projection).
+/// - glTF has no principal point, so the node's `extras` keep the OpenCV intrinsics (`fx`,
+///   `fy`, `cx`, `cy`, `width`, `height`, in pixels), the view index and the original
+///   `extrinsic` (3×4 row-major camera-from-world, in the native Z-up frame): nothing is lost.
+///
+/// Fails naming the camera when its numbers are not finite, its size or focal lengths are
+/// not positive, or the 3×3 part of its extrinsic is not a rotation.
+pub fn mesh_to_glb_with_cameras(mesh: &Mesh, cameras: &[Camera]) -> Result<Vec<u8>> {
     let mesh = check_mesh(mesh)?;
-    let (json, bin) = if mesh.face_count() == 0 {
+    let cameras = cameras
+        .iter()
+        .enumerate()
+        .map(|(i, camera)| GltfCamera::new(i, camera))
+        .collect::<Result<Vec<_>>>()?;
+    let (mut json, bin) = if mesh.face_count() == 0 {
         (empty_document(), Vec::new())
     } else {
         document_with_mesh(&mesh)
     };
+    add_cameras(&mut json, &cameras)?;
     let json = serde_json::to_vec(&json)
         .map_err(|e| Error::internal(format!("serialising the glTF JSON failed: {e}")))?;
     assemble(json, bin)
@@ -144,6 +176,213 @@ fn document_with_mesh(mesh: &CheckedMesh<'_>) -> (Value, Vec<u8>) {
         "buffers": [{ "byteLength": bin.len() }],
     });
     (document, bin)
+}
+
+/// Largest deviation of `RᵀR` from the identity that still counts as a rotation: VGGT's
+/// rotations come from unit quaternions in f32, orthonormal to about 1e-6.
+const ROTATION_TOLERANCE: f64 = 1e-3;
+/// The near plane of the exported cameras, in metres (the object spans about one metre).
+const ZNEAR: f64 = 0.01;
+
+/// One camera in glTF terms (see [`mesh_to_glb_with_cameras`]).
+struct GltfCamera {
+    name: String,
+    yfov: f64,
+    aspect_ratio: f64,
+    /// The camera centre, Y-up.
+    translation: [f64; 3],
+    /// Unit quaternion (x, y, z, w) of the camera-to-world rotation, Y-up, glTF camera axes.
+    rotation: [f64; 4],
+    extras: Value,
+}
+
+impl GltfCamera {
+    fn new(index: usize, camera: &Camera) -> Result<Self> {
+        let bad = |why: String| Error::invalid_argument(format!("cameras[{index}]: {why}"));
+        if let Some(v) = camera
+            .extrinsic
+            .iter()
+            .chain(&camera.intrinsic)
+            .find(|v| !v.is_finite())
+        {
+            return Err(bad(format!("holds {v}, expected finite numbers")));
+        }
+        if camera.width == 0 || camera.height == 0 {
+            return Err(bad(format!(
+                "is {}x{} pixels, expected a positive size",
+                camera.width, camera.height
+            )));
+        }
+        let k = camera.intrinsic.map(f64::from);
+        let (fx, fy, cx, cy) = (k[0], k[4], k[2], k[5]);
+        if fx <= 0.0 || fy <= 0.0 {
+            return Err(bad(format!(
+                "focal lengths fx {fx}, fy {fy}, expected both > 0"
+            )));
+        }
+        let e = camera.extrinsic.map(f64::from);
+        let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
+        let t = [e[3], e[7], e[11]];
+        check_rotation(&r).map_err(bad)?;
+
+        // Camera-to-world: rotation Rᵀ, centre −Rᵀt.
+        let rt = transpose(&r);
+        let centre = mat_vec(&rt, t).map(|c| -c);
+        // Columns of the node's rotation: the glTF camera's x, y, z axes in the Y-up world.
+        // glTF x = OpenCV x, glTF y = −OpenCV y, glTF z = −OpenCV z (diag(1, −1, −1)).
+        let column =
+            |k: usize, sign: f64| y_up([rt[0][k] * sign, rt[1][k] * sign, rt[2][k] * sign]);
+        let axes = [column(0, 1.0), column(1, -1.0), column(2, -1.0)];
+        let rotation = quaternion_from_columns(&axes);
+
+        let (width, height) = (f64::from(camera.width), f64::from(camera.height));
+        let mut extras = json!({
+            "view": index,
+            "fx": fx, "fy": fy, "cx": cx, "cy": cy,
+            "width": camera.width, "height": camera.height,
+            "extrinsic": e,
+            "convention": "OpenCV intrinsics in pixels; extrinsic: 3x4 row-major [R|t], \
+                           camera-from-world (x right, y down, z forward) in the asset's \
+                           native Z-up frame, before the glTF Y-up turn",
+        });
+        if k[1] != 0.0 {
+            extras["skew"] = json!(k[1]);
+        }
+        Ok(Self {
+            name: format!("camera_{index}"),
+            yfov: 2.0 * (height / (2.0 * fy)).atan(),
+            aspect_ratio: (width / fx) / (height / fy),
+            translation: y_up(centre),
+            rotation,
+            extras,
+        })
+    }
+}
+
+/// Appends the cameras to a document: `cameras[i]` and a node per camera, listed in the
+/// scene after the nodes already there.
+fn add_cameras(document: &mut Value, cameras: &[GltfCamera]) -> Result<()> {
+    if cameras.is_empty() {
+        return Ok(());
+    }
+    let missing = || Error::internal("the glTF document lacks nodes or scenes[0].nodes");
+    let first_node = document["nodes"].as_array().ok_or_else(missing)?.len();
+    let mut gltf_cameras = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, camera) in cameras.iter().enumerate() {
+        gltf_cameras.push(json!({
+            "name": camera.name,
+            "type": "perspective",
+            "perspective": {
+                "yfov": camera.yfov,
+                "aspectRatio": camera.aspect_ratio,
+                "znear": ZNEAR,
+            },
+        }));
+        nodes.push(json!({
+            "name": camera.name,
+            "camera": i,
+            "translation": camera.translation,
+            "rotation": camera.rotation,
+            "extras": camera.extras,
+        }));
+    }
+    let object = document.as_object_mut().ok_or_else(missing)?;
+    object.insert("cameras".into(), Value::Array(gltf_cameras));
+    let node_list = object
+        .get_mut("nodes")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(missing)?;
+    node_list.extend(nodes);
+    let scene_nodes = object
+        .get_mut("scenes")
+        .and_then(|scenes| scenes.get_mut(0))
+        .and_then(|scene| scene.get_mut("nodes"))
+        .and_then(Value::as_array_mut)
+        .ok_or_else(missing)?;
+    scene_nodes.extend((first_node..first_node + cameras.len()).map(|n| json!(n)));
+    Ok(())
+}
+
+/// Fails (with the reason) unless `r` is a proper rotation: `RᵀR ≈ I` and `det R > 0`.
+fn check_rotation(r: &[[f64; 3]; 3]) -> std::result::Result<(), String> {
+    let mut deviation = 0f64;
+    for i in 0..3 {
+        for j in 0..3 {
+            let dot: f64 = (0..3).map(|k| r[k][i] * r[k][j]).sum();
+            let identity = if i == j { 1.0 } else { 0.0 };
+            deviation = deviation.max((dot - identity).abs());
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    if deviation > ROTATION_TOLERANCE || det <= 0.0 {
+        Err(format!(
+            "the 3x3 part of the extrinsic is not a rotation (max |RtR - I| = {deviation:e}, \
+             det = {det})"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn transpose(m: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    [0, 1, 2].map(|i| [0, 1, 2].map(|j| m[j][i]))
+}
+
+fn mat_vec(m: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
+    m.map(|row| row[0] * v[0] + row[1] * v[1] + row[2] * v[2])
+}
+
+/// [`super::mesh_frame`]'s turn, `(x, y, z) → (x, z, −y)`, in f64 (a unit test checks they agree).
+fn y_up(p: [f64; 3]) -> [f64; 3] {
+    [p[0], p[2], -p[1]]
+}
+
+/// The unit quaternion (x, y, z, w) of the rotation whose columns are `axes` (Shepperd's
+/// method: the largest of w, x, y, z is computed from the trace, the others from it, which
+/// stays accurate for every angle). Normalised, so a rotation off by rounding still gives a
+/// unit quaternion.
+fn quaternion_from_columns(axes: &[[f64; 3]; 3]) -> [f64; 4] {
+    // m[i][j]: row i, column j.
+    let m = |i: usize, j: usize| axes[j][i];
+    let trace = m(0, 0) + m(1, 1) + m(2, 2);
+    let q = if trace > 0.0 {
+        let s = 2.0 * (1.0 + trace).sqrt();
+        [
+            (m(2, 1) - m(1, 2)) / s,
+            (m(0, 2) - m(2, 0)) / s,
+            (m(1, 0) - m(0, 1)) / s,
+            s / 4.0,
+        ]
+    } else if m(0, 0) > m(1, 1) && m(0, 0) > m(2, 2) {
+        let s = 2.0 * (1.0 + m(0, 0) - m(1, 1) - m(2, 2)).sqrt();
+        [
+            s / 4.0,
+            (m(0, 1) + m(1, 0)) / s,
+            (m(0, 2) + m(2, 0)) / s,
+            (m(2, 1) - m(1, 2)) / s,
+        ]
+    } else if m(1, 1) > m(2, 2) {
+        let s = 2.0 * (1.0 + m(1, 1) - m(0, 0) - m(2, 2)).sqrt();
+        [
+            (m(0, 1) + m(1, 0)) / s,
+            s / 4.0,
+            (m(1, 2) + m(2, 1)) / s,
+            (m(0, 2) - m(2, 0)) / s,
+        ]
+    } else {
+        let s = 2.0 * (1.0 + m(2, 2) - m(0, 0) - m(1, 1)).sqrt();
+        [
+            (m(0, 2) + m(2, 0)) / s,
+            (m(1, 2) + m(2, 1)) / s,
+            s / 4.0,
+            (m(1, 0) - m(0, 1)) / s,
+        ]
+    };
+    let norm = q.iter().map(|c| c * c).sum::<f64>().sqrt();
+    q.map(|c| c / norm)
 }
 
 /// Appends `bytes` to the BIN chunk as a new bufferView (4-byte aligned: every view holds
@@ -254,4 +493,85 @@ fn assemble(mut json: Vec<u8>, mut bin: Vec<u8>) -> Result<Vec<u8>> {
         out.extend_from_slice(&bin);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mesh_frame;
+    use super::*;
+
+    #[test]
+    fn y_up_is_the_mesh_frame() {
+        let p = [0.25f32, -0.5, 0.75];
+        assert_eq!(y_up(p.map(f64::from)), mesh_frame(p).map(f64::from));
+    }
+
+    /// Rotations about each axis by angles that exercise every branch of Shepperd's method.
+    #[test]
+    fn quaternions_rebuild_their_rotations() {
+        for (axis, angle) in [
+            (0usize, 0.3f64),
+            (0, 3.0),
+            (1, 2.9),
+            (2, -3.1),
+            (1, -0.7),
+            (2, 1.2),
+        ] {
+            let (s, c) = angle.sin_cos();
+            let mut m = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+            let (i, j) = ((axis + 1) % 3, (axis + 2) % 3);
+            m[i][i] = c;
+            m[i][j] = -s;
+            m[j][i] = s;
+            m[j][j] = c;
+            let columns = transpose(&m);
+            let [x, y, z, w] = quaternion_from_columns(&columns);
+            let rebuilt = [
+                [
+                    1.0 - 2.0 * (y * y + z * z),
+                    2.0 * (x * y - z * w),
+                    2.0 * (x * z + y * w),
+                ],
+                [
+                    2.0 * (x * y + z * w),
+                    1.0 - 2.0 * (x * x + z * z),
+                    2.0 * (y * z - x * w),
+                ],
+                [
+                    2.0 * (x * z - y * w),
+                    2.0 * (y * z + x * w),
+                    1.0 - 2.0 * (x * x + y * y),
+                ],
+            ];
+            for r in 0..3 {
+                for k in 0..3 {
+                    assert!((rebuilt[r][k] - m[r][k]).abs() < 1e-12, "{axis} {angle}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_cameras_are_refused_by_index() {
+        let mut camera = Camera {
+            extrinsic: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0],
+            intrinsic: [100.0, 0.0, 50.0, 0.0, 100.0, 50.0, 0.0, 0.0, 1.0],
+            width: 100,
+            height: 100,
+        };
+        assert!(GltfCamera::new(0, &camera).is_ok());
+        camera.extrinsic[0] = -1.0; // a reflection
+        let err = GltfCamera::new(3, &camera).err().unwrap();
+        assert!(err.message().contains("cameras[3]") && err.message().contains("rotation"));
+        camera.extrinsic[0] = 1.0;
+        camera.intrinsic[4] = 0.0;
+        let err = GltfCamera::new(1, &camera).err().unwrap();
+        assert!(err.message().contains("focal"), "{err}");
+        camera.intrinsic[4] = f32::NAN;
+        let err = GltfCamera::new(1, &camera).err().unwrap();
+        assert!(err.message().contains("finite"), "{err}");
+        camera.intrinsic[4] = 100.0;
+        camera.height = 0;
+        assert!(GltfCamera::new(1, &camera).is_err());
+    }
 }

@@ -24,6 +24,13 @@
 //! the array, the expected and the found length or the bad element, so a broken result fails
 //! with a message instead of producing a file a viewer silently misreads.
 //!
+//! # Cameras
+//!
+//! A result may carry one camera per input view ([`Output::cameras`], OpenCV camera-from-world
+//! in the native frame). The GLB holds them as glTF perspective cameras when
+//! [`ExportOptions::cameras`] asks for it (C: `RECON_EXPORT_GLB_WITH_CAMERAS`); see
+//! [`glb::mesh_to_glb_with_cameras`] for the conversion. No other format has a place for them.
+//!
 //! [`export_to_path`] writes atomically (see [`atomic`]): the file appears whole or not at all.
 
 pub mod atomic;
@@ -34,7 +41,7 @@ pub mod ply;
 use std::path::Path;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::pipeline::{Gaussians, Mesh, Output};
+use crate::pipeline::{Camera, Gaussians, Mesh, Output};
 
 /// A file format [`export_to_bytes`] can write. The numbers of [`ExportFormat::code`] are the
 /// C ABI's `RECON_EXPORT_*` values (include/recon.h).
@@ -54,16 +61,22 @@ impl ExportFormat {
     /// Every format, in `RECON_EXPORT_*` order.
     pub const ALL: [ExportFormat; 4] = [Self::Glb, Self::PlyGaussians, Self::PlyMesh, Self::Obj];
 
-    /// The format for a C `RECON_EXPORT_*` number.
+    /// The format for a C `RECON_EXPORT_*` number that names a format alone (1 to 4).
+    /// `RECON_EXPORT_GLB_WITH_CAMERAS` (5) is a format plus an option: read every code with
+    /// [`from_export_code`], which accepts it too.
     pub fn from_code(code: i32) -> Result<Self> {
         Self::ALL
             .into_iter()
             .find(|format| format.code() == code)
             .ok_or_else(|| {
-                Error::invalid_argument(format!(
-                    "export format {code} is not a RECON_EXPORT_* value (1 GLB, 2 PLY_GAUSSIANS, \
-                     3 PLY_MESH, 4 OBJ)"
-                ))
+                if code == GLB_WITH_CAMERAS_CODE {
+                    Error::invalid_argument(format!(
+                        "export format {code} (RECON_EXPORT_GLB_WITH_CAMERAS) is GLB plus an \
+                         option: read it with export::from_export_code"
+                    ))
+                } else {
+                    unknown_code(code)
+                }
             })
     }
 
@@ -104,23 +117,99 @@ impl TryFrom<i32> for ExportFormat {
     }
 }
 
-/// Encodes `output` in `format`. Fails, without output, when `output` lacks what the format
-/// needs (a mesh, Gaussians) or holds inconsistent data.
+fn unknown_code(code: i32) -> Error {
+    Error::invalid_argument(format!(
+        "export format {code} is not a RECON_EXPORT_* value (1 GLB, 2 PLY_GAUSSIANS, \
+         3 PLY_MESH, 4 OBJ, 5 GLB_WITH_CAMERAS)"
+    ))
+}
+
+/// The C ABI's `RECON_EXPORT_GLB_WITH_CAMERAS`: [`ExportFormat::Glb`] with
+/// [`ExportOptions::cameras`]. (The C format codes are frozen `#define`s, so an option that
+/// the C caller can ask for is a code of its own.)
+pub const GLB_WITH_CAMERAS_CODE: i32 = 5;
+
+/// What an export writes besides the format's own content. `Default` is what
+/// [`export_to_bytes`] and [`export_to_path`] use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ExportOptions {
+    /// Add the result's cameras (one per input view) as glTF camera nodes. GLB only; a result
+    /// without cameras (TRELLIS estimates no poses) gives the GLB it would give without this.
+    pub cameras: bool,
+}
+
+/// The format and options a C `RECON_EXPORT_*` number asks for (every code, 1 to 5).
+pub fn from_export_code(code: i32) -> Result<(ExportFormat, ExportOptions)> {
+    if code == GLB_WITH_CAMERAS_CODE {
+        return Ok((ExportFormat::Glb, ExportOptions { cameras: true }));
+    }
+    Ok((ExportFormat::from_code(code)?, ExportOptions::default()))
+}
+
+/// The C `RECON_EXPORT_*` number for `format` with `options`; `None` when no code asks for
+/// that combination (cameras in anything but GLB).
+pub fn export_code(format: ExportFormat, options: &ExportOptions) -> Option<i32> {
+    match (format, options.cameras) {
+        (ExportFormat::Glb, true) => Some(GLB_WITH_CAMERAS_CODE),
+        (_, true) => None,
+        (format, false) => Some(format.code()),
+    }
+}
+
+/// Encodes `output` in `format` with the default [`ExportOptions`]. Fails, without output,
+/// when `output` lacks what the format needs (a mesh, Gaussians) or holds inconsistent data.
 pub fn export_to_bytes(output: &Output, format: ExportFormat) -> Result<Vec<u8>> {
-    let encoded = match format {
-        ExportFormat::Glb => glb::mesh_to_glb(required_mesh(output, format)?),
+    export_to_bytes_with(output, format, &ExportOptions::default())
+}
+
+/// Encodes `output` in `format` with `options`. Fails, without output, when `output` lacks
+/// what the format needs (a mesh, Gaussians), holds inconsistent data (cameras included when
+/// asked for), or `options` asks for what `format` cannot hold (cameras outside GLB).
+pub fn export_to_bytes_with(
+    output: &Output,
+    format: ExportFormat,
+    options: &ExportOptions,
+) -> Result<Vec<u8>> {
+    encode(output, format, options).context(format!("{} export", format.name()))
+}
+
+fn encode(output: &Output, format: ExportFormat, options: &ExportOptions) -> Result<Vec<u8>> {
+    if options.cameras && format != ExportFormat::Glb {
+        return Err(Error::invalid_argument(format!(
+            "{} has no place for cameras: only GLB holds them",
+            format.name()
+        )));
+    }
+    match format {
+        ExportFormat::Glb => {
+            let cameras: &[Camera] = if options.cameras {
+                &output.cameras
+            } else {
+                &[]
+            };
+            glb::mesh_to_glb_with_cameras(required_mesh(output, format)?, cameras)
+        }
         ExportFormat::PlyMesh => ply::mesh_to_ply(required_mesh(output, format)?),
         ExportFormat::Obj => obj::mesh_to_obj(required_mesh(output, format)?),
         ExportFormat::PlyGaussians => ply::gaussians_to_ply(required_gaussians(output, format)?),
-    };
-    encoded.context(format!("{} export", format.name()))
+    }
 }
 
-/// Encodes `output` in `format` and writes it to `path` atomically: into a temporary file in
-/// the same directory, flushed to disk, then renamed over `path`. On any failure `path` is
-/// untouched and no temporary file remains.
+/// Encodes `output` in `format` with the default [`ExportOptions`] and writes it to `path`
+/// atomically: into a temporary file in the same directory, flushed to disk, then renamed over
+/// `path`. On any failure `path` is untouched and no temporary file remains.
 pub fn export_to_path(output: &Output, format: ExportFormat, path: &Path) -> Result<()> {
-    let bytes = export_to_bytes(output, format)?;
+    export_to_path_with(output, format, &ExportOptions::default(), path)
+}
+
+/// [`export_to_bytes_with`], written to `path` atomically as [`export_to_path`] does.
+pub fn export_to_path_with(
+    output: &Output,
+    format: ExportFormat,
+    options: &ExportOptions,
+    path: &Path,
+) -> Result<()> {
+    let bytes = export_to_bytes_with(output, format, options)?;
     atomic::write_atomically(path, &bytes)
 }
 

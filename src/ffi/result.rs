@@ -7,14 +7,25 @@ use super::model::write_versioned;
 use super::status::recon_status;
 use super::{finish, guarded, guarded_or, non_null, utf8, ErrorLog};
 use crate::error::{Error, Result};
-use crate::export::ExportFormat;
-use crate::pipeline::Output;
+use crate::export::{from_export_code, GLB_WITH_CAMERAS_CODE};
+use crate::pipeline::{Camera, Output};
 
 /// Export formats for `recon_result_export` / `recon_result_export_buffer`.
 pub const RECON_EXPORT_GLB: i32 = 1;
 pub const RECON_EXPORT_PLY_GAUSSIANS: i32 = 2;
 pub const RECON_EXPORT_PLY_MESH: i32 = 3;
 pub const RECON_EXPORT_OBJ: i32 = 4;
+/// The mesh as GLB plus each camera of the result (`recon_result_num_cameras`) as a glTF
+/// perspective camera node "camera_<i>": placed at the camera's pose in the GLB's Y-up frame,
+/// looking down its -Z; yfov = 2 atan(height / (2 fy)); the node's extras keep the OpenCV
+/// intrinsics (fx, fy, cx, cy, width, height) and the original extrinsic. A result without
+/// cameras (TRELLIS estimates no poses) gives the same file as `RECON_EXPORT_GLB`.
+pub const RECON_EXPORT_GLB_WITH_CAMERAS: i32 = 5;
+
+const _: () = assert!(
+    RECON_EXPORT_GLB_WITH_CAMERAS == GLB_WITH_CAMERAS_CODE
+        && RECON_EXPORT_OBJ < RECON_EXPORT_GLB_WITH_CAMERAS
+);
 
 /// The outputs of one `recon_run`. Independent of the model: it may outlive it.
 pub struct recon_result {
@@ -73,17 +84,21 @@ pub struct recon_mesh {
     pub indices: *const u32,
 }
 
-/// A camera recovered for one input view (OpenCV convention, camera-from-world).
+/// A camera recovered for one input view: OpenCV convention (x right, y down, z forward),
+/// camera-from-world, where the world is the frame of the result's own arrays (Gaussians and
+/// mesh: TRELLIS's native Z-up frame, not the Y-up of the GLB). A world point X projects to
+/// pixel (u, v) by (u·w, v·w, w) = intrinsic · (R·X + t).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct recon_camera {
     /// Set by the caller to `sizeof(recon_camera)` before the call.
     pub struct_size: u32,
+    /// The input view's size in pixels, which the intrinsics refer to.
     pub width: u32,
     pub height: u32,
     /// 3×4 row-major [R | t].
     pub extrinsic: [f32; 12],
-    /// 3×3 row-major intrinsics, in pixels.
+    /// 3×3 row-major intrinsics, in pixels: fx 0 cx / 0 fy cy / 0 0 1.
     pub intrinsic: [f32; 9],
 }
 
@@ -222,12 +237,7 @@ pub unsafe extern "C" fn recon_result_camera(
     let status = guarded(|| {
         // SAFETY: NULL or a live result.
         let r = unsafe { non_null(result, "result") }?;
-        let cam = r.output.cameras.get(index).ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "camera index {index} is out of range (the result has {})",
-                r.output.cameras.len()
-            ))
-        })?;
+        let cam = camera_at(r, index)?;
         let view = recon_camera {
             struct_size: size_of::<recon_camera>() as u32,
             width: cam.width,
@@ -241,12 +251,68 @@ pub unsafe extern "C" fn recon_result_camera(
     finish(status, result_ref(result).map(|r| &r.errors))
 }
 
+/// Camera `index` of `result`'s output, or InvalidArgument naming the range.
+fn camera_at(result: &recon_result, index: usize) -> Result<&Camera> {
+    result.output.cameras.get(index).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "camera index {index} is out of range (the result has {})",
+            result.output.cameras.len()
+        ))
+    })
+}
+
+/// Camera `index` of `result` as matrices: `out_extrinsic_4x4` receives 16 floats, the
+/// camera-from-world transform [R | t] with the last row 0 0 0 1; `out_intrinsic_3x3` receives
+/// 9 floats (fx 0 cx / 0 fy cy / 0 0 1, in pixels). Both row-major, in the convention and
+/// world frame of `recon_camera` (OpenCV axes; the native Z-up frame of the result's
+/// arrays). Either output may be NULL to skip it. Fails, writing nothing, when `result` is
+/// NULL or `index` >= `recon_result_num_cameras(result)`.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size;
+/// `out_extrinsic_4x4` 16 and `out_intrinsic_3x3` 9 writable floats.
+#[no_mangle]
+pub unsafe extern "C" fn recon_result_camera_matrices(
+    result: *const recon_result,
+    index: usize,
+    out_extrinsic_4x4: *mut f32,
+    out_intrinsic_3x3: *mut f32,
+) -> recon_status {
+    let status = guarded(|| {
+        // SAFETY: NULL or a live result.
+        let r = unsafe { non_null(result, "result") }?;
+        let cam = camera_at(r, index)?;
+        let extrinsic = extrinsic_4x4(cam);
+        if !out_extrinsic_4x4.is_null() {
+            // SAFETY: non-NULL, 16 writable floats per the header.
+            unsafe { std::ptr::copy_nonoverlapping(extrinsic.as_ptr(), out_extrinsic_4x4, 16) };
+        }
+        if !out_intrinsic_3x3.is_null() {
+            // SAFETY: non-NULL, 9 writable floats per the header.
+            unsafe { std::ptr::copy_nonoverlapping(cam.intrinsic.as_ptr(), out_intrinsic_3x3, 9) };
+        }
+        Ok(())
+    });
+    finish(status, result_ref(result).map(|r| &r.errors))
+}
+
+/// The 3×4 `[R | t]` with the homogeneous row 0 0 0 1 below, row-major.
+fn extrinsic_4x4(camera: &Camera) -> [f32; 16] {
+    let mut m = [0.0; 16];
+    m[..12].copy_from_slice(&camera.extrinsic);
+    m[15] = 1.0;
+    m
+}
+
 fn export_bytes(output: &Output, format: i32) -> Result<Vec<u8>> {
-    crate::export::export_to_bytes(output, ExportFormat::from_code(format)?)
+    let (format, options) = from_export_code(format)?;
+    crate::export::export_to_bytes_with(output, format, &options)
 }
 
 /// Writes `result` to the file `path` (UTF-8) in `format` (`RECON_EXPORT_*`). The file appears
-/// whole or not at all.
+/// whole or not at all. Fails when the result lacks what the format needs (the mesh for GLB,
+/// OBJ and mesh PLY; the Gaussians for the Gaussian PLY).
 ///
 /// # Safety
 /// Each pointer argument must be NULL or valid for its documented use: handles as returned
@@ -262,11 +328,8 @@ pub unsafe extern "C" fn recon_result_export(
         let r = unsafe { non_null(result, "result") }?;
         // SAFETY: NULL or a NUL-terminated string.
         let path = unsafe { utf8(path, "path") }?;
-        crate::export::export_to_path(
-            &r.output,
-            ExportFormat::from_code(format)?,
-            std::path::Path::new(path),
-        )
+        let (format, options) = from_export_code(format)?;
+        crate::export::export_to_path_with(&r.output, format, &options, std::path::Path::new(path))
     });
     finish(status, result_ref(result).map(|r| &r.errors))
 }
@@ -413,6 +476,125 @@ mod tests {
                 recon_status::RECON_ERR_INVALID_ARGUMENT
             );
             assert_eq!(g.count, 77);
+        }
+    }
+
+    /// A camera 2 m from the origin looking at it along native −Y (a quarter turn about X),
+    /// 640×480 with fx ≠ fy and an off-centre principal point.
+    fn posed_camera() -> Camera {
+        Camera {
+            extrinsic: [1.0, 0.0, 0.0, 0.1, 0.0, 0.0, -1.0, 0.2, 0.0, 1.0, 0.0, 2.0],
+            intrinsic: [500.0, 0.0, 330.0, 0.0, 520.0, 250.0, 0.0, 0.0, 1.0],
+            width: 640,
+            height: 480,
+        }
+    }
+
+    #[test]
+    fn camera_matrices_are_row_major_4x4_and_3x3() {
+        let mut result = sample_result();
+        result.output.cameras.push(posed_camera());
+        let mut e = [f32::NAN; 16];
+        let mut k = [f32::NAN; 9];
+        // SAFETY: valid pointers to live values of the documented sizes.
+        unsafe {
+            assert_eq!(
+                recon_result_camera_matrices(&result, 1, e.as_mut_ptr(), k.as_mut_ptr()),
+                recon_status::RECON_OK
+            );
+            let cam = posed_camera();
+            assert_eq!(&e[..12], &cam.extrinsic);
+            assert_eq!(&e[12..], &[0.0, 0.0, 0.0, 1.0]);
+            assert_eq!(k, cam.intrinsic);
+            // The 4×4 and recon_result_camera agree.
+            let mut view = std::mem::zeroed::<recon_camera>();
+            view.struct_size = size_of::<recon_camera>() as u32;
+            assert_eq!(
+                recon_result_camera(&result, 1, &mut view),
+                recon_status::RECON_OK
+            );
+            assert_eq!(&e[..12], &view.extrinsic);
+            // Either output may be NULL.
+            let mut e2 = [0f32; 16];
+            assert_eq!(
+                recon_result_camera_matrices(&result, 0, e2.as_mut_ptr(), std::ptr::null_mut()),
+                recon_status::RECON_OK
+            );
+            assert_eq!(e2[15], 1.0);
+            assert_eq!(
+                recon_result_camera_matrices(
+                    &result,
+                    1,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut()
+                ),
+                recon_status::RECON_OK
+            );
+            // Out of range and NULL result: refused, nothing written.
+            let mut untouched = [7f32; 16];
+            assert_eq!(
+                recon_result_camera_matrices(&result, 2, untouched.as_mut_ptr(), k.as_mut_ptr()),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(untouched, [7.0; 16]);
+            let message = std::ffi::CStr::from_ptr(recon_result_last_error(&result));
+            assert!(message
+                .to_str()
+                .unwrap()
+                .contains("index 2 is out of range (the result has 2)"));
+            assert_eq!(
+                recon_result_camera_matrices(
+                    std::ptr::null(),
+                    0,
+                    untouched.as_mut_ptr(),
+                    k.as_mut_ptr()
+                ),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(untouched, [7.0; 16]);
+        }
+    }
+
+    #[test]
+    fn glb_with_cameras_holds_a_camera_node_per_view() {
+        let mut result = sample_result();
+        result.output.cameras = vec![posed_camera(), posed_camera()];
+        result.output.mesh = Some(Mesh {
+            positions: vec![0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0],
+            colors: Vec::new(),
+            indices: vec![0, 1, 2],
+        });
+        let glb = |format| {
+            let mut buffer = std::ptr::null_mut();
+            // SAFETY: valid pointers to live values; the buffer is freed below.
+            unsafe {
+                assert_eq!(
+                    recon_result_export_buffer(&result, format, &mut buffer),
+                    recon_status::RECON_OK
+                );
+                let bytes = std::slice::from_raw_parts(
+                    recon_buffer_data(buffer),
+                    recon_buffer_size(buffer),
+                )
+                .to_vec();
+                recon_buffer_free(buffer);
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        };
+        let with = glb(RECON_EXPORT_GLB_WITH_CAMERAS);
+        assert!(with.contains("\"camera_0\"") && with.contains("\"camera_1\""));
+        assert!(with.contains("\"perspective\""));
+        assert!(!glb(RECON_EXPORT_GLB).contains("camera_"));
+        // Without a mesh there is no GLB, cameras or not.
+        result.output.mesh = None;
+        let mut buffer = std::ptr::null_mut();
+        // SAFETY: valid pointers to live values.
+        unsafe {
+            assert_eq!(
+                recon_result_export_buffer(&result, RECON_EXPORT_GLB_WITH_CAMERAS, &mut buffer),
+                recon_status::RECON_ERR_INVALID_ARGUMENT
+            );
+            assert!(buffer.is_null());
         }
     }
 

@@ -400,8 +400,14 @@ mod tests {
         let fy = 259.0 / (0.5f32).tan();
         let fx = 196.0 / (0.6f32).tan();
         let k = c.intrinsic;
-        assert!((k[0] - fx).abs() < 1e-3 && (k[4] - fy).abs() < 1e-3, "{k:?}");
-        assert!((k[2] - 196.0).abs() < 1e-4 && (k[5] - 259.0).abs() < 1e-4, "{k:?}");
+        assert!(
+            (k[0] - fx).abs() < 1e-3 && (k[4] - fy).abs() < 1e-3,
+            "{k:?}"
+        );
+        assert!(
+            (k[2] - 196.0).abs() < 1e-4 && (k[5] - 259.0).abs() < 1e-4,
+            "{k:?}"
+        );
         assert_eq!(cameras[1].extrinsic[3], -1.0);
         assert_eq!(cameras[1].extrinsic[11], 2.0);
     }

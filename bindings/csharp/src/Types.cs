@@ -63,6 +63,8 @@ namespace Recon
         PlyGaussians = 2,
         PlyMesh = 3,
         Obj = 4,
+        /// <summary>GLB plus one glTF camera node per camera of the result (the plain GLB when it has none).</summary>
+        GlbWithCameras = 5,
     }
 
     /// <summary>Input pixel formats (RECON_IMAGE_*).</summary>

@@ -646,6 +646,10 @@ internal static class TestAbi
             CheckEqual(0, result.CameraCount, "camera count");
             Throws(ReconStatus.InvalidArgument, "out of range", "camera 0", () => result.GetCamera(0));
             Check(result.LastError.Contains("out of range"), "result LastError");
+            float[] extrinsic4x4 = null, intrinsic3x3 = null;
+            Throws(ReconStatus.InvalidArgument, "out of range", "camera 0 matrices",
+                   () => result.GetCameraMatrices(0, out extrinsic4x4, out intrinsic3x3));
+            Check(extrinsic4x4 == null && intrinsic3x3 == null, "no matrices");
 
             // Gaussian PLY to a file and to bytes: the same bytes.
             string path = Path.Combine(tmp, "gaussians.ply");
@@ -661,7 +665,9 @@ internal static class TestAbi
             Throws(ReconStatus.InvalidArgument, "RECON_FORMAT_MESH", "GLB without a mesh",
                    () => result.ExportToBytes(ExportFormat.Glb));
             Throws(ReconStatus.InvalidArgument, "format", "export format 0", () => result.Export((ExportFormat)0, path));
-            Throws(ReconStatus.InvalidArgument, "format", "export format 5 to bytes", () => result.ExportToBytes((ExportFormat)5));
+            Throws(ReconStatus.InvalidArgument, "RECON_FORMAT_MESH", "GLB with cameras without a mesh",
+                   () => result.ExportToBytes(ExportFormat.GlbWithCameras));
+            Throws(ReconStatus.InvalidArgument, "format", "export format 6 to bytes", () => result.ExportToBytes((ExportFormat)6));
             string missing = Path.Combine(tmp, "no_such_dir", "g.ply");
             Throws(ReconStatus.Io, null, "export into a missing directory", () => result.Export(ExportFormat.PlyGaussians, missing));
             Check(!File.Exists(missing), "nothing written");
@@ -728,6 +734,7 @@ internal static class TestAbi
             result.Export(ExportFormat.Glb, glbPath);
             byte[] glb = File.ReadAllBytes(glbPath);
             Check(glb.SequenceEqual(result.ExportToBytes(ExportFormat.Glb)), "GLB file == GLB bytes");
+            Check(glb.SequenceEqual(result.ExportToBytes(ExportFormat.GlbWithCameras)), "no cameras: GLB with cameras == GLB");
             Check(glb.Length > 20 && Encoding.ASCII.GetString(glb, 0, 4) == "glTF" && BitConverter.ToUInt32(glb, 8) == glb.Length,
                   "GLB header and length");
             Console.WriteLine("GLB: {0} bytes", glb.Length);

@@ -135,13 +135,30 @@ class Result:
         c = abi.Camera(struct_size=ctypes.sizeof(abi.Camera))
         index = unsigned("camera index", index, 64)
         self._check(abi.lib().recon_result_camera(owner.ptr, index, byref(c)), owner)
+        extrinsic_4x4, _ = self.camera_matrices(index)
         return Camera(width=c.width, height=c.height,
                       extrinsic=np.array(c.extrinsic, np.float32).reshape(3, 4),
-                      intrinsic=np.array(c.intrinsic, np.float32).reshape(3, 3))
+                      intrinsic=np.array(c.intrinsic, np.float32).reshape(3, 3),
+                      extrinsic_4x4=extrinsic_4x4)
+
+    def camera_matrices(self, index: int) -> Tuple[npt.NDArray[np.float32],
+                                                   npt.NDArray[np.float32]]:
+        """Camera `index` as (extrinsic [4, 4], intrinsic [3, 3]) float32 arrays: the
+        camera-from-world [R | t] over 0 0 0 1, and the intrinsics in pixels (conventions of
+        :class:`Camera`). InvalidArgumentError when out of range."""
+        owner = self._owner()
+        index = unsigned("camera index", index, 64)
+        extrinsic = (ctypes.c_float * 16)()
+        intrinsic = (ctypes.c_float * 9)()
+        self._check(abi.lib().recon_result_camera_matrices(owner.ptr, index, extrinsic,
+                                                           intrinsic), owner)
+        return (np.array(extrinsic, np.float32).reshape(4, 4),
+                np.array(intrinsic, np.float32).reshape(3, 3))
 
     def export(self, path: PathLike, format: ExportFormatLike) -> None:
         """Writes the result to the file `path` as `format` (:class:`ExportFormat`, or "glb",
-        "ply_gaussians", "ply_mesh", "obj"). The file appears whole or not at all."""
+        "glb_with_cameras", "ply_gaussians", "ply_mesh", "obj"). The file appears whole or not
+        at all."""
         owner = self._owner()
         fmt = export_format(format)
         self._check(abi.lib().recon_result_export(owner.ptr, fmt, os.fsencode(path)), owner)

@@ -50,6 +50,8 @@ class ExportFormat(enum.IntEnum):
     PLY_GAUSSIANS = abi.RECON_EXPORT_PLY_GAUSSIANS
     PLY_MESH = abi.RECON_EXPORT_PLY_MESH
     OBJ = abi.RECON_EXPORT_OBJ
+    #: GLB plus one glTF camera node per camera of the result (the plain GLB when it has none).
+    GLB_WITH_CAMERAS = abi.RECON_EXPORT_GLB_WITH_CAMERAS
 
 
 class MultiImageMode(enum.IntEnum):
@@ -267,10 +269,13 @@ class Mesh:
 
 @dataclass(frozen=True)
 class Camera:
-    """A camera recovered for one input view (OpenCV convention, camera-from-world); the
-    arrays are float32 copies."""
+    """A camera recovered for one input view (OpenCV convention: x right, y down, z forward;
+    camera-from-world, the world being the frame of the result's Gaussians and mesh, TRELLIS's
+    Z-up); the arrays are float32 copies."""
 
     width: int
     height: int
     extrinsic: FloatArray  #: [3, 4] row-major [R | t]
-    intrinsic: FloatArray  #: [3, 3] intrinsics, in pixels
+    intrinsic: FloatArray  #: [3, 3] intrinsics, in pixels: fx 0 cx / 0 fy cy / 0 0 1
+    #: [4, 4] the extrinsic with the row 0 0 0 1 below (``recon_result_camera_matrices``)
+    extrinsic_4x4: FloatArray

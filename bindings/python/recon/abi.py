@@ -51,6 +51,7 @@ RECON_EXPORT_GLB = 1
 RECON_EXPORT_PLY_GAUSSIANS = 2
 RECON_EXPORT_PLY_MESH = 3
 RECON_EXPORT_OBJ = 4
+RECON_EXPORT_GLB_WITH_CAMERAS = 5
 
 RECON_IMAGE_ENCODED = 0
 RECON_IMAGE_RGB8 = 1
@@ -269,6 +270,8 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "recon_result_mesh": (c_int32, [_P, POINTER(Mesh)]),
     "recon_result_num_cameras": (c_size_t, [_P]),
     "recon_result_camera": (c_int32, [_P, c_size_t, POINTER(Camera)]),
+    "recon_result_camera_matrices": (c_int32, [_P, c_size_t, POINTER(c_float),
+                                               POINTER(c_float)]),
     "recon_result_export": (c_int32, [_P, c_int32, c_char_p]),
     "recon_result_export_buffer": (c_int32, [_P, c_int32, POINTER(_P)]),
     "recon_buffer_data": (POINTER(c_uint8), [_P]),
@@ -319,6 +322,10 @@ class Library(Protocol):
     def recon_result_num_cameras(self, result: Optional[int], /) -> int: ...
 
     def recon_result_camera(self, result: Optional[int], index: int, out: Any, /) -> int: ...
+
+    def recon_result_camera_matrices(self, result: Optional[int], index: int,
+                                     out_extrinsic_4x4: Any, out_intrinsic_3x3: Any,
+                                     /) -> int: ...
 
     def recon_result_export(self, result: Optional[int], format: int,
                             path: Optional[bytes], /) -> int: ...

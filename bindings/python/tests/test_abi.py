@@ -7,7 +7,7 @@ import ctypes
 import inspect
 import os
 import re
-from ctypes import POINTER, byref, c_void_p, sizeof
+from ctypes import POINTER, byref, c_float, c_void_p, sizeof
 from pathlib import Path
 
 import pytest
@@ -127,6 +127,11 @@ def test_null_handles(tmp_path: Path) -> None:
     assert lib.recon_result_num_cameras(None) == 0
     cam = abi.Camera(struct_size=sizeof(abi.Camera))
     assert lib.recon_result_camera(None, 0, byref(cam)) == RECON_ERR_INVALID_ARGUMENT
+    extrinsic, intrinsic = (c_float * 16)(*[7.0] * 16), (c_float * 9)(*[7.0] * 9)
+    assert lib.recon_result_camera_matrices(None, 0, extrinsic, intrinsic) == \
+        RECON_ERR_INVALID_ARGUMENT
+    assert lib.recon_result_camera_matrices(None, 0, None, None) == RECON_ERR_INVALID_ARGUMENT
+    assert list(extrinsic) == [7.0] * 16 and list(intrinsic) == [7.0] * 9  # untouched
     path = os.fsencode(tmp_path / "never.glb")
     assert lib.recon_result_export(None, abi.RECON_EXPORT_GLB, path) == RECON_ERR_INVALID_ARGUMENT
     assert lib.recon_result_export(None, abi.RECON_EXPORT_OBJ, None) == RECON_ERR_INVALID_ARGUMENT

@@ -9,7 +9,7 @@ import gc
 import struct
 import threading
 import time
-from ctypes import byref, c_void_p, sizeof
+from ctypes import byref, c_float, c_void_p, sizeof
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -114,6 +114,11 @@ def test_exports(generation: Generation, tmp_path: Path) -> None:
     assert b'"POSITION"' in glb[20:20 + json_len]
     assert result.export_bytes(recon.ExportFormat.GLB) == glb
     assert result.export_bytes("glb") == glb
+    # With cameras: TRELLIS estimates no poses, so the same file.
+    assert result.export_bytes(recon.ExportFormat.GLB_WITH_CAMERAS) == glb
+    cameras_path = tmp_path / "cameras.glb"
+    result.export(cameras_path, "glb_with_cameras")
+    assert cameras_path.read_bytes() == glb
     # Gaussian PLY as bytes: one little-endian float record per Gaussian.
     ply = result.export_bytes("ply_gaussians")
     assert ply.startswith(b"ply\n")
@@ -136,7 +141,7 @@ def test_exports(generation: Generation, tmp_path: Path) -> None:
     assert sum(line.startswith(b"v ") for line in lines) == nv
     assert sum(line.startswith(b"f ") for line in lines) == nf
     # Refusals.
-    for bad in (0, 5):
+    for bad in (0, abi.RECON_EXPORT_GLB_WITH_CAMERAS + 1):
         with pytest.raises(recon.InvalidArgumentError) as info:
             result.export_bytes(bad)
         assert "format" in info.value.message
@@ -153,6 +158,18 @@ def test_exports(generation: Generation, tmp_path: Path) -> None:
         result.camera(0)
     with pytest.raises(ValueError, match="camera index"):
         result.camera(-1)
+    extrinsic, intrinsic = (c_float * 16)(*[7.0] * 16), (c_float * 9)(*[7.0] * 9)
+    for index in (0, 1, 2**64 - 1):
+        assert lib.recon_result_camera_matrices(result.handle, index, extrinsic, intrinsic) == \
+            abi.RECON_ERR_INVALID_ARGUMENT
+        assert b"out of range" in lib.recon_result_last_error(result.handle)
+    assert lib.recon_result_camera_matrices(result.handle, 0, None, None) == \
+        abi.RECON_ERR_INVALID_ARGUMENT
+    assert list(extrinsic) == [7.0] * 16 and list(intrinsic) == [7.0] * 9  # untouched
+    with pytest.raises(recon.InvalidArgumentError, match="out of range"):
+        result.camera_matrices(0)
+    with pytest.raises(ValueError, match="camera index"):
+        result.camera_matrices(-1)
 
 
 def test_array_views(model: recon.Model) -> None:

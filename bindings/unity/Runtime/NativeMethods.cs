@@ -196,6 +196,11 @@ namespace Recon
                                                        ref Camera camera);
 
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_result_camera_matrices(ResultHandle result, UIntPtr index,
+                                                                [Out] float[] extrinsic4x4,
+                                                                [Out] float[] intrinsic3x3);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern int recon_result_export(ResultHandle result, int format,
                                                        byte[] pathUtf8);
 

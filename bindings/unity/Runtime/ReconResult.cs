@@ -73,6 +73,24 @@ namespace Recon
             return new ReconCamera((int)c.width, (int)c.height, c.extrinsic, c.intrinsic);
         }
 
+        /// <summary>Camera <paramref name="index"/> as row-major matrices: the 4×4 camera-from-world
+        /// [R | t] over 0 0 0 1, and the 3×3 intrinsics in pixels (OpenCV convention, in the frame of
+        /// the result's arrays); throws when out of range.</summary>
+        public void GetCameraMatrices(int index, out float[] extrinsic4x4, out float[] intrinsic3x3)
+        {
+            if (index < 0)
+            {
+                throw new ArgumentOutOfRangeException("index", index, "camera index is negative");
+            }
+            var extrinsic = new float[16];
+            var intrinsic = new float[9];
+            int status = NativeMethods.recon_result_camera_matrices(Handle, (UIntPtr)(ulong)index,
+                                                                    extrinsic, intrinsic);
+            ReconLibrary.Check(status, () => LastError);
+            extrinsic4x4 = extrinsic;
+            intrinsic3x3 = intrinsic;
+        }
+
         /// <summary>Writes the result to <paramref name="path"/> (the file appears whole or not at all).</summary>
         public void Export(ExportFormat format, string path)
         {

@@ -461,7 +461,9 @@ impl Vggt {
 
 /// The aggregator outputs indexed by layer, as the DPT head takes them: an empty tensor stands
 /// for each layer that was not kept (the head reads only its four).
-fn dense_layers(aggregated: &AggregatorOutput, device: Device) -> Result<Vec<Tensor>> {
+/// The aggregator outputs as the heads take them: one tensor per layer, empty `[0]` for layers
+/// not kept (a head reads only its own layers).
+pub fn dense_layers(aggregated: &AggregatorOutput, device: Device) -> Result<Vec<Tensor>> {
     aggregated
         .layers
         .iter()
