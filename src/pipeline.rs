@@ -160,6 +160,7 @@ pub struct Pipeline {
     networks: Vec<LoadedNetwork>,
     /// Networks are built per stage (see [`LoadOptions::low_vram`]).
     low_vram: bool,
+    log: Arc<LogFn>,
 }
 
 /// Microsoft TRELLIS's image-to-3D pipeline class.
@@ -241,6 +242,7 @@ impl Pipeline {
             device,
             networks,
             low_vram,
+            log: options.log.clone(),
         })
     }
 
@@ -387,12 +389,68 @@ impl Pipeline {
             control,
         )?;
         self.release(held)?;
+        let cameras = self.cameras_in_asset_frame(&encoded, &stage2);
         Ok(Generation {
             sparse_structure: stage1,
             slat: stage2,
             view_conditions,
-            cameras: encoded.cameras,
+            cameras,
         })
+    }
+
+    /// VGGT's cameras moved into the frame of the generated asset (its Gaussian centres, else
+    /// its mesh vertices) by registering VGGT's point maps onto it. A registration that cannot
+    /// be done (no point head, no asset points, degenerate geometry) is logged and gives no
+    /// cameras rather than cameras in another frame.
+    fn cameras_in_asset_frame(
+        &self,
+        encoded: &vggt_pipeline::EncodedViews,
+        stage2: &SlatOutput,
+    ) -> Vec<Camera> {
+        let log = self.log.as_ref();
+        if encoded.cameras.is_empty() {
+            return Vec::new();
+        }
+        let Some(point_maps) = &encoded.point_maps else {
+            log(
+                LogLevel::Warn,
+                "VGGT has no point head: the cameras cannot be placed in the asset's frame and \
+                 are left out",
+            );
+            return Vec::new();
+        };
+        let asset = match (stage2.gaussians.first(), stage2.meshes.first()) {
+            (Some(g), _) => g.get_xyz(),
+            (None, Some(m)) => Ok(m.vertices.shallow_clone()),
+            _ => Err(Error::invalid_argument(
+                "the run decoded no Gaussians or mesh",
+            )),
+        };
+        let placed = asset.and_then(|points| {
+            vggt_pipeline::cameras_in_asset_frame(&encoded.cameras, point_maps, &points)
+        });
+        match placed {
+            Ok((cameras, registration)) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "cameras registered onto the asset: scale {:.4}, {:.0} % of VGGT's \
+                         points within reach, rms {:.4}",
+                        registration.similarity.scale,
+                        100.0 * registration.inlier_fraction,
+                        registration.rms
+                    ),
+                );
+                cameras
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("the cameras could not be registered onto the asset: {e}"),
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// The pipeline keys of TRELLIS-VGGT's stages: the view encoders, the sparse structure

@@ -197,30 +197,61 @@ pub fn prepare_views_as(
     variant: Variant,
     control: &RunControl<'_>,
 ) -> Result<Tensor> {
-    let mut tensors = Vec::with_capacity(images.len());
+    Ok(prepare_views_with_alpha(images, preprocess, variant, control)?.0)
+}
+
+/// [`prepare_views_as`], also returning each view's alpha in 0..1 at the same size,
+/// `[V, 518, 518]` float32 (ones for a view without alpha).
+pub fn prepare_views_with_alpha(
+    images: &[ImageInput<'_>],
+    preprocess: bool,
+    variant: Variant,
+    control: &RunControl<'_>,
+) -> Result<(Tensor, Tensor)> {
+    let mut rgb = Vec::with_capacity(images.len());
+    let mut alpha = Vec::with_capacity(images.len());
     for (index, input) in images.iter().enumerate() {
         control.check_cancelled()?;
         let prepared =
             prepare_view(input, preprocess, variant).context(format!("image {index}"))?;
-        tensors.push(prepared);
+        alpha.push(alpha_tensor(&prepared.image)?);
+        rgb.push(prepared.tensor);
         control.progress(Stage::Preprocess, index + 1, images.len())?;
     }
-    if tensors.is_empty() {
+    if rgb.is_empty() {
         return Err(Error::invalid_argument(
             "no input images: give at least one view",
         ));
     }
-    Ok(Tensor::f_stack(&tensors, 0)?)
+    Ok((Tensor::f_stack(&rgb, 0)?, Tensor::f_stack(&alpha, 0)?))
 }
 
-fn prepare_view(input: &ImageInput<'_>, preprocess: bool, variant: Variant) -> Result<Tensor> {
+fn prepare_view(
+    input: &ImageInput<'_>,
+    preprocess: bool,
+    variant: Variant,
+) -> Result<image::Preprocessed> {
     let bitmap = image::decode(input)?;
-    let prepared = if preprocess {
-        image::preprocess(&bitmap, variant)?
+    if preprocess {
+        image::preprocess(&bitmap, variant)
     } else {
-        image::without_preprocessing(&bitmap)?
-    };
-    Ok(prepared.tensor)
+        image::without_preprocessing(&bitmap)
+    }
+}
+
+/// The alpha channel of `bitmap` as float32 / 255, `[H, W]` (ones without alpha).
+fn alpha_tensor(bitmap: &image::Bitmap) -> Result<Tensor> {
+    let (width, height) = (bitmap.width() as i64, bitmap.height() as i64);
+    let channels = bitmap.channels();
+    if channels < 4 {
+        return Ok(Tensor::f_ones([height, width], (Kind::Float, Device::Cpu))?);
+    }
+    let values: Vec<f32> = bitmap
+        .as_raw()
+        .chunks_exact(channels)
+        .map(|px| f32::from(px[3]) / 255.0)
+        .collect();
+    Ok(Tensor::f_from_slice(&values)?.f_view([height, width])?)
 }
 
 /// `get_cond`: the views `[V, 3, H, W]` in 0..1 moved to `device`, ImageNet-normalised and

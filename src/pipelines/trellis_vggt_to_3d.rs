@@ -35,7 +35,7 @@ use crate::models::sparse_structure_flow::multiview_cond::{
 use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
 use crate::models::structured_latent_flow::multiview_cond::ModulatedSLATMultiViewCond;
 use crate::models::vggt::aggregator::KeepLayers;
-use crate::models::vggt::model::Vggt;
+use crate::models::vggt::model::{dense_layers, Vggt};
 use crate::models::vggt::pose_enc::pose_encoding_to_extri_intri;
 use crate::models::{NamedTensors, Network};
 use crate::pipeline::{Camera, ImageInput, MultiImageMode, RunControl, RunParams, Stage};
@@ -122,6 +122,20 @@ pub struct EncodedViews {
     pub features: ViewFeatures,
     /// One camera per view in VGGT's frame (see [`cameras_from_pose_encoding`]).
     pub cameras: Vec<Camera>,
+    /// VGGT's point maps of the views, to register the cameras onto the asset (None when the
+    /// checkpoint has no point head).
+    pub point_maps: Option<PointMaps>,
+}
+
+/// What VGGT saw of the object, in its frame: per-view point maps and their confidence, with
+/// the views' alpha.
+pub struct PointMaps {
+    /// `[N, H, W, 3]` world points.
+    pub world_points: Tensor,
+    /// `[N, H, W]` confidence.
+    pub conf: Tensor,
+    /// `[N, H, W]` alpha of the preprocessed views in 0..1.
+    pub alpha: Tensor,
 }
 
 /// Decodes and preprocesses every view as ReconViaGen's app does at upload (when
@@ -133,11 +147,21 @@ pub fn encode_views(
     params: &RunParams,
     control: &RunControl<'_>,
 ) -> Result<EncodedViews> {
-    let views =
-        trellis::prepare_views_as(images, params.preprocess, Variant::ReconViaGen, control)?;
+    let (views, alpha) = trellis::prepare_views_with_alpha(
+        images,
+        params.preprocess,
+        Variant::ReconViaGen,
+        control,
+    )?;
     control.progress(Stage::Condition, 0, 2)?;
-    let (layers, cameras) = tch::no_grad(|| vggt_features(encoders.vggt, &views, encoders.device))
-        .context("encoding the views with VGGT")?;
+    let (layers, cameras, points) =
+        tch::no_grad(|| vggt_features(encoders.vggt, &views, encoders.device))
+            .context("encoding the views with VGGT")?;
+    let point_maps = points.map(|(world_points, conf)| PointMaps {
+        world_points,
+        conf,
+        alpha,
+    });
     control.progress(Stage::Condition, 1, 2)?;
     let image_cond = tch::no_grad(|| image_condition(encoders, &views))
         .context("encoding the views with image_cond_model")?;
@@ -145,21 +169,29 @@ pub fn encode_views(
     Ok(EncodedViews {
         features: ViewFeatures { layers, image_cond },
         cameras,
+        point_maps,
     })
 }
 
+/// The point head's world points `[N, H, W, 3]` and confidence `[N, H, W]`.
+type PointHeadOutput = (Tensor, Tensor);
+
 /// `vggt_feat`: the aggregator on all views as one batch `[1, N, 3, H, W]` (0..1 RGB; the
-/// aggregator normalises), keeping only the layers the condition networks read, and the
-/// camera head on the last layer.
+/// aggregator normalises), keeping only the layers the condition networks read; the camera
+/// head on the last layer, and the point head (as ReconViaGen's app_fine runs them) for the
+/// camera registration.
 fn vggt_features(
     vggt: &Vggt,
     views: &Tensor,
     device: Device,
-) -> Result<([Tensor; 4], Vec<Camera>)> {
+) -> Result<([Tensor; 4], Vec<Camera>, Option<PointHeadOutput>)> {
     let images = views.f_to_device(device)?.f_unsqueeze(0)?;
     let depth = vggt.config().depth;
     let mut keep: Vec<usize> = VGGT_COND_LAYERS.to_vec();
     keep.push(depth.saturating_sub(1));
+    if let Some(head) = vggt.point_head() {
+        keep.extend(&head.config().intermediate_layer_idx);
+    }
     let aggregated = vggt
         .aggregator()
         .forward(&images, KeepLayers::Only(&keep))?;
@@ -178,7 +210,50 @@ fn vggt_features(
         }
         None => Vec::new(),
     };
-    Ok((layers, cameras))
+    let points = match vggt.point_head() {
+        Some(head) => {
+            let tokens = dense_layers(&aggregated, device)?;
+            let (points, conf) = head.forward(&tokens, &images, aggregated.patch_start_idx)?;
+            Some((
+                points.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?,
+                conf.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?,
+            ))
+        }
+        None => None,
+    };
+    Ok((layers, cameras, points))
+}
+
+/// Most observed points the registration uses (the reference keeps up to 50k for its
+/// RANSAC; the geometric search needs far fewer).
+pub const REGISTRATION_POINTS: usize = 20_000;
+
+/// The cameras moved from VGGT's frame into the asset's (the frame of the result's Gaussians
+/// and mesh): VGGT's point maps (alpha > 0.8, confident) registered onto `asset_points`
+/// `[M, 3]` by a similarity (see [`camera_registration`]); camera coordinates are scaled by
+/// the similarity's scale, so projections are unchanged.
+pub fn cameras_in_asset_frame(
+    cameras: &[Camera],
+    point_maps: &PointMaps,
+    asset_points: &Tensor,
+) -> Result<(Vec<Camera>, camera_registration::Registration)> {
+    let observed = camera_registration::observed_points(
+        &point_maps.world_points,
+        &point_maps.conf,
+        &point_maps.alpha.f_to_device(point_maps.conf.device())?,
+        REGISTRATION_POINTS,
+    )?;
+    let device = asset_points.device();
+    let registration = camera_registration::register(
+        &observed.f_to_device(device)?,
+        &asset_points.f_to_kind(Kind::Float)?,
+        &camera_registration::RegistrationOptions::default(),
+    )?;
+    let moved = cameras
+        .iter()
+        .map(|c| camera_registration::camera_in_frame(c, &registration.similarity))
+        .collect();
+    Ok((moved, registration))
 }
 
 /// The cameras of a pose encoding `[1, N, 9]` for images of `height`×`width`: camera-from-world

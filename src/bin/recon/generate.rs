@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use recon::export::{atomic::write_atomically, export_to_bytes, ExportFormat};
+use recon::export::{atomic::write_atomically, export_to_bytes_with, ExportFormat, ExportOptions};
 use recon::pipeline::{
     Formats, GenerationNoise, ImageInput, LoadOptions, MultiImageMode, Pipeline, RunControl,
     RunParams, SamplerOverrides, Stage, MAX_STEPS,
@@ -43,7 +43,13 @@ pub const SPEC: Spec = Spec {
         "--vggt-model",
         "--guidance",
     ],
-    switches: &["--no-preprocess", "--offline", "--verbose", "--low-vram"],
+    switches: &[
+        "--no-preprocess",
+        "--offline",
+        "--verbose",
+        "--low-vram",
+        "--cameras",
+    ],
     aliases: &[("-o", "--output")],
     positionals: true,
 };
@@ -55,6 +61,8 @@ a 3D asset.
 
 outputs (at least one):
   -o, --output FILE       the mesh; the extension picks the format: .glb, .obj or .ply
+  --cameras               with -o FILE.glb: also the input views' cameras as glTF camera nodes
+                          (TRELLIS-VGGT estimates them)
   --gaussians FILE.ply    the 3D Gaussians as a splat PLY (3DGS viewers)
   --mesh-ply FILE.ply     the mesh as PLY (besides -o)
   --obj FILE.obj          the mesh as OBJ (besides -o)
@@ -87,6 +95,12 @@ pub fn generate(args: &Args) -> Result<()> {
     let started = Instant::now();
     let inputs = input_paths(args)?;
     let targets = targets(args)?;
+    let cameras = args.switch("--cameras");
+    if cameras && !targets.iter().any(|t| t.format == ExportFormat::Glb) {
+        return Err(Error::invalid_argument(
+            "--cameras puts the cameras into the GLB: give -o FILE.glb",
+        ));
+    }
     let params = run_params(args, &targets)?;
     let images = read_images(&inputs)?;
 
@@ -129,7 +143,12 @@ pub fn generate(args: &Args) -> Result<()> {
     progress.report(Stage::Export, 0, total);
     let encoded: Vec<Vec<u8>> = targets
         .iter()
-        .map(|t| export_to_bytes(&output, t.format))
+        .map(|t| {
+            let options = ExportOptions {
+                cameras: cameras && t.format == ExportFormat::Glb,
+            };
+            export_to_bytes_with(&output, t.format, &options)
+        })
         .collect::<Result<_>>()
         .inspect_err(|_| progress.abandon())?;
     for (index, (target, bytes)) in targets.iter().zip(&encoded).enumerate() {
@@ -148,6 +167,12 @@ pub fn generate(args: &Args) -> Result<()> {
         )
     });
     println!("result: {voxels} voxels, {gaussians} Gaussians, mesh: {mesh}");
+    if !output.cameras.is_empty() {
+        println!(
+            "cameras: {} (one per view, in the asset's frame)",
+            output.cameras.len()
+        );
+    }
     if let Some(peak) = peak_memory {
         println!(
             "peak GPU memory of the run: {} (allocated by tensors, weights included)",
