@@ -202,7 +202,8 @@ typedef struct recon_result recon_result;
 // `message` is valid only during the call.
 typedef void (*recon_log_callback)(int32_t level, const char *message, void *user_data);
 
-// How to load a model. Fill with `recon_load_params_init`, then set fields.
+// How to load a model. Fill with `recon_load_params_init` (in C and C++ a macro that passes
+// this header's struct size, see below), then set fields.
 typedef struct recon_load_params {
   // `sizeof(recon_load_params)`, set by `recon_load_params_init`.
   uint32_t struct_size;
@@ -221,6 +222,14 @@ typedef struct recon_load_params {
   recon_log_callback log_callback;
   // Passed back to `log_callback`; must stay valid until `recon_free`.
   void *log_user_data;
+  // Since 0.2 (struct v2). Nonzero: keep only the running stage's networks on the device
+  // (ReconViaGen's low-VRAM mode: each stage builds its networks from the checkpoint files
+  // and frees them when it ends; identical outputs, slower runs). Default 0.
+  int32_t low_vram;
+  // Since 0.2 (struct v2). TRELLIS-VGGT only: where VGGT comes from, a local folder with
+  // config.json + model.safetensors or a Hub repo id (UTF-8); NULL (default):
+  // "Stable-X/vggt-object-v0-1", as the reference.
+  const char *vggt_model;
 } recon_load_params;
 
 // One network of a loaded model, described by `recon_model_network`.
@@ -351,12 +360,26 @@ typedef struct recon_image {
 extern "C" {
 #endif // __cplusplus
 
-// Fills `params` with defaults (NULL is ignored).
+// Fills the v1 fields of `params` (up to `log_user_data`) with defaults and sets
+// `struct_size` to the v1 size (NULL is ignored): the behaviour programs built against the
+// v1 header rely on. In C and C++ this header turns `recon_load_params_init(p)` into
+// `recon_load_params_init_sized(p, sizeof(recon_load_params))`, which fills every field this
+// header declares; call this symbol directly only with a v1-sized struct.
 //
 // # Safety
 // Each pointer argument must be NULL or valid for its documented use: handles as returned
 // by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_load_params_init(struct recon_load_params *params);
+
+// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
+// the header the caller was built with) and sets `struct_size` accordingly; sizes above
+// this library's struct are clamped to it. Returns RECON_ERR_INVALID_ARGUMENT, writing
+// nothing, for NULL or a size below the v1 struct (40 bytes).
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_load_params_init_sized(struct recon_load_params *params, size_t size);
 
 // Loads a pipeline. On success writes a new model to `*out_model` (free it with
 // `recon_free`). On failure writes nothing to `*out_model` and, when `error_buf` is not
@@ -576,3 +599,9 @@ int32_t recon_cuda_device_count(void);
 #endif  // __cplusplus
 
 #endif  /* RECON_H */
+
+/* Initialise versioned structs with the size this header declares: a library newer than the
+ * header then fills exactly the fields the caller has. (The plain symbol fills the v1 fields
+ * only; call it as (recon_load_params_init)(p) to bypass this macro.) */
+#define recon_load_params_init(params) \
+  recon_load_params_init_sized((params), sizeof(struct recon_load_params))

@@ -346,7 +346,9 @@ static void test_struct_layout(void) {
 #undef SHOW
 #if UINTPTR_MAX == UINT64_MAX
     /* LP64 (Linux, macOS x86-64/arm64): the table bindings/python/tests/test_abi.py checks. */
-    CHECK(sizeof(recon_load_params) == 40);
+    CHECK(sizeof(recon_load_params) == 56); /* v2: low_vram, vggt_model appended */
+    CHECK(offsetof(recon_load_params, low_vram) == 40);
+    CHECK(offsetof(recon_load_params, vggt_model) == 48);
     CHECK(sizeof(recon_network_info) == 40);
     CHECK(sizeof(recon_image) == 40);
     CHECK(sizeof(recon_run_params) == 56);
@@ -365,6 +367,42 @@ static void test_struct_layout(void) {
 #endif
 }
 
+/* A program built against the v1 header owns 40 bytes: the plain init symbol (what it calls)
+ * writes exactly those and reports the v1 size; the sized init writes what it is told. */
+static void test_load_params_versions(void) {
+    unsigned char buf[sizeof(recon_load_params) + 16];
+    memset(buf, 0xAB, sizeof buf);
+    (recon_load_params_init)((recon_load_params *)buf);
+    uint32_t size;
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 40);
+    int untouched = 1;
+    for (size_t i = 40; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 40), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 40);
+    untouched = 1;
+    for (size_t i = 40; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    /* A newer caller's larger struct: clamped to this library's struct, the rest untouched. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, sizeof buf), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == sizeof(recon_load_params));
+    CHECK(buf[sizeof(recon_load_params)] == 0xAB);
+
+    CHECK_STATUS(recon_load_params_init_sized(NULL, sizeof(recon_load_params)),
+                 RECON_ERR_INVALID_ARGUMENT);
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 39),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf[0] == 0xAB); /* nothing written */
+}
+
 /* The *_init functions write sizeof(struct) and the documented defaults; NULL is ignored. */
 static void test_init(void) {
     recon_load_params lp;
@@ -376,6 +414,7 @@ static void test_init(void) {
     CHECK(lp.offline == RECON_OFFLINE_FROM_ENV);
     CHECK(lp.log_level == RECON_LOG_INFO);
     CHECK(lp.log_callback == NULL && lp.log_user_data == NULL);
+    CHECK(lp.low_vram == 0 && lp.vggt_model == NULL);
 
     recon_run_params rp;
     memset(&rp, 0xAB, sizeof rp);
@@ -397,6 +436,8 @@ static void test_init(void) {
     CHECK(im.format == RECON_IMAGE_ENCODED);
     CHECK(im.data == NULL && im.size == 0);
     CHECK(im.width == 0 && im.height == 0 && im.stride == 0);
+
+    test_load_params_versions();
 
     recon_load_params_init(NULL);
     recon_run_params_init(NULL);
@@ -499,13 +540,43 @@ static void test_load_arguments(void) {
         CHECK_MSG(err[0] != '\0', bad[i].what);
     }
 
+    /* v2 fields: low_vram must be 0 or 1, vggt_model UTF-8. */
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    lp.device = RECON_DEVICE_CPU;
+    lp.offline = 1;
+    lp.low_vram = 2;
+    err[0] = '\0';
+    CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "low_vram"), err);
+    lp.low_vram = 0;
+    lp.vggt_model = "\xff\xfe";
+    CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "vggt_model"), err);
+
+    /* Low-VRAM mode loads (every network checked now, built per stage later) and lists its
+     * networks as runnable. */
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    lp.device = RECON_DEVICE_CPU;
+    lp.offline = 1;
+    lp.low_vram = 1;
+    recon_model *lean = NULL;
+    CHECK_STATUS(recon_load(&lp, &lean, err, sizeof err), RECON_OK);
+    if (lean) {
+        recon_network_info info = {.struct_size = sizeof info};
+        CHECK_STATUS(recon_model_network(lean, 0, &info), RECON_OK);
+        CHECK(info.implemented == 1);
+        recon_free(lean);
+    }
+
     /* struct_size: zero, too small, too large (the struct sits in a larger buffer). */
     struct {
         recon_load_params p;
         unsigned char tail[64];
     } big;
-    const uint32_t sizes[] = {0, 4, (uint32_t)sizeof(recon_load_params) - 8,
-                              (uint32_t)sizeof(recon_load_params) + 8, UINT32_MAX};
+    /* (below v1's 40 bytes, or above this header's struct) */
+    const uint32_t sizes[] = {0, 4, 32, (uint32_t)sizeof(recon_load_params) + 8, UINT32_MAX};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         memset(&big, 0, sizeof big);
         recon_load_params_init(&big.p);

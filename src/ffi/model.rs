@@ -32,7 +32,8 @@ pub const RECON_LOG_DEBUG: i32 = 4;
 pub type recon_log_callback =
     Option<unsafe extern "C" fn(level: i32, message: *const c_char, user_data: *mut c_void)>;
 
-/// How to load a model. Fill with `recon_load_params_init`, then set fields.
+/// How to load a model. Fill with `recon_load_params_init` (in C and C++ a macro that passes
+/// this header's struct size, see below), then set fields.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct recon_load_params {
@@ -53,6 +54,14 @@ pub struct recon_load_params {
     pub log_callback: recon_log_callback,
     /// Passed back to `log_callback`; must stay valid until `recon_free`.
     pub log_user_data: *mut c_void,
+    /// Since 0.2 (struct v2). Nonzero: keep only the running stage's networks on the device
+    /// (ReconViaGen's low-VRAM mode: each stage builds its networks from the checkpoint files
+    /// and frees them when it ends; identical outputs, slower runs). Default 0.
+    pub low_vram: i32,
+    /// Since 0.2 (struct v2). TRELLIS-VGGT only: where VGGT comes from, a local folder with
+    /// config.json + model.safetensors or a Hub repo id (UTF-8); NULL (default):
+    /// "Stable-X/vggt-object-v0-1", as the reference.
+    pub vggt_model: *const c_char,
 }
 
 /// Size of the v1 struct (through `log_user_data`): the smallest `struct_size` accepted, fixed
@@ -71,23 +80,78 @@ impl recon_load_params {
             log_level: RECON_LOG_INFO,
             log_callback: None,
             log_user_data: std::ptr::null_mut(),
+            low_vram: 0,
+            vggt_model: std::ptr::null(),
         }
     }
 }
 
-/// Fills `params` with defaults (NULL is ignored).
+/// Writes the first `size` bytes of the defaults (clamped to this library's struct) with
+/// `struct_size = size`: a caller built against an older header owns only that many bytes.
+///
+/// # Safety
+/// `params` must be NULL or point to at least `size` writable bytes.
+unsafe fn init_load_params(params: *mut recon_load_params, size: usize) {
+    if params.is_null() {
+        return;
+    }
+    let size = size.min(size_of::<recon_load_params>());
+    let mut defaults = recon_load_params::defaults();
+    defaults.struct_size = size as u32;
+    // SAFETY: `defaults` is a whole struct (>= size bytes); the caller owns `size` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            &defaults as *const recon_load_params as *const u8,
+            params as *mut u8,
+            size,
+        )
+    };
+}
+
+/// Fills the v1 fields of `params` (up to `log_user_data`) with defaults and sets
+/// `struct_size` to the v1 size (NULL is ignored): the behaviour programs built against the
+/// v1 header rely on. In C and C++ this header turns `recon_load_params_init(p)` into
+/// `recon_load_params_init_sized(p, sizeof(recon_load_params))`, which fills every field this
+/// header declares; call this symbol directly only with a v1-sized struct.
 ///
 /// # Safety
 /// Each pointer argument must be NULL or valid for its documented use: handles as returned
 /// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_load_params_init(params: *mut recon_load_params) {
-    guarded_or((), || {
-        if !params.is_null() {
-            // SAFETY: the caller passes a pointer to a recon_load_params.
-            unsafe { params.write(recon_load_params::defaults()) };
-        }
+    // SAFETY: per the contract, `params` is NULL or holds at least the v1 struct.
+    guarded_or((), || unsafe {
+        init_load_params(params, LOAD_PARAMS_V1_SIZE)
     })
+}
+
+/// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
+/// the header the caller was built with) and sets `struct_size` accordingly; sizes above
+/// this library's struct are clamped to it. Returns RECON_ERR_INVALID_ARGUMENT, writing
+/// nothing, for NULL or a size below the v1 struct (40 bytes).
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+#[no_mangle]
+pub unsafe extern "C" fn recon_load_params_init_sized(
+    params: *mut recon_load_params,
+    size: usize,
+) -> recon_status {
+    let result = guarded(|| {
+        if params.is_null() {
+            return Err(Error::invalid_argument("params is NULL"));
+        }
+        if size < LOAD_PARAMS_V1_SIZE {
+            return Err(Error::invalid_argument(format!(
+                "recon_load_params size {size} is below the v1 struct ({LOAD_PARAMS_V1_SIZE} bytes)"
+            )));
+        }
+        // SAFETY: the caller owns `size` bytes at `params`.
+        unsafe { init_load_params(params, size) };
+        Ok(())
+    });
+    finish(result, None)
 }
 
 /// One network of a loaded model, described by `recon_model_network`.
@@ -199,6 +263,20 @@ fn load_options(params: &recon_load_params) -> Result<LoadOptions> {
         }
     };
     options.log = log_sink(params)?;
+    options.low_vram = match params.low_vram {
+        0 => false,
+        1 => true,
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "recon_load_params.low_vram is {other}; use 0 or 1"
+            )))
+        }
+    };
+    if !params.vggt_model.is_null() {
+        // SAFETY: the header requires `vggt_model` to be NULL or a NUL-terminated string.
+        let vggt = unsafe { utf8(params.vggt_model, "recon_load_params.vggt_model") }?;
+        options.vggt_model = Some(vggt.to_string());
+    }
     Ok(options)
 }
 

@@ -135,6 +135,11 @@ namespace Recon
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern void recon_load_params_init(ref LoadParams p);
 
+        // The v2 initialiser (size-aware); this binding's LoadParams is the v1 struct, which the
+        // plain initialiser above fills exactly.
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_load_params_init_sized(ref LoadParams p, UIntPtr size);
+
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern int recon_load(ref LoadParams p, out ModelHandle model,
                                               byte[] errorBuf, UIntPtr errorBufLen);

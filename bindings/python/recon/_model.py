@@ -230,7 +230,10 @@ class Model:
     what is missing, None (default) follows HF_HUB_OFFLINE. `log(level, message)` receives the
     library's log messages up to `log_level` (default LogLevel.INFO; with a
     :class:`logging.Logger`, DEBUG when the logger is enabled for it); it is called on the
-    thread that loads or runs. Raises a :class:`ReconError` subclass on failure.
+    thread that loads or runs. `low_vram` keeps only the running stage's networks on the
+    device (identical outputs, slower runs); `vggt_model` (TRELLIS-VGGT) is VGGT's folder or
+    Hub repo id (default "Stable-X/vggt-object-v0-1"). Raises a :class:`ReconError` subclass
+    on failure.
 
     A model may be used from several threads: runs take turns (one run per model at a time;
     load several models for parallel runs), :meth:`cancel` works from any thread, and
@@ -239,11 +242,17 @@ class Model:
     def __init__(self, source: PathLike, *, device: Union[int, str, None] = "auto",
                  offline: Optional[bool] = None,
                  log: Union[LogFn, logging.Logger, None] = None,
-                 log_level: Optional[int] = None) -> None:
+                 log_level: Optional[int] = None, low_vram: bool = False,
+                 vggt_model: Optional[PathLike] = None) -> None:
         self._handle: Optional[Handle] = None
         L = abi.lib()
         params = abi.LoadParams()
-        L.recon_load_params_init(byref(params))
+        status = L.recon_load_params_init_sized(byref(params), ctypes.sizeof(params))
+        if status != abi.RECON_OK:
+            raise error_for(status, "recon_load_params_init_sized refused this binding's struct")
+        params.low_vram = int(bool(low_vram))
+        if vggt_model is not None:
+            params.vggt_model = os.fsencode(vggt_model)
         params.model = os.fsencode(source)
         params.device = signed32("device", _device_index(device))
         params.offline = abi.RECON_OFFLINE_FROM_ENV if offline is None else int(bool(offline))
@@ -268,9 +277,11 @@ class Model:
     @classmethod
     def load(cls, source: PathLike, *, device: Union[int, str, None] = "auto",
              offline: Optional[bool] = None, log: Union[LogFn, logging.Logger, None] = None,
-             log_level: Optional[int] = None) -> Model:
+             log_level: Optional[int] = None, low_vram: bool = False,
+             vggt_model: Optional[PathLike] = None) -> Model:
         """Loads a pipeline; the same as ``Model(...)``."""
-        return cls(source, device=device, offline=offline, log=log, log_level=log_level)
+        return cls(source, device=device, offline=offline, log=log, log_level=log_level,
+                   low_vram=low_vram, vggt_model=vggt_model)
 
     def _owner(self) -> Handle:
         handle = self._handle

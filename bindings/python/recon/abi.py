@@ -93,6 +93,8 @@ class LoadParams(ctypes.Structure):
     log_level: int
     log_callback: Any
     log_user_data: Optional[int]
+    low_vram: int
+    vggt_model: Optional[bytes]
     _fields_ = [
         ("struct_size", c_uint32),
         ("device", c_int32),
@@ -101,6 +103,9 @@ class LoadParams(ctypes.Structure):
         ("log_level", c_int32),
         ("log_callback", LogCallback),
         ("log_user_data", c_void_p),
+        # v2
+        ("low_vram", c_int32),
+        ("vggt_model", c_char_p),
     ]
 
 
@@ -256,6 +261,7 @@ _P = c_void_p  # opaque handles (recon_model*, recon_result*, recon_buffer*) tra
 #: name -> (restype, argtypes) for every function of the header, in its order.
 SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "recon_load_params_init": (None, [POINTER(LoadParams)]),
+    "recon_load_params_init_sized": (c_int32, [POINTER(LoadParams), c_size_t]),
     "recon_load": (c_int32, [POINTER(LoadParams), POINTER(_P), POINTER(c_char), c_size_t]),
     "recon_free": (None, [_P]),
     "recon_model_last_error": (c_char_p, [_P]),
@@ -293,6 +299,7 @@ class Library(Protocol):
     None); ``const char*`` results arrive as bytes."""
 
     def recon_load_params_init(self, params: Any, /) -> None: ...
+    def recon_load_params_init_sized(self, params: Any, size: int, /) -> int: ...
 
     def recon_load(self, params: Any, out_model: Any, error_buf: Any,
                    error_buf_len: int, /) -> int: ...

@@ -277,3 +277,17 @@ def test_generate_cancel_from_thread(model: recon.Model, generation: Generation)
         assert "RECON_FORMAT_MESH" in info.value.message
         ply = result.export_bytes(recon.ExportFormat.PLY_GAUSSIANS)
         assert f"\nelement vertex {len(g)}\n".encode() in ply[:1024]
+
+
+def test_low_vram_mode_gives_the_same_result(model: recon.Model, model_dir: Path) -> None:
+    """A model loaded with low_vram=True (networks built per stage, through the v2
+    recon_load_params) generates the same Gaussians as the default model."""
+    with recon.Model(model_dir, device="cpu", offline=True, low_vram=True) as lean:
+        assert all(n.implemented for n in lean.networks)
+        with model.run(CUTOUT, seed=3, **GEN_STEPS, formats=("gaussians",)) as a, \
+                lean.run(CUTOUT, seed=3, **GEN_STEPS, formats=("gaussians",)) as b:
+            ga, gb = a.gaussians, b.gaussians
+            assert ga is not None and gb is not None
+            assert np.array_equal(ga.xyz, gb.xyz) and np.array_equal(ga.opacity, gb.opacity)
+    with pytest.raises(recon.InvalidArgumentError, match="vggt_model"):
+        recon.Model(model_dir, device="cpu", offline=True, vggt_model="\udcff")
