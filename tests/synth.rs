@@ -40,32 +40,9 @@ fn sorted_listing(path: &Path) -> Listing {
     out
 }
 
-/// The research key listings of ReconViaGen's networks (`key\tshape\tdtype`, no header line).
+/// The research key listings of ReconViaGen's networks, sorted by name.
 fn research_listing(name: &str) -> Option<Listing> {
-    let path = shared_golden_dir().join(format!("../research/reconviagen_keys/{name}"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        println!("skipped: no research listing at {}", path.display());
-        return None;
-    };
-    let mut out: Listing = text
-        .lines()
-        .filter(|line| !line.trim().is_empty() && !line.starts_with("key\t"))
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .filter(|d| !d.trim().is_empty())
-                .map(|d| d.trim().parse().unwrap())
-                .collect();
-            let kind = match fields[2] {
-                "float16" => Kind::Half,
-                "float32" => Kind::Float,
-                other => panic!("{line}: dtype {other}"),
-            };
-            (fields[0].to_string(), shape, kind)
-        })
-        .collect();
+    let mut out = common::research_listing(name)?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Some(out)
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{
+    read_json, read_tensors, reconviagen_dir, rel_l2, research_listing, REL_L2_TOLERANCE,
+};
 use recon::models::vggt::{KeepLayers, Vggt, VggtConfig, VggtFiles, VggtPrecision};
 use recon::weights::{write_safetensors, SafeTensorsFile};
 use recon::ErrorKind;
@@ -21,16 +23,6 @@ const VGGT_1B_TENSORS: usize = 1797;
 const VGGT_1B_PARAMETERS: i64 = 1_256_537_516;
 /// What ReconViaGen keeps (aggregator + camera head + point head).
 const VGGT_1B_KEPT_PARAMETERS: i64 = 1_157_941_558;
-
-fn reconviagen_dir() -> Option<PathBuf> {
-    let dir = shared_golden_dir().join("reconviagen");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipped: no shared golden data at {}", dir.display());
-        None
-    }
-}
 
 fn check(name: &str, ours: &Tensor, reference: &Tensor, worst: &mut f64) {
     let (rel, max_abs) = rel_l2(ours, reference);
@@ -282,46 +274,18 @@ fn checkpoint_layout_is_checked_up_front() {
     );
 }
 
-/// `key<TAB>[d0, d1, ...]<TAB>dtype` rows (no header) of research/reconviagen_keys/vggt.tsv.
-fn read_vggt_listing(path: &Path) -> Vec<(String, Vec<i64>, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .map(|d| d.trim().parse::<i64>().unwrap())
-                .collect();
-            (fields[0].to_string(), shape, fields[2].to_string())
-        })
-        .collect()
-}
-
-fn vggt_listing_path() -> Option<PathBuf> {
-    let path = shared_golden_dir().join("../research/reconviagen_keys/vggt.tsv");
-    if path.is_file() {
-        Some(path)
-    } else {
-        println!("skipped: no published VGGT listing at {}", path.display());
-        None
-    }
-}
-
 #[test]
 fn vggt_1b_layout_matches_the_published_listing() {
-    let Some(path) = vggt_listing_path() else {
+    let Some(published) = research_listing("vggt.tsv") else {
         return;
     };
-    let published = read_vggt_listing(&path);
     assert_eq!(published.len(), VGGT_1B_TENSORS);
     let total: i64 = published
         .iter()
         .map(|(_, s, _)| s.iter().product::<i64>())
         .sum();
     assert_eq!(total, VGGT_1B_PARAMETERS);
-    assert!(published.iter().all(|(_, _, dtype)| dtype == "float32"));
+    assert!(published.iter().all(|(_, _, dtype)| *dtype == Kind::Float));
 
     let ours = VggtConfig::vggt_1b().checkpoint_layout().unwrap();
     let is_unused = |name: &str| name.starts_with("depth_head.") || name.starts_with("track_head.");
@@ -421,8 +385,7 @@ fn write_full_size_vggt(dir: &Path) -> VggtFiles {
         .collect();
     // The published file also holds the depth and track heads; add them when the listing is
     // at hand, so the loader is shown to skip them.
-    if let Some(path) = vggt_listing_path() {
-        let published = read_vggt_listing(&path);
+    if let Some(published) = research_listing("vggt.tsv") {
         specs.extend(
             published
                 .into_iter()

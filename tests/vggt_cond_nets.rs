@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{read_tensors, rel_l2, research_listing, shared_golden_dir, REL_L2_TOLERANCE};
 use recon::models::sparse_structure_flow::multiview_cond::{
     cond_layers, ModulatedMultiViewCond, ModulatedMultiViewCondConfig, VGGT_COND_LAYERS,
 };
@@ -232,59 +232,37 @@ fn nan_in_unused_aggregator_layers_does_not_leak() {
     assert!(err.message().contains("layer 23"), "{err}");
 }
 
-/// A published key listing of research/reconviagen_keys (`key\tshape\tdtype`, no header).
-fn reconviagen_listing(path: &Path) -> Vec<(String, Vec<i64>, Kind)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .map(|d| d.trim().parse().unwrap())
-                .collect();
-            let kind = match fields[2] {
-                "float16" => Kind::Half,
-                "float32" => Kind::Float,
-                other => panic!("{line}: dtype {other}"),
-            };
-            (fields[0].to_string(), shape, kind)
-        })
-        .collect()
-}
-
-fn assert_layout_is_listed(layout: &[TensorSpec], listing: &Path) {
+fn assert_layout_is_listed(layout: &[TensorSpec], published: &[(String, Vec<i64>, Kind)]) {
     let ours: Vec<(String, Vec<i64>, Kind)> = layout
         .iter()
         .map(|s| (s.name.clone(), s.shape.clone(), s.stored))
         .collect();
-    let published = reconviagen_listing(listing);
-    for (i, (a, b)) in ours.iter().zip(&published).enumerate() {
-        assert_eq!(a, b, "tensor #{i} of {}", listing.display());
+    for (i, (a, b)) in ours.iter().zip(published).enumerate() {
+        assert_eq!(a, b, "tensor #{i}");
     }
-    assert_eq!(ours.len(), published.len(), "{}", listing.display());
+    assert_eq!(ours.len(), published.len());
 }
 
 /// The full-size networks read exactly the published tensors (names, shapes, dtypes, order).
 #[test]
 fn full_size_layouts_match_the_published_listings() {
-    let keys = shared_golden_dir().join("../research/reconviagen_keys");
-    if !keys.is_dir() {
-        println!("skipped: no published key listings at {}", keys.display());
+    let (Some(ss_listing), Some(slat_listing)) = (
+        research_listing("ss_vggt_cond.tsv"),
+        research_listing("slat_vggt_cond.tsv"),
+    ) else {
         return;
-    }
+    };
     let ss = ModulatedMultiViewCondConfig::reconviagen()
         .checkpoint_layout()
         .unwrap();
-    assert_layout_is_listed(&ss, &keys.join("ss_vggt_cond.tsv"));
+    assert_layout_is_listed(&ss, &ss_listing);
     assert_eq!(ss.len(), 1 + 4 * 18);
     let ss_params: i64 = ss.iter().map(TensorSpec::numel).sum();
 
     let slat = ModulatedSLATMultiViewCondConfig::reconviagen()
         .checkpoint_layout()
         .unwrap();
-    assert_layout_is_listed(&slat, &keys.join("slat_vggt_cond.tsv"));
+    assert_layout_is_listed(&slat, &slat_listing);
     let slat_params: i64 = slat.iter().map(TensorSpec::numel).sum();
     assert_eq!(slat_params, 4 * (3072 * 1024 + 1024));
     println!("ss_vggt_cond: {ss_params} parameters; slat_vggt_cond: {slat_params} parameters");

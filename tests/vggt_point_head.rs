@@ -5,24 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
+use common::{
+    read_json, read_tensors, reconviagen_dir, rel_l2, research_listing, REL_L2_TOLERANCE,
+};
 use recon::models::vggt::dpt_head::{DptHead, DptHeadConfig};
 use recon::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 const FIXTURES: [&str; 2] = ["vggt_s2_70x70", "vggt_s3_56x98"];
-
-fn reconviagen_dir() -> Option<PathBuf> {
-    let dir = shared_golden_dir().join("reconviagen");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipped: no shared golden data at {}", dir.display());
-        None
-    }
-}
 
 /// The point-head config of a fixture checkpoint's config.json (token width 2·embed_dim).
 fn point_head_config(ckpt_dir: &Path) -> DptHeadConfig {
@@ -185,34 +177,17 @@ fn point_head_reads_only_its_layers() {
         .is_err());
 }
 
-/// A published listing without header: `name\t[shape]\tdtype` per line.
-fn listing(path: &Path, prefix: &str) -> Vec<(String, Vec<i64>, Kind)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .map(|d| d.trim().parse().unwrap())
-                .collect();
-            assert_eq!(fields[2], "float32", "{line}");
-            (fields[0].to_string(), shape, Kind::Float)
-        })
-        .collect()
-}
-
 /// The full-size head (VGGT-1B: tokens 2048 wide, features 256, projections
 /// [256, 512, 1024, 1024]) reads exactly the published `point_head.*` tensors, in order.
 #[test]
 fn point_head_layout_is_published() {
-    let path = shared_golden_dir().join("../research/reconviagen_keys/vggt.tsv");
-    if !path.is_file() {
-        println!("skipped: no published VGGT listing at {}", path.display());
+    let Some(published) = research_listing("vggt.tsv") else {
         return;
-    }
-    let published = listing(&path, "point_head.");
+    };
+    let published: Vec<_> = published
+        .into_iter()
+        .filter(|(name, _, _)| name.starts_with("point_head."))
+        .collect();
     let config = DptHeadConfig::vggt_point_head(2048, 14, 256, vec![256, 512, 1024, 1024]);
     config.validate().unwrap();
     let ours: Vec<(String, Vec<i64>, Kind)> = DptHead::layout("point_head", &config)

@@ -23,34 +23,9 @@ const NAME_ATTEMPTS: usize = 16;
 /// On any error the temporary file is removed and `path` is left as it was. The directory must
 /// exist; it is not created (a typo in it should fail, not scatter directories).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::invalid_argument(format!(
-            "{}: not a file path (it names no file)",
-            path.display()
-        ))
-    })?;
-    if path.is_dir() {
-        return Err(Error::invalid_argument(format!(
-            "{}: is a directory, expected a file path",
-            path.display()
-        )));
-    }
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (file, temp) = create_temp(&dir, name, path)?;
-    write_and_sync(file, bytes).map_err(|e| Error::io_at(&temp.path, &e))?;
-    std::fs::rename(&temp.path, path).map_err(|e| {
-        Error::io(format!(
-            "{}: replacing it with {} failed: {e}",
-            path.display(),
-            temp.path.display()
-        ))
-    })?;
-    temp.disarm();
-    sync_dir(&dir);
-    Ok(())
+    write_atomically_with(path, |out| {
+        out.write_all(bytes).map_err(|e| Error::io_at(path, &e))
+    })
 }
 
 /// As [`write_atomically`], with the contents streamed by `write` into a buffered writer of
@@ -66,6 +41,12 @@ pub fn write_atomically_with(
             path.display()
         ))
     })?;
+    if path.is_dir() {
+        return Err(Error::invalid_argument(format!(
+            "{}: is a directory, expected a file path",
+            path.display()
+        )));
+    }
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -88,13 +69,6 @@ pub fn write_atomically_with(
     temp.disarm();
     sync_dir(&dir);
     Ok(())
-}
-
-/// Writes and flushes `file`, consuming it so it is closed before any cleanup (Windows cannot
-/// delete an open file).
-fn write_and_sync(mut file: File, bytes: &[u8]) -> std::io::Result<()> {
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// A temporary file that is deleted when dropped, unless disarmed after the rename.

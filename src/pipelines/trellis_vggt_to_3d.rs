@@ -64,6 +64,28 @@ pub struct ViewFeatures {
     pub image_cond: Tensor,
 }
 
+impl ViewFeatures {
+    /// The features on `device` (a no-op where they already are).
+    pub fn to_device(&self, device: Device) -> Result<Self> {
+        let [a, b, c, d] = &self.layers;
+        Ok(Self {
+            layers: [
+                a.f_to_device(device)?,
+                b.f_to_device(device)?,
+                c.f_to_device(device)?,
+                d.f_to_device(device)?,
+            ],
+            image_cond: self.image_cond.f_to_device(device)?,
+        })
+    }
+
+    /// The four layers as the condition networks take them.
+    pub fn layer_refs(&self) -> CondLayerTokens<'_> {
+        let [a, b, c, d] = &self.layers;
+        [a, b, c, d]
+    }
+}
+
 /// The networks of the sparse-structure stage, all on `device`.
 pub struct SparseStructureStage<'a> {
     pub ss_cond: &'a ModulatedMultiViewCond,
@@ -360,12 +382,14 @@ pub fn sample_sparse_structure(
     control: &RunControl<'_>,
 ) -> Result<trellis::SparseStructureOutput> {
     let device = networks.device;
-    let layers = moved_layers(features, device)?;
-    let layer_refs: CondLayerTokens<'_> = [&layers[0], &layers[1], &layers[2], &layers[3]];
-    let image_cond = features.image_cond.f_to_device(device)?;
+    let on_device = features.to_device(device)?;
     control.check_cancelled()?;
-    let ss_cond = tch::no_grad(|| networks.ss_cond.forward(&layer_refs, &image_cond))
-        .context(SPARSE_STRUCTURE_VGGT_COND)?;
+    let ss_cond = tch::no_grad(|| {
+        networks
+            .ss_cond
+            .forward(&on_device.layer_refs(), &on_device.image_cond)
+    })
+    .context(SPARSE_STRUCTURE_VGGT_COND)?;
     let condition = ImageCondition {
         neg_cond: ss_cond.f_zeros_like()?,
         cond: ss_cond,
@@ -405,12 +429,13 @@ pub fn sample_slat(
     noise: NoiseSource<'_>,
     control: &RunControl<'_>,
 ) -> Result<(Vec<Tensor>, SlatOutput)> {
-    let device = networks.slat.device;
-    let layers = moved_layers(features, device)?;
-    let layer_refs: CondLayerTokens<'_> = [&layers[0], &layers[1], &layers[2], &layers[3]];
-    let image_cond = features.image_cond.f_to_device(device)?;
-    let slat_cond = tch::no_grad(|| networks.slat_cond.forward(&layer_refs, &image_cond))
-        .context(SLAT_VGGT_COND)?;
+    let on_device = features.to_device(networks.slat.device)?;
+    let slat_cond = tch::no_grad(|| {
+        networks
+            .slat_cond
+            .forward(&on_device.layer_refs(), &on_device.image_cond)
+    })
+    .context(SLAT_VGGT_COND)?;
     let neg_slat_cond = slat_cond
         .iter()
         .map(Tensor::f_zeros_like)
@@ -439,16 +464,6 @@ pub fn sample_slat(
         },
     )?;
     Ok((slat_cond, output))
-}
-
-fn moved_layers(features: &ViewFeatures, device: Device) -> Result<[Tensor; 4]> {
-    let [a, b, c, d] = &features.layers;
-    Ok([
-        a.f_to_device(device)?,
-        b.f_to_device(device)?,
-        c.f_to_device(device)?,
-        d.f_to_device(device)?,
-    ])
 }
 
 #[cfg(test)]

@@ -115,22 +115,53 @@ pub fn published_listing(path: &Path) -> Vec<(String, Vec<i64>, tch::Kind)> {
         "{}",
         path.display()
     );
-    lines
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let shape = fields[1]
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .map(|d| d.trim().parse().unwrap())
-                .collect();
-            let kind = match fields[2] {
-                "float16" => tch::Kind::Half,
-                "float32" => tch::Kind::Float,
-                other => panic!("{line}: dtype {other}"),
-            };
-            (fields[0].to_string(), shape, kind)
-        })
-        .collect()
+    lines.map(listing_row).collect()
+}
+
+/// One `key\t[d0, d1, ...]\tdtype` row of a key listing (a scalar's shape is `[]`).
+fn listing_row(line: &str) -> (String, Vec<i64>, tch::Kind) {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let shape = fields[1]
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().parse().unwrap())
+        .collect();
+    let kind = match fields[2] {
+        "float16" => tch::Kind::Half,
+        "float32" => tch::Kind::Float,
+        other => panic!("{line}: dtype {other}"),
+    };
+    (fields[0].to_string(), shape, kind)
+}
+
+/// A key listing of ReconViaGen's published networks, `research/reconviagen_keys/<name>`
+/// beside the shared golden data (rows without a header line), in `state_dict()` order; None
+/// (with a "skipped" line) when the research folder is absent.
+pub fn research_listing(name: &str) -> Option<Vec<(String, Vec<i64>, tch::Kind)>> {
+    let path = shared_golden_dir().join(format!("../research/reconviagen_keys/{name}"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!("skipped: no research listing at {}", path.display());
+        return None;
+    };
+    Some(
+        text.lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with("key\t"))
+            .map(listing_row)
+            .collect(),
+    )
+}
+
+/// The ReconViaGen golden folder (`<shared golden>/reconviagen`), or None with a "skipped"
+/// line when the shared data is absent.
+pub fn reconviagen_dir() -> Option<PathBuf> {
+    let dir = shared_golden_dir().join("reconviagen");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("skipped: no shared golden data at {}", dir.display());
+        None
+    }
 }
 
 /// Asserts that a network's computed checkpoint layout is the published listing, tensor for
