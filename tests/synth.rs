@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{golden_dir, published_listing, shared_golden_dir};
+use common::{golden_dir, published_listing};
 use recon::models::dinov2::{Dinov2Config, Dinov2Layout};
 use recon::models::sparse_structure_flow::multiview_cond::ModulatedMultiViewCondConfig;
 use recon::models::sparse_structure_flow::SparseStructureFlowConfig;

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{
     read_json, read_tensors, reconviagen_dir, rel_l2, research_listing, REL_L2_TOLERANCE,

@@ -6,6 +6,7 @@
 //! recon info     --model SRC [--device D] [--offline]
 //! recon module   --ckpt DIR/NAME --input IN.safetensors --output OUT.safetensors [--device D]
 //! recon synth    --pipeline trellis-image-large|trellis-vggt --out DIR [--seed N] [--hf-home DIR]
+//! recon bench    [IMAGE...] [--views N] [--formats gaussians,mesh] [--runs R] [--warmup W] [--json OUT]
 //! ```
 //! SRC is a local model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
 //! D is `auto` (default), `cpu`, `cuda` or `cuda:N`. `recon COMMAND --help` describes each.
@@ -14,6 +15,8 @@
 // where cargo would take each file for a binary of its own).
 #[path = "recon/args.rs"]
 mod args;
+#[path = "recon/bench.rs"]
+mod bench;
 #[path = "recon/demo.rs"]
 mod demo;
 #[path = "recon/generate.rs"]
@@ -45,6 +48,9 @@ const USAGE: &str = "usage:
                  one network on named tensors
   recon synth    --pipeline trellis-image-large|trellis-vggt --out DIR [--seed N] [--hf-home DIR]
                  a full-size model with seeded random weights in the published layout
+  recon bench    [IMAGE...] [--views N] [--formats gaussians,mesh] [--runs R] [--warmup W]
+                 [--json OUT.json] [generate's model and generation options]
+                 per-stage timings and peak GPU memory of a whole pipeline
   recon run      the same as generate
 SRC: a model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
 --ckpt DIR/NAME: a checkpoint pair DIR/NAME.json + DIR/NAME.safetensors.
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
         "info" => (&INFO_SPEC, USAGE, info),
         "module" => (&MODULE_SPEC, USAGE, module),
         "synth" => (&synth::SPEC, synth::USAGE, synth::synth),
+        "bench" => (&bench::SPEC, bench::USAGE, bench::bench),
         "help" | "--help" | "-h" => {
             print_help(USAGE);
             return ExitCode::SUCCESS;

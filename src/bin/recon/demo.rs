@@ -45,7 +45,7 @@ tests/fixtures/images/example.png). Outputs go to --out (default demo-out/).";
 
 /// The bundled fallback model and image, relative to the repository.
 const TINY_MODEL: &str = "tests/fixtures/model_tiny";
-const EXAMPLE_IMAGE: &str = "tests/fixtures/images/example.png";
+pub const EXAMPLE_IMAGE: &str = "tests/fixtures/images/example.png";
 /// Where outputs go by default (git-ignored).
 const DEFAULT_OUT: &str = "demo-out";
 /// Environment switch that allows the demo to download the published weights.
@@ -53,7 +53,7 @@ const DOWNLOAD_ENV: &str = "RECON_DEMO_DOWNLOAD";
 
 /// A path in the repository: relative to the working directory when it exists there (the
 /// Makefile runs from the repository root), else in the source tree this binary was built from.
-fn bundled(relative: &str) -> PathBuf {
+pub fn bundled(relative: &str) -> PathBuf {
     let local = Path::new(relative);
     if local.exists() {
         local.to_path_buf()

@@ -104,13 +104,7 @@ pub fn generate(args: &Args) -> Result<()> {
     let params = run_params(args, &targets)?;
     let images = read_images(&inputs)?;
 
-    let mut options = LoadOptions::new(args.optional("--model")?.unwrap_or(DEFAULT_MODEL));
-    options.device = crate::device(args)?;
-    options.offline = args.switch("--offline").then_some(true);
-    options.formats = Some(params.formats);
-    options.low_vram = args.switch("--low-vram");
-    options.vggt_model = args.optional("--vggt-model")?.map(str::to_string);
-    options.log = crate::log_sink(args.switch("--verbose"));
+    let options = load_options(args, params.formats)?;
     let load_started = Instant::now();
     let pipeline = Pipeline::load(&options)?;
     let load_time = load_started.elapsed();
@@ -190,6 +184,19 @@ pub fn generate(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// How to load the model: `--model` (default [`DEFAULT_MODEL`]), `--device`, `--offline`,
+/// `--low-vram`, `--vggt-model`, `--verbose`; only the decoders of `formats` are loaded.
+pub fn load_options(args: &Args, formats: Formats) -> Result<LoadOptions> {
+    let mut options = LoadOptions::new(args.optional("--model")?.unwrap_or(DEFAULT_MODEL));
+    options.device = crate::device(args)?;
+    options.offline = args.switch("--offline").then_some(true);
+    options.formats = Some(formats);
+    options.low_vram = args.switch("--low-vram");
+    options.vggt_model = args.optional("--vggt-model")?.map(str::to_string);
+    options.log = crate::log_sink(args.switch("--verbose"));
+    Ok(options)
+}
+
 /// The input images: positional arguments, then `--image` values.
 fn input_paths(args: &Args) -> Result<Vec<PathBuf>> {
     let paths: Vec<PathBuf> = args
@@ -207,7 +214,7 @@ fn input_paths(args: &Args) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads every input and checks that it decodes, before any model is loaded.
-fn read_images(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+pub fn read_images(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
     paths
         .iter()
         .map(|path| {
@@ -306,6 +313,21 @@ fn extension(path: &str) -> Option<String> {
 }
 
 fn run_params(args: &Args, targets: &[Target]) -> Result<RunParams> {
+    let formats = Formats {
+        gaussians: targets
+            .iter()
+            .any(|t| t.format == ExportFormat::PlyGaussians),
+        mesh: targets
+            .iter()
+            .any(|t| t.format != ExportFormat::PlyGaussians),
+        radiance_field: false,
+    };
+    run_params_for(args, formats)
+}
+
+/// The run's settings from `--seed`, the step and guidance options, `--mode`, `--guidance`
+/// and `--no-preprocess`, producing `formats`; checked.
+pub fn run_params_for(args: &Args, formats: Formats) -> Result<RunParams> {
     let mut params = RunParams::default();
     if let Some(seed) = args.number("--seed", "a whole number from 0 to 2^64-1")? {
         params.seed = seed;
@@ -338,15 +360,7 @@ fn run_params(args: &Args, targets: &[Target]) -> Result<RunParams> {
         }
     };
     params.preprocess = !args.switch("--no-preprocess");
-    params.formats = Formats {
-        gaussians: targets
-            .iter()
-            .any(|t| t.format == ExportFormat::PlyGaussians),
-        mesh: targets
-            .iter()
-            .any(|t| t.format != ExportFormat::PlyGaussians),
-        radiance_field: false,
-    };
+    params.formats = formats;
     params.validate()?;
     Ok(params)
 }

@@ -4,6 +4,9 @@
 //! shows where it is without scrolling; anywhere else (logs, CI, tests) stages are plain lines:
 //! one when a stage ends, and for long stages a step line at most every few seconds, so a log
 //! proves liveness without hundreds of lines. Both write to stderr; results go to stdout.
+//! `bench` uses the same timing without a display, with a hook that waits for the GPU before
+//! every timestamp that ends a stage or a step range, so asynchronous GPU work is charged to
+//! the stage that queued it.
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
@@ -23,6 +26,21 @@ pub struct StageTime {
     pub elapsed: Duration,
     /// The stage's last reported total (sampler steps, images, decoders, files).
     pub total: usize,
+    /// From the stage's report of step 0 to its report of step `total` (for a sampler stage,
+    /// the sampling loop alone, without the networks that run before or after it); `None`
+    /// when the stage did not report both.
+    pub steps_elapsed: Option<Duration>,
+}
+
+/// What a [`Progress`] shows while it times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Display {
+    /// One redrawn bar per stage (a terminal).
+    Bar,
+    /// Plain lines (logs, CI, tests).
+    Lines,
+    /// Nothing (benchmarks).
+    Silent,
 }
 
 struct Current {
@@ -31,46 +49,97 @@ struct Current {
     step: usize,
     total: usize,
     last_line: Instant,
+    /// When step 0 was reported.
+    steps_start: Option<Instant>,
+    /// When step `total` was reported.
+    steps_end: Option<Instant>,
 }
+
+/// Called before a timestamp that bounds a stage or a step range (`bench`: wait for the GPU).
+pub type BeforeTimestamp = Box<dyn Fn()>;
 
 /// Receives the pipeline's (stage, step, total) reports; a stage runs from its first report to
 /// the first report of the next one (or [`Progress::finish`]).
 pub struct Progress {
-    tty: bool,
+    display: Display,
+    before_timestamp: Option<BeforeTimestamp>,
     current: RefCell<Option<Current>>,
     finished: RefCell<Vec<StageTime>>,
 }
 
 impl Progress {
     pub fn new() -> Self {
+        let display = if std::io::stderr().is_terminal() {
+            Display::Bar
+        } else {
+            Display::Lines
+        };
         Self {
-            tty: std::io::stderr().is_terminal(),
+            display,
+            before_timestamp: None,
             current: RefCell::new(None),
             finished: RefCell::new(Vec::new()),
         }
     }
 
+    /// Times stages without displaying anything, calling `before_timestamp` before every
+    /// timestamp that starts or ends a stage or a step range.
+    pub fn silent(before_timestamp: BeforeTimestamp) -> Self {
+        Self {
+            display: Display::Silent,
+            before_timestamp: Some(before_timestamp),
+            current: RefCell::new(None),
+            finished: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The current time, after the [`BeforeTimestamp`] hook.
+    fn boundary_now(&self) -> Instant {
+        if let Some(hook) = &self.before_timestamp {
+            hook();
+        }
+        Instant::now()
+    }
+
     /// A progress report; always true (the CLI never cancels from here).
     pub fn report(&self, stage: Stage, step: usize, total: usize) -> bool {
         let mut current = self.current.borrow_mut();
-        if current.as_ref().is_some_and(|c| c.stage != stage) {
+        let new_stage = current.as_ref().is_none_or(|c| c.stage != stage);
+        // Only the timestamps that bound a stage or its step range need the hook: waiting for
+        // the GPU after every step would serialise the queue for nothing.
+        let now = if new_stage || step == 0 || step == total {
+            self.boundary_now()
+        } else {
+            Instant::now()
+        };
+        if new_stage {
             if let Some(done) = current.take() {
-                self.close(done);
+                self.close(done, now);
             }
         }
-        let now = Instant::now();
         let state = current.get_or_insert_with(|| Current {
             stage,
             start: now,
             step,
             total,
             last_line: now,
+            steps_start: None,
+            steps_end: None,
         });
         state.step = step;
         state.total = total;
-        if self.tty {
+        if step == 0 {
+            state.steps_start = Some(now);
+        }
+        if step == total && total > 0 {
+            state.steps_end = Some(now);
+        }
+        if self.display == Display::Bar {
             draw_bar(state, false);
-        } else if step < total && now.duration_since(state.last_line) >= PLAIN_STEP_INTERVAL {
+        } else if self.display == Display::Lines
+            && step < total
+            && now.duration_since(state.last_line) >= PLAIN_STEP_INTERVAL
+        {
             state.last_line = now;
             eprintln!(
                 "  {:<18} {step}/{total}  {:.1} s",
@@ -84,14 +153,15 @@ impl Progress {
     /// Ends the stage in progress.
     pub fn finish(&self) {
         if let Some(done) = self.current.borrow_mut().take() {
-            self.close(done);
+            let now = self.boundary_now();
+            self.close(done, now);
         }
     }
 
     /// Ends the display of a stage that failed: the terminal line is closed so the error
     /// message starts on its own line; the stage is not timed.
     pub fn abandon(&self) {
-        if self.current.borrow_mut().take().is_some() && self.tty {
+        if self.current.borrow_mut().take().is_some() && self.display == Display::Bar {
             eprintln!();
         }
     }
@@ -101,11 +171,12 @@ impl Progress {
         self.finished.borrow().clone()
     }
 
-    fn close(&self, done: Current) {
-        let elapsed = done.start.elapsed();
-        if self.tty {
+    /// Ends `done` at `now`.
+    fn close(&self, done: Current, now: Instant) {
+        let elapsed = now.duration_since(done.start);
+        if self.display == Display::Bar {
             draw_bar(&done, true);
-        } else {
+        } else if self.display == Display::Lines {
             eprintln!(
                 "  {:<18} {}/{}  {}",
                 label(done.stage),
@@ -114,10 +185,15 @@ impl Progress {
                 seconds(elapsed)
             );
         }
+        let steps_elapsed = done
+            .steps_start
+            .zip(done.steps_end)
+            .map(|(start, end)| end.saturating_duration_since(start));
         self.finished.borrow_mut().push(StageTime {
             stage: done.stage,
             elapsed,
             total: done.total,
+            steps_elapsed,
         });
     }
 }

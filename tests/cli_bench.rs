@@ -1,0 +1,168 @@
+//! `recon bench` end to end through the built binary on the bundled tiny model, on the CPU:
+//! one timed run, no warm-up, a few sampler steps; the JSON must hold every stage with a
+//! positive time and the run's facts. Also its refusals, which come before any model loads.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model_tiny")
+}
+
+/// Command-line arguments from strings and paths alike.
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => { vec![$(OsString::from($arg)),*] };
+}
+
+/// Runs the binary with one libtorch thread (the tests of this file run in parallel).
+fn recon(args: Vec<OsString>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recon"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn positive(value: &Value, what: &str) -> f64 {
+    let x = value.as_f64().unwrap_or_else(|| panic!("{what}: {value}"));
+    assert!(x > 0.0, "{what}: {x}");
+    x
+}
+
+/// Every stage, both exports, generate and total, each timed; the sampler stages with their
+/// steps; the result's counts; no GPU peak on the CPU.
+#[test]
+fn bench_reports_every_stage_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let started = std::time::Instant::now();
+    let out = recon(args![
+        "bench",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+        "--views",
+        "2",
+        "--formats",
+        "gaussians,mesh",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--steps",
+        "2",
+        "--json",
+        &json_path,
+    ]);
+    println!("recon bench (1 run, 2+2 steps): {:.1?}", started.elapsed());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    for expected in [
+        "median ms",
+        "sparse structure",
+        "structured latent",
+        "total",
+        "voxels",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "table lacks '{expected}':\n{stdout}"
+        );
+    }
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["pipeline"], "TrellisImageTo3DPipeline");
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["views"], 2);
+    assert_eq!(report["runs"], 1);
+    assert_eq!(report["warmup"], 0);
+    assert!(report["peak_gpu_bytes"].is_null(), "no GPU peak on the CPU");
+    let stages = report["stages"].as_object().unwrap();
+    let keys = [
+        "preprocess",
+        "condition",
+        "sparse_structure",
+        "structured_latent",
+        "decode",
+        "to_output",
+        "export_ply_gaussians",
+        "export_glb",
+        "generate",
+        "total",
+    ];
+    let order: Vec<&str> = report["stage_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(order, keys);
+    for key in keys {
+        let stage = &stages[key];
+        let median = positive(&stage["median_ms"], key);
+        assert_eq!(stage["min_ms"].as_f64(), Some(median), "{key}: one run");
+        assert_eq!(stage["max_ms"].as_f64(), Some(median), "{key}: one run");
+        assert_eq!(stage["runs_ms"].as_array().unwrap().len(), 1, "{key}");
+    }
+    for key in ["sparse_structure", "structured_latent"] {
+        assert_eq!(stages[key]["steps"], 2, "{key}");
+        let per_step = positive(&stages[key]["per_step_ms"], key);
+        assert!(per_step * 2.0 <= stages[key]["median_ms"].as_f64().unwrap() + 1e-3);
+    }
+    assert!(stages["decode"]["per_step_ms"].is_null());
+    let sum: f64 = keys[..5]
+        .iter()
+        .map(|k| stages[*k]["median_ms"].as_f64().unwrap())
+        .sum();
+    let generate = stages["generate"]["median_ms"].as_f64().unwrap();
+    assert!(
+        sum <= generate + 1e-3,
+        "stages {sum} ms > generate {generate} ms"
+    );
+    assert!(generate <= stages["total"]["median_ms"].as_f64().unwrap());
+    for key in ["voxels", "gaussians", "mesh_vertices", "mesh_faces"] {
+        positive(&report[key], key);
+    }
+    positive(&report["export_bytes"]["glb"], "GLB bytes");
+    positive(&report["export_bytes"]["ply_gaussians"], "PLY bytes");
+}
+
+/// Mistakes are refused before the model loads, each naming the option.
+#[test]
+fn bench_refuses_bad_options() {
+    let model = tiny_model();
+    let cases: [(Vec<OsString>, &str); 4] = [
+        (args!["--formats", "gaussians,nerf"], "'nerf'"),
+        (args!["--formats", "mesh,mesh"], "named twice"),
+        (args!["--runs", "0"], "--runs"),
+        (
+            args!["--json", "/no/such/folder/out.json"],
+            "does not exist",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut all = args!["bench", "--model", &model, "--device", "cpu"];
+        all.extend(extra);
+        let out = recon(all);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected '{expected}' in: {stderr}"
+        );
+        assert!(
+            !stderr.contains("loading models"),
+            "refused after loading: {stderr}"
+        );
+    }
+}
