@@ -1067,7 +1067,9 @@ fn a_full_disk_fails_the_export_and_leaves_no_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("asset.glb"), b"old").unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
+    // The child's output goes to pipes: under its file-size limit, writing to a redirected
+    // log file (as CI does) would fail too.
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "a_full_disk_fails_the_export_and_leaves_no_file",
@@ -1075,9 +1077,15 @@ fn a_full_disk_fails_the_export_and_leaves_no_file() {
             "--nocapture",
         ])
         .env(DISK_FULL_CHILD, dir.path())
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "the child's checks failed: {status}");
+    assert!(
+        child.status.success(),
+        "the child's checks failed: {}\n{}{}",
+        child.status,
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
     assert_eq!(dir_entries(dir.path()), ["asset.glb"]);
     assert_eq!(std::fs::read(dir.path().join("asset.glb")).unwrap(), b"old");
 }
