@@ -372,9 +372,10 @@ extern "C" {
 void recon_load_params_init(struct recon_load_params *params);
 
 // Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
-// the header the caller was built with) and sets `struct_size` accordingly; sizes above
-// this library's struct are clamped to it. Returns RECON_ERR_INVALID_ARGUMENT, writing
-// nothing, for NULL or a size below the v1 struct (40 bytes).
+// the header the caller was built with): the fields of the largest released version that
+// fits in `size` (v1: 40 bytes, v2: 56; a newer header's larger struct gets this library's
+// fields), with `struct_size` set to that version's size. Returns
+// RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 //
 // # Safety
 // Each pointer argument must be NULL or valid for its documented use: handles as returned

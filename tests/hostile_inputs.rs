@@ -8,7 +8,7 @@ use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 
 use common::fixture_model_dir;
-use recon::ffi::model::{recon_free, recon_load, recon_load_params, recon_load_params_init};
+use recon::ffi::model::{recon_free, recon_load, recon_load_params, recon_load_params_init_sized};
 use recon::ffi::status::recon_status;
 use recon::pipeline::{DeviceRequest, ImageInput, LoadOptions, Pipeline};
 use recon::weights::SafeTensorsFile;
@@ -182,9 +182,12 @@ fn a_hostile_checkpoint_header_fails_the_load_naming_the_network() {
 fn a_path_that_is_not_utf8_is_an_invalid_argument() {
     let path: &[u8] = b"/tmp/\xff\xfemodel\0";
     let mut params = std::mem::MaybeUninit::<recon_load_params>::uninit();
-    // SAFETY: recon_load_params_init fills the whole struct.
+    // SAFETY: the sized init fills the whole struct.
     let mut params = unsafe {
-        recon_load_params_init(params.as_mut_ptr());
+        recon_load_params_init_sized(
+            params.as_mut_ptr(),
+            std::mem::size_of::<recon_load_params>(),
+        );
         params.assume_init()
     };
     params.model = path.as_ptr() as *const c_char;

@@ -395,6 +395,13 @@ static void test_load_params_versions(void) {
     CHECK(size == sizeof(recon_load_params));
     CHECK(buf[sizeof(recon_load_params)] == 0xAB);
 
+    /* A size between two versions gets the older one (never half a field). */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 52), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 40);
+    CHECK(buf[40] == 0xAB);
+
     CHECK_STATUS(recon_load_params_init_sized(NULL, sizeof(recon_load_params)),
                  RECON_ERR_INVALID_ARGUMENT);
     memset(buf, 0xAB, sizeof buf);
@@ -575,13 +582,17 @@ static void test_load_arguments(void) {
         recon_load_params p;
         unsigned char tail[64];
     } big;
-    /* (below v1's 40 bytes, or above this header's struct) */
-    const uint32_t sizes[] = {0, 4, 32, (uint32_t)sizeof(recon_load_params) + 8, UINT32_MAX};
+    /* (below v1's 40 bytes, between two versions, or above this header's struct) */
+    const uint32_t sizes[] = {0, 4, 32, 44, 52, (uint32_t)sizeof(recon_load_params) + 8,
+                              UINT32_MAX};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         memset(&big, 0, sizeof big);
         recon_load_params_init(&big.p);
         big.p.model = g_model;
         big.p.device = RECON_DEVICE_CPU;
+        /* A real pointer: a size inside it (52) once copied half of it and crashed (found by
+         * the fuzzer). */
+        big.p.vggt_model = "vggt";
         big.p.struct_size = sizes[i];
         err[0] = '\0';
         check_status_impl(recon_load(&big.p, &model, err, sizeof err),

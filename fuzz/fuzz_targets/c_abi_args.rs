@@ -30,9 +30,11 @@ fn tiny_model() -> *const recon_model {
             "/../tests/fixtures/model_tiny\0"
         );
         let mut params = std::mem::MaybeUninit::<recon_load_params>::uninit();
-        // SAFETY: valid pointers throughout; the params struct is initialised by _init.
+        // SAFETY: valid pointers throughout; the sized init fills the whole struct.
         unsafe {
-            recon_load_params_init(params.as_mut_ptr());
+            let status =
+                recon_load_params_init_sized(params.as_mut_ptr(), size_of::<recon_load_params>());
+            assert_eq!(status, recon_status::RECON_OK);
             let mut params = params.assume_init();
             params.device = RECON_DEVICE_CPU;
             params.offline = 1;
@@ -117,6 +119,10 @@ fn status_and_inits(u: &mut Unstructured<'_>) -> ArbResult<()> {
     // SAFETY: NULL or valid, writable structs.
     unsafe {
         recon_load_params_init(null_mut());
+        assert_eq!(
+            recon_load_params_init_sized(null_mut(), size_of::<recon_load_params>()),
+            recon_status::RECON_ERR_INVALID_ARGUMENT
+        );
         recon_run_params_init(null_mut());
         recon_image_init(null_mut());
         let mut p = std::mem::MaybeUninit::<recon_run_params>::uninit();
@@ -125,6 +131,22 @@ fn status_and_inits(u: &mut Unstructured<'_>) -> ArbResult<()> {
             p.assume_init().struct_size as usize,
             size_of::<recon_run_params>()
         );
+        // The sized init writes min(size, its struct) bytes, refusing sizes below v1.
+        let size = usize::from(u.int_in_range(0..=200u8)?);
+        let mut raw = buffer(size.max(1));
+        let status = recon_load_params_init_sized(raw.as_mut_ptr() as *mut recon_load_params, size);
+        if size < 40 {
+            assert_eq!(status, recon_status::RECON_ERR_INVALID_ARGUMENT);
+        } else {
+            assert_eq!(status, recon_status::RECON_OK);
+            let written = *(raw.as_ptr() as *const u32) as usize;
+            let expected = if size >= size_of::<recon_load_params>() {
+                size_of::<recon_load_params>()
+            } else {
+                40
+            };
+            assert_eq!(written, expected);
+        }
     }
     Ok(())
 }
@@ -166,6 +188,12 @@ fn load(u: &mut Unstructured<'_>) -> ArbResult<()> {
             None
         },
         log_user_data: null_mut(),
+        low_vram: some_i32(u, &[0, 1, 2, -1])?,
+        vggt_model: match u.int_in_range(0..=2u8)? {
+            0 => null(),
+            1 => c"\xff not utf-8".as_ptr(),
+            _ => fuzzed.as_ptr() as *const c_char,
+        },
     };
     // SAFETY: the buffer holds at least a recon_load_params and is 8-aligned.
     unsafe { (raw.as_mut_ptr() as *mut recon_load_params).write(params) };
@@ -403,6 +431,7 @@ fn results(u: &mut Unstructured<'_>) -> ArbResult<()> {
             recon_result_gaussians(null(), out as *mut recon_gaussians),
             recon_result_mesh(null(), out as *mut recon_mesh),
             recon_result_camera(null(), index, out as *mut recon_camera),
+            recon_result_camera_matrices(null(), index, out as *mut f32, null_mut()),
             recon_result_export(null(), format, path),
             recon_result_export_buffer(null(), format, &mut buf),
             recon_model_network(null(), index, out as *mut recon_network_info),

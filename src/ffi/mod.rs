@@ -60,8 +60,9 @@ pub(crate) unsafe fn utf8<'a>(ptr: *const c_char, what: &str) -> Result<&'a str>
         .map_err(|_| Error::invalid_argument(format!("{what} is not valid UTF-8")))
 }
 
-/// Copies a versioned struct from the caller: `struct_size` must be one this library knows
-/// (the v1 size up to the current size); the bytes the caller has are taken over `defaults`.
+/// Copies a versioned struct from the caller: `struct_size` must be the size of one of its
+/// released versions (`sizes`, all at most the current size: a size between two versions
+/// would cut a field in half); the bytes the caller has are taken over `defaults`.
 ///
 /// # Safety
 /// `ptr` must be NULL or point to at least `struct_size` readable bytes, where `struct_size`
@@ -69,7 +70,7 @@ pub(crate) unsafe fn utf8<'a>(ptr: *const c_char, what: &str) -> Result<&'a str>
 pub(crate) unsafe fn read_versioned<T: Copy>(
     ptr: *const T,
     defaults: T,
-    min_size: usize,
+    sizes: &[usize],
     what: &str,
 ) -> Result<T> {
     if ptr.is_null() {
@@ -78,9 +79,12 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     // SAFETY: every versioned struct begins with a u32 struct_size.
     let size = unsafe { *(ptr as *const u32) } as usize;
     let ours = std::mem::size_of::<T>();
-    if size < min_size || size > ours {
+    if !sizes.contains(&size) || size > ours {
+        let known: Vec<String> = sizes.iter().map(usize::to_string).collect();
         return Err(Error::invalid_argument(format!(
-            "{what}.struct_size is {size}, expected {ours} (call the matching *_init and build against this recon.h)"
+            "{what}.struct_size is {size}, expected {ours} (or an earlier version's: {}); call \
+             the matching *_init and build against this recon.h",
+            known.join(", ")
         )));
     }
     let mut value = defaults;

@@ -69,6 +69,9 @@ pub struct recon_load_params {
 const LOAD_PARAMS_V1_SIZE: usize =
     offset_of!(recon_load_params, log_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(LOAD_PARAMS_V1_SIZE == 40);
+/// The sizes of every released `recon_load_params` (v1, v2 = current).
+const LOAD_PARAMS_SIZES: [usize; 2] = [LOAD_PARAMS_V1_SIZE, size_of::<recon_load_params>()];
+const _: () = assert!(LOAD_PARAMS_SIZES[1] == 56);
 
 impl recon_load_params {
     fn defaults() -> Self {
@@ -95,7 +98,13 @@ unsafe fn init_load_params(params: *mut recon_load_params, size: usize) {
     if params.is_null() {
         return;
     }
-    let size = size.min(size_of::<recon_load_params>());
+    // The largest released version that fits: a size between two would cut a field.
+    let size = LOAD_PARAMS_SIZES
+        .iter()
+        .copied()
+        .filter(|&s| s <= size)
+        .max()
+        .unwrap_or(0);
     let mut defaults = recon_load_params::defaults();
     defaults.struct_size = size as u32;
     // SAFETY: `defaults` is a whole struct (>= size bytes); the caller owns `size` bytes.
@@ -126,9 +135,10 @@ pub unsafe extern "C" fn recon_load_params_init(params: *mut recon_load_params) 
 }
 
 /// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
-/// the header the caller was built with) and sets `struct_size` accordingly; sizes above
-/// this library's struct are clamped to it. Returns RECON_ERR_INVALID_ARGUMENT, writing
-/// nothing, for NULL or a size below the v1 struct (40 bytes).
+/// the header the caller was built with): the fields of the largest released version that
+/// fits in `size` (v1: 40 bytes, v2: 56; a newer header's larger struct gets this library's
+/// fields), with `struct_size` set to that version's size. Returns
+/// RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 ///
 /// # Safety
 /// Each pointer argument must be NULL or valid for its documented use: handles as returned
@@ -329,7 +339,7 @@ pub unsafe extern "C" fn recon_load(
             read_versioned(
                 params,
                 recon_load_params::defaults(),
-                LOAD_PARAMS_V1_SIZE,
+                &LOAD_PARAMS_SIZES,
                 "recon_load_params",
             )
         }?;

@@ -320,7 +320,7 @@ unsafe fn image_inputs<'a>(
                 read_versioned(
                     element,
                     recon_image::defaults(),
-                    IMAGE_V1_SIZE,
+                    &[IMAGE_V1_SIZE],
                     "recon_image",
                 )
             }?;
@@ -368,7 +368,7 @@ pub unsafe extern "C" fn recon_run(
                 read_versioned(
                     params,
                     recon_run_params::defaults(),
-                    RUN_PARAMS_V1_SIZE,
+                    &[RUN_PARAMS_V1_SIZE],
                     "recon_run_params",
                 )
             }?
