@@ -2,9 +2,12 @@
 //! one timed run, no warm-up, a few sampler steps; the JSON must hold every stage with a
 //! positive time and the run's facts. Also its refusals, which come before any model loads.
 
+mod common;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{recon_cli as recon, text};
 
 use serde_json::Value;
 
@@ -15,19 +18,6 @@ fn tiny_model() -> PathBuf {
 /// Command-line arguments from strings and paths alike.
 macro_rules! args {
     ($($arg:expr),* $(,)?) => { vec![$(OsString::from($arg)),*] };
-}
-
-/// Runs the binary with one libtorch thread (the tests of this file run in parallel).
-fn recon(args: Vec<OsString>) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recon"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn positive(value: &Value, what: &str) -> f64 {

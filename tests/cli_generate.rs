@@ -2,9 +2,12 @@
 //! model (random weights: the shapes are meaningless, the files must still be well formed), and
 //! the CLI's refusals: each names what was wrong, exits non-zero and writes no file.
 
+mod common;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{recon_cli as recon, text};
 
 fn fixture(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -21,20 +24,6 @@ fn example_image() -> PathBuf {
 /// Command-line arguments from strings and paths alike.
 macro_rules! args {
     ($($arg:expr),* $(,)?) => { vec![$(OsString::from($arg)),*] };
-}
-
-/// Runs the binary. The tests of this file run in parallel, so each run gets one libtorch
-/// thread: two runs of two threads on a 2-core machine spin against each other many times over.
-fn recon(args: Vec<OsString>) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recon"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A run that generates every file format at once: the GLB must be glTF binary, the PLYs

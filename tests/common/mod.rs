@@ -177,3 +177,18 @@ pub fn assert_layout_is_published(layout: &[recon::nn::layout::TensorSpec], list
     }
     assert_eq!(ours.len(), published.len(), "{}", listing.display());
 }
+
+/// Runs the `recon` binary with one libtorch thread (CLI tests run in parallel: two runs of two
+/// threads on a 2-core machine spin against each other many times over).
+pub fn recon_cli(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+/// Lossy UTF-8 of a process's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -408,24 +408,7 @@ fn view_count(args: &Args, images: usize) -> Result<usize> {
 
 /// The JSON file's folder must exist before minutes of runs, and the path must not be one.
 fn check_output(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        return Err(Error::invalid_argument(format!(
-            "--json '{}' is a folder; name a file",
-            path.display()
-        )));
-    }
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    if !folder.is_dir() {
-        return Err(Error::io(format!(
-            "--json '{}': the folder '{}' does not exist",
-            path.display(),
-            folder.display()
-        )));
-    }
-    Ok(())
+    crate::generate::check_output_path("--json", path)
 }
 
 /// The stage's JSON key: its display label in snake case (`sparse_structure`).

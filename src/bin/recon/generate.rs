@@ -285,6 +285,13 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
 
 fn target(flag: &str, path: &str, format: ExportFormat) -> Result<Target> {
     let path = PathBuf::from(path);
+    check_output_path(flag, &path)?;
+    Ok(Target { format, path })
+}
+
+/// An output file named by `flag`: not a folder, in a folder that exists (checked before any
+/// model loads, so a typo costs nothing).
+pub fn check_output_path(flag: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::invalid_argument(format!(
             "{flag} '{}' is a folder; name a file",
@@ -302,7 +309,7 @@ fn target(flag: &str, path: &str, format: ExportFormat) -> Result<Target> {
             folder.display()
         )));
     }
-    Ok(Target { format, path })
+    Ok(())
 }
 
 /// The lower-case extension of `path`, without the dot.
