@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist fuzz-ci venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle
+.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist fuzz-ci venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle pipeline-bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -131,3 +131,9 @@ gpu-bundle: $(TORCH_STAMP)
 # files in .bench/bundle/, run on the GPU machine by benches/run_on_gpu.sh (see tools/bench-bundle.sh).
 bench-bundle: $(TORCH_STAMP)
 	bash tools/bench-bundle.sh
+
+# The whole-pipeline benchmark against the reference TRELLIS pipeline (benches/RESULTS.md):
+# recon, the reference's packages and sources in .bench/, run on the GPU machine in two calls by
+# benches/run_pipeline_bench.sh (see tools/pipeline-bench-bundle.sh).
+pipeline-bench-bundle: $(TORCH_STAMP)
+	bash tools/pipeline-bench-bundle.sh

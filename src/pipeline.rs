@@ -298,15 +298,30 @@ impl Pipeline {
         noise: &GenerationNoise,
         control: &RunControl<'_>,
     ) -> Result<Generation> {
+        let overrides = GenerationOverrides::default();
+        self.generate_with_overrides(images, params, noise, &overrides, control)
+    }
+
+    /// [`Pipeline::generate`] with parts of the computation replaced (see
+    /// [`GenerationOverrides`]): benchmarks feed the structured-latent stage a fixed voxel set.
+    pub fn generate_with_overrides(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        noise: &GenerationNoise,
+        overrides: &GenerationOverrides,
+        control: &RunControl<'_>,
+    ) -> Result<Generation> {
         if self.name() == TRELLIS_VGGT_TO_3D {
-            return self.generate_from_views(images, params, noise, control);
+            return self.generate_from_views(images, params, noise, overrides, control);
         }
         // Both stages' networks and samplers are looked up before any work, so a missing
         // decoder fails fast.
         self.require_all(&self.slat_keys(&params.formats))?;
         let slat_sampler = self.slat_sampler(params)?;
         let (ss_noise, slat_source) = noise.sources(params.seed);
-        let stage1 = self.sparse_structure(images, params, ss_noise, control)?;
+        let mut stage1 = self.sparse_structure(images, params, ss_noise, control)?;
+        overrides.apply(&mut stage1)?;
         control.check_cancelled()?;
         let held = self.hold(&self.slat_keys(&params.formats))?;
         let slat_networks = self.slat_networks(&held, &params.formats)?;
@@ -346,6 +361,7 @@ impl Pipeline {
         images: &[ImageInput<'_>],
         params: &RunParams,
         noise: &GenerationNoise,
+        overrides: &GenerationOverrides,
         control: &RunControl<'_>,
     ) -> Result<Generation> {
         validate_views(images)?;
@@ -369,7 +385,7 @@ impl Pipeline {
         self.release(held)?;
 
         let held = self.hold(&ss_keys)?;
-        let stage1 = vggt_pipeline::sample_sparse_structure(
+        let mut stage1 = vggt_pipeline::sample_sparse_structure(
             &self.view_sparse_structure_stage(&held)?,
             &samplers.sparse_structure,
             &encoded.features,
@@ -377,6 +393,7 @@ impl Pipeline {
             control,
         )?;
         self.release(held)?;
+        overrides.apply(&mut stage1)?;
         control.check_cancelled()?;
 
         let held = self.hold(&slat_keys)?;
@@ -1259,6 +1276,60 @@ impl GenerationNoise {
             ),
         }
     }
+}
+
+/// Parts of a generation replaced by the caller (see [`Pipeline::generate_with_overrides`]).
+#[derive(Default)]
+pub struct GenerationOverrides {
+    /// The occupied voxels the structured latent is sampled on, instead of those stage 1
+    /// decodes: `[M, 4]` integers `(batch 0, x, y, z)` inside the decoder's grid. Benchmarks
+    /// use it to give both implementations the same realistic surface (random-weight decoders
+    /// scatter voxels through the volume). Stage 1 still runs in full; its `coords` are
+    /// replaced, its logits kept.
+    pub voxels: Option<tch::Tensor>,
+}
+
+impl GenerationOverrides {
+    /// Replaces `stage1.coords` by the given voxels after checking them against its grid.
+    fn apply(&self, stage1: &mut SparseStructureOutput) -> Result<()> {
+        if let Some(voxels) = &self.voxels {
+            let grid = stage1.logits.size().last().copied().unwrap_or(0);
+            stage1.coords = checked_voxels(voxels, grid)?.f_to_device(stage1.coords.device())?;
+        }
+        Ok(())
+    }
+}
+
+/// `voxels` as int32 `[M, 4]` after checking that it is one batch element's voxels inside a
+/// `grid`³ volume, without duplicates (the sparse tensor's kernel maps assume unique sites).
+fn checked_voxels(voxels: &tch::Tensor, grid: i64) -> Result<tch::Tensor> {
+    let size = voxels.size();
+    if size.len() != 2 || size[1] != 4 || size[0] == 0 || voxels.is_floating_point() {
+        return Err(Error::invalid_argument(format!(
+            "voxel override must be a non-empty integer tensor [M, 4] (batch, x, y, z), got {:?} {size:?}",
+            voxels.kind()
+        )));
+    }
+    let voxels = voxels
+        .f_to_device(tch::Device::Cpu)?
+        .f_to_kind(tch::Kind::Int)?;
+    let batch = voxels.f_select(1, 0)?;
+    let xyz = voxels.f_narrow(1, 1, 3)?;
+    let outside = xyz.f_lt(0)?.f_logical_or(&xyz.f_ge(grid)?)?;
+    if batch.f_ne(0)?.f_any()?.int64_value(&[]) != 0 || outside.f_any()?.int64_value(&[]) != 0 {
+        return Err(Error::invalid_argument(format!(
+            "voxel override: every row must be (0, x, y, z) with x, y, z in [0, {grid})"
+        )));
+    }
+    let (unique, _, _) = voxels.f_unique_dim(0, false, false, false)?;
+    if unique.size()[0] != size[0] {
+        return Err(Error::invalid_argument(format!(
+            "voxel override: {} of its {} voxels are duplicates",
+            size[0] - unique.size()[0],
+            size[0]
+        )));
+    }
+    Ok(voxels)
 }
 
 /// Everything one generation computed (see [`Pipeline::generate`]).

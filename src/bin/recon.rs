@@ -17,6 +17,8 @@
 mod args;
 #[path = "recon/bench.rs"]
 mod bench;
+#[path = "recon/bench_replay.rs"]
+mod bench_replay;
 #[path = "recon/demo.rs"]
 mod demo;
 #[path = "recon/generate.rs"]

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use recon::export::{atomic::write_atomically, export_to_bytes, ExportFormat};
-use recon::pipeline::{Formats, GenerationNoise, ImageInput, Pipeline, RunControl, Stage};
+use recon::pipeline::{
+    Formats, GenerationNoise, GenerationOverrides, ImageInput, Pipeline, RunControl, Stage,
+};
 use recon::{Error, Result};
 use serde_json::{json, Map, Value};
 use tch::Device;
@@ -42,6 +44,8 @@ pub const SPEC: Spec = Spec {
         "--model",
         "--device",
         "--vggt-model",
+        "--voxels",
+        "--dump",
     ],
     switches: &["--no-preprocess", "--offline", "--verbose", "--low-vram"],
     aliases: &[],
@@ -66,6 +70,12 @@ runs:
   --runs R                timed runs (default 5)
   --warmup W              untimed runs first (default 1)
   --json FILE             also write the results as JSON
+  --voxels shell:R        sample the structured latent on a sphere shell of radius R voxels
+                          (64³ grid) instead of the decoded voxels: a realistic surface for
+                          benchmarks with random weights (stage 1 still runs in full)
+  --dump FILE             write the last run's intermediate tensors as safetensors (condition,
+                          noises, latents, voxels, decoded tensors) for comparison with the
+                          reference (benches/reference_pipeline.py)
 generation (as recon generate):
   --seed N, --steps N, --ss-steps N, --slat-steps N, --cfg X, --ss-cfg X, --slat-cfg X,
   --mode stochastic|multidiffusion, --guidance trellis|reconviagen, --no-preprocess
@@ -212,9 +222,15 @@ pub fn bench(args: &Args) -> Result<()> {
     let runs = count(args, "--runs", DEFAULT_RUNS, 1)?;
     let warmup = count(args, "--warmup", DEFAULT_WARMUP, 0)?;
     let json_path = args.optional("--json")?.map(PathBuf::from);
-    if let Some(path) = &json_path {
-        check_output(path)?;
+    let dump_path = args.optional("--dump")?.map(PathBuf::from);
+    for (flag, path) in [("--json", &json_path), ("--dump", &dump_path)] {
+        if let Some(path) = path {
+            crate::generate::check_output_path(flag, path)?;
+        }
     }
+    let overrides = GenerationOverrides {
+        voxels: crate::bench_replay::voxel_override(args.optional("--voxels")?)?,
+    };
     let params = crate::generate::run_params_for(args, formats)?;
     let images = crate::generate::read_images(&input_paths(args))?;
     let views = view_count(args, images.len())?;
@@ -241,7 +257,9 @@ pub fn bench(args: &Args) -> Result<()> {
 
     let mut measured = Measurements::default();
     for run in 0..warmup + runs {
-        let (times, facts) = run_once(&pipeline, &views, &params, &products)?;
+        let last = run + 1 == warmup + runs;
+        let dump = dump_path.as_deref().filter(|_| last);
+        let (times, facts) = run_once(&pipeline, &views, &params, &overrides, &products, dump)?;
         let (kind, index, of) = if run < warmup {
             ("warm-up", run + 1, warmup)
         } else {
@@ -279,12 +297,15 @@ pub fn bench(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// One generation, timed: stages, copy to host, each file's encoding.
+/// One generation, timed: stages, copy to host, each file's encoding; its intermediate
+/// tensors written to `dump` (after the timings) when given.
 fn run_once(
     pipeline: &Pipeline,
     views: &[ImageInput<'_>],
     params: &recon::pipeline::RunParams,
+    overrides: &GenerationOverrides,
     products: &[Product],
+    dump: Option<&Path>,
 ) -> Result<(RunTimes, RunFacts)> {
     let device = pipeline.device();
     synchronize(device);
@@ -298,7 +319,13 @@ fn run_once(
         progress: Some(&report),
     };
     let started = Instant::now();
-    let generation = pipeline.generate(views, params, &GenerationNoise::Seed, &control)?;
+    let generation = pipeline.generate_with_overrides(
+        views,
+        params,
+        &GenerationNoise::Seed,
+        overrides,
+        &control,
+    )?;
     progress.finish();
     let generate = started.elapsed();
     let peak_gpu_bytes = if device.is_cuda() {
@@ -311,7 +338,15 @@ fn run_once(
     let copy_started = Instant::now();
     let output = generation.to_output()?;
     let to_output = copy_started.elapsed();
-    drop(generation);
+    // The generation's tensors are freed before the exports are timed, except in the run that
+    // dumps them, which writes them after its timings.
+    let dumped = match dump {
+        Some(path) => Some((path, generation)),
+        None => {
+            drop(generation);
+            None
+        }
+    };
 
     let mut exports = Vec::new();
     let mut export_bytes = Vec::new();
@@ -329,6 +364,9 @@ fn run_once(
         exports,
         total: started.elapsed(),
     };
+    if let Some((path, generation)) = dumped {
+        crate::bench_replay::dump_generation(path, &generation)?;
+    }
     let facts = RunFacts {
         peak_gpu_bytes,
         voxels,
@@ -404,11 +442,6 @@ fn input_paths(args: &Args) -> Vec<PathBuf> {
 /// `--views`, else one view per image.
 fn view_count(args: &Args, images: usize) -> Result<usize> {
     count(args, "--views", images, 1)
-}
-
-/// The JSON file's folder must exist before minutes of runs, and the path must not be one.
-fn check_output(path: &Path) -> Result<()> {
-    crate::generate::check_output_path("--json", path)
 }
 
 /// The stage's JSON key: its display label in snake case (`sparse_structure`).

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the whole-pipeline benchmark on the GPU machine, from the repository root: recon and the
+# reference TRELLIS pipeline (benches/reference_pipeline.py) on the same synthetic full-size
+# model (`recon synth`), input, seed, sampler settings and voxels, one after the other in the
+# same call, then the comparison table (benches/compare_pipeline.py).
+#
+# What tools/pipeline-bench-bundle.sh built travels in two calls (a call carries <= 64 MiB):
+#   call 1, carry .bench/bundle:    bash benches/run_pipeline_bench.sh   (unpacks spconv)
+#   call 2, carry .bench/pipeline:  bash benches/run_pipeline_bench.sh   (unpacks the rest, runs)
+# /tmp survives between calls while the machine stays warm.
+# Settings (environment): VOXELS (default shell:28), FORMATS (gaussians,mesh), RUNS (5),
+# WARMUP (1), SEED (42), IMAGE (tests/fixtures/images/example.png).
+set -euo pipefail
+site=/tmp/ref_site
+fallback=/tmp/ref_fallback
+model=/tmp/bench_large
+out=${OUT:-/tmp/pipeline-bench-out}
+mkdir -p "$site" "$fallback" "$out"
+sp=/opt/torch/.venv/lib/python3.12/site-packages
+export LD_LIBRARY_PATH=$sp/torch/lib:$sp/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+python=/opt/torch/.venv/bin/python3
+
+if [ -f .bench/bundle/spconv_site.tar.xz ]; then
+  tar -xJf .bench/bundle/spconv_site.tar.xz -C "$site"
+  echo "unpacked spconv into $site"
+fi
+if [ ! -f .bench/pipeline/bin/recon ]; then
+  exit 0
+fi
+[ -d "$site/spconv" ] || { echo "spconv is not unpacked: run the first call (carry .bench/bundle)"; exit 1; }
+tar -xJf .bench/pipeline/ref_site.tar.xz -C "$site"
+tar -xJf .bench/pipeline/fallback_site.tar.xz -C "$fallback"
+recon=.bench/pipeline/bin/recon
+
+voxels=${VOXELS:-shell:28}
+formats=${FORMATS:-gaussians,mesh}
+runs=${RUNS:-5}
+warmup=${WARMUP:-1}
+seed=${SEED:-42}
+image=${IMAGE:-tests/fixtures/images/example.png}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+  --format=csv | tee "$out/gpu.txt"
+[ -f "$model/pipeline.json" ] || "$recon" synth --pipeline trellis-image-large --out "$model" --seed 0
+export HF_HOME=$model/hf HF_HUB_OFFLINE=1
+
+"$recon" bench --model "$model" --offline --device cuda --image "$image" --seed "$seed" \
+  --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+  --json "$out/recon.json" --dump "$out/recon_dump.safetensors" 2>&1 | tee "$out/recon.txt"
+
+REF_SITE=$site REF_FALLBACK_SITE=$fallback DINOV2_HUB_CODE=$site/extra/dinov2 \
+FLEXICUBES_DIR=$site/extra/flexicubes PYTHONUNBUFFERED=1 \
+  "$python" benches/reference_pipeline.py --model "$model" --image "$image" --device cuda \
+  --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+  --recon-dump "$out/recon_dump.safetensors" --json "$out/reference.json" 2>&1 \
+  | grep -v -e 'it/s]' -e is_fx_tracing | tee "$out/reference.txt"
+rm -f "$out/recon_dump.safetensors"
+
+"$python" benches/compare_pipeline.py "$out/recon.json" "$out/reference.json" | tee "$out/compare.md"
+"$python" benches/gpu_roofline.py "$out/roofline.json"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds what the whole-pipeline benchmark against the reference (issue 8, benches/RESULTS.md)
+# needs on the GPU machine, which has no network, no Rust toolchain and takes at most 64 MiB per
+# call (the work tree included, ~25 MB):
+#   .bench/bundle/spconv_site.tar.xz   spconv 2.3.8 + cumm + their pure-Python deps (~40 MB),
+#                                      made by tools/bench-bundle.sh; carried in a first call
+#   .bench/pipeline/ref_site.tar.xz    trellis-3d-ms 0.1.0, the torch.hub DINOv2 code (from
+#                                      trellis-3d-python), FlexiCubes at TRELLIS's pinned commit
+#   .bench/pipeline/fallback_site.tar.xz  packages used only where the GPU image lacks them
+#                                      (Pillow, safetensors, easydict, tqdm)
+#   .bench/pipeline/bin/recon          the stripped recon binary (synth + bench)
+# then, in a second call (carry .bench/pipeline): bash benches/run_pipeline_bench.sh.
+# Reference sources come from the golden-fixture tooling's pinned, hash-checked copies
+# (tools/golden/setup.sh makes its venv; nothing here is committed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.bench/pipeline
+wheels=.bench/wheels
+mkdir -p "$out/bin" "$wheels"
+
+bash tools/bench-bundle.sh >/dev/null   # spconv_site.tar.xz (kept when its pins are unchanged)
+
+[ -x tools/golden/.venv/bin/python ] || bash tools/golden/setup.sh
+read -r dinov2 flexicubes < <(cd tools/golden && .venv/bin/python -c '
+import sys
+sys.path.insert(0, ".")
+import generate  # noqa: F401  (sets the reference environment up before torch is imported)
+from cases.dinov2 import hub_code_dir
+from cases.stage2 import flexicubes_dir
+print(hub_code_dir(), flexicubes_dir())')
+
+download() { # wheels for CPython 3.12 on x86-64 Linux, no dependencies
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$wheels" "$@"
+}
+unpack() { # site_dir pins...
+  local site=$1; shift
+  for pin in "$@"; do
+    local name=${pin%%==*} version=${pin##*==}
+    python3 -m zipfile -e "$(ls "$wheels"/"${name//-/_}"-"$version"-*.whl | head -1)" "$site"
+  done
+  find "$site" -name '*.so*' -exec chmod 755 {} +
+}
+
+ref_pins=(trellis-3d-ms==0.1.0)
+fallback_pins=(pillow==13.0.0 safetensors==0.8.0 easydict==1.14 tqdm==4.70.1)
+download "${ref_pins[@]}" "${fallback_pins[@]}"
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/ref/extra" "$tmp/fallback"
+unpack "$tmp/ref" "${ref_pins[@]}"
+cp -r "$dinov2" "$tmp/ref/extra/dinov2"
+mkdir -p "$tmp/ref/extra/flexicubes"
+cp "$flexicubes"/*.py "$flexicubes"/LICENSE.txt "$tmp/ref/extra/flexicubes/"
+find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
+tar -C "$tmp/ref" -cf - . | xz -9 -T0 > "$out/ref_site.tar.xz"
+unpack "$tmp/fallback" "${fallback_pins[@]}"
+tar -C "$tmp/fallback" -cf - . | xz -9 -T0 > "$out/fallback_site.tar.xz"
+
+cargo build --release --bin recon
+cp target/release/recon "$out/bin/recon"
+strip "$out/bin/recon"
+du -sh .bench/bundle/spconv_site.tar.xz "$out"/*.tar.xz "$out/bin/recon"
