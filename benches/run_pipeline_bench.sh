@@ -4,9 +4,10 @@
 # model (`recon synth`), input, seed, sampler settings and voxels, one after the other in the
 # same call, then the comparison table (benches/compare_pipeline.py).
 #
-# What tools/pipeline-bench-bundle.sh built travels in two calls (a call carries <= 64 MiB):
-#   call 1, carry .bench/bundle:    bash benches/run_pipeline_bench.sh   (unpacks spconv)
-#   call 2, carry .bench/pipeline:  bash benches/run_pipeline_bench.sh   (unpacks the rest, runs)
+# What tools/pipeline-bench-bundle.sh built travels in two calls (a call carries <= 64 MiB with
+# the ~26 MB work tree; spconv alone is 40 MB, so it is split in two parts):
+#   call 1, carry .bench/spconv-part-aa:                 bash benches/run_pipeline_bench.sh
+#   call 2, carry .bench/spconv-part-ab .bench/pipeline: bash benches/run_pipeline_bench.sh
 # /tmp survives between calls while the machine stays warm.
 # Settings (environment): VOXELS (default shell:28), FORMATS (gaussians,mesh), RUNS (5),
 # WARMUP (1), SEED (42), IMAGE (tests/fixtures/images/example.png).
@@ -20,8 +21,11 @@ sp=/opt/torch/.venv/lib/python3.12/site-packages
 export LD_LIBRARY_PATH=$sp/torch/lib:$sp/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
 python=/opt/torch/.venv/bin/python3
 
-if [ -f .bench/bundle/spconv_site.tar.xz ]; then
-  tar -xJf .bench/bundle/spconv_site.tar.xz -C "$site"
+parts=/tmp/ref_parts
+mkdir -p "$parts"
+cp .bench/spconv-part-* "$parts"/ 2>/dev/null || true
+if [ -f "$parts/spconv-part-aa" ] && [ -f "$parts/spconv-part-ab" ] && [ ! -d "$site/spconv" ]; then
+  cat "$parts"/spconv-part-* | tar -xJf - -C "$site"
   echo "unpacked spconv into $site"
 fi
 if [ ! -f .bench/pipeline/bin/recon ]; then
@@ -41,6 +45,9 @@ image=${IMAGE:-tests/fixtures/images/example.png}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
   --format=csv | tee "$out/gpu.txt"
+if [ -x .bench/pipeline/bin/fused_cuda ]; then
+  .bench/pipeline/bin/fused_cuda --ignored --nocapture --test-threads 1 2>&1 | tee "$out/fused_cuda.txt"
+fi
 [ -f "$model/pipeline.json" ] || "$recon" synth --pipeline trellis-image-large --out "$model" --seed 0
 export HF_HOME=$model/hf HF_HUB_OFFLINE=1
 
@@ -56,5 +63,14 @@ FLEXICUBES_DIR=$site/extra/flexicubes PYTHONUNBUFFERED=1 \
   | grep -v -e 'it/s]' -e is_fx_tracing | tee "$out/reference.txt"
 rm -f "$out/recon_dump.safetensors"
 
+# The same run with the fused normalisation kernels off: their measured effect.
+RECON_FUSED_KERNELS=0 "$recon" bench --model "$model" --offline --device cuda --image "$image" \
+  --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+  --json "$out/recon_unfused.json" 2>&1 | tail -14 | tee "$out/recon_unfused.txt"
+
 "$python" benches/compare_pipeline.py "$out/recon.json" "$out/reference.json" | tee "$out/compare.md"
+"$python" benches/compare_pipeline.py "$out/recon_unfused.json" "$out/reference.json" \
+  | tee "$out/compare_unfused.md"
 "$python" benches/gpu_roofline.py "$out/roofline.json"
+REF_SITE=$site PYTHONPATH=$site "$python" benches/probe_flows.py --slat "$out/probe.json" 2>&1 \
+  | grep -v -e Warning -e is_fx_tracing | tail -60

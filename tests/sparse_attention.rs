@@ -411,6 +411,20 @@ fn cuda_varlen_kernels_match_cpu() {
                 cu_k,
             )
         },
+        // One sequence spanning every row (a single sample: Auto's plain-SDPA path), self and
+        // cross.
+        VarlenProblem::new(
+            "single self",
+            [randn(5501), randn(5501), randn(5501)],
+            cu_seqlens(&[5501]),
+            cu_seqlens(&[5501]),
+        ),
+        VarlenProblem::new(
+            "single cross",
+            [randn(5501), randn(1374), randn(1374)],
+            cu_seqlens(&[5501]),
+            cu_seqlens(&[1374]),
+        ),
         // Swin windows of 8³ (shift 4) over a sphere shell of about 17k voxels.
         VarlenProblem::new(
             "windows",

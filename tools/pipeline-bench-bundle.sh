@@ -2,14 +2,14 @@
 # Builds what the whole-pipeline benchmark against the reference (issue 8, benches/RESULTS.md)
 # needs on the GPU machine, which has no network, no Rust toolchain and takes at most 64 MiB per
 # call (the work tree included, ~25 MB):
-#   .bench/bundle/spconv_site.tar.xz   spconv 2.3.8 + cumm + their pure-Python deps (~40 MB),
-#                                      made by tools/bench-bundle.sh; carried in a first call
+#   .bench/spconv-part-{aa,ab}         spconv 2.3.8 + cumm + their pure-Python deps (~40 MB,
+#                                      tools/bench-bundle.sh's tarball) in two halves, one per call
 #   .bench/pipeline/ref_site.tar.xz    trellis-3d-ms 0.1.0, the torch.hub DINOv2 code (from
 #                                      trellis-3d-python), FlexiCubes at TRELLIS's pinned commit
 #   .bench/pipeline/fallback_site.tar.xz  packages used only where the GPU image lacks them
 #                                      (Pillow, safetensors, easydict, tqdm)
 #   .bench/pipeline/bin/recon          the stripped recon binary (synth + bench)
-# then, in a second call (carry .bench/pipeline): bash benches/run_pipeline_bench.sh.
+# then two calls of bash benches/run_pipeline_bench.sh (carry part aa; then part ab + .bench/pipeline).
 # Reference sources come from the golden-fixture tooling's pinned, hash-checked copies
 # (tools/golden/setup.sh makes its venv; nothing here is committed).
 set -euo pipefail
@@ -59,7 +59,21 @@ tar -C "$tmp/ref" -cf - . | xz -9 -T0 > "$out/ref_site.tar.xz"
 unpack "$tmp/fallback" "${fallback_pins[@]}"
 tar -C "$tmp/fallback" -cf - . | xz -9 -T0 > "$out/fallback_site.tar.xz"
 
+rm -f .bench/spconv-part-*
+split -n 2 -a 2 .bench/bundle/spconv_site.tar.xz .bench/spconv-part-
+
 cargo build --release --bin recon
 cp target/release/recon "$out/bin/recon"
-strip "$out/bin/recon"
-du -sh .bench/bundle/spconv_site.tar.xz "$out"/*.tar.xz "$out/bin/recon"
+# The fused kernels' GPU checks (tests/fused_cuda.rs), run before the timings.
+test_exe=$(cargo test --release --test fused_cuda --no-run --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+            and msg["target"]["name"] == "fused_cuda":
+        print(msg["executable"])
+')
+cp "$test_exe" "$out/bin/fused_cuda"
+strip "$out/bin/recon" "$out/bin/fused_cuda"
+du -sh .bench/spconv-part-* "$out"/*.tar.xz "$out/bin/recon"

@@ -9,6 +9,10 @@
 //! * [`device`]: one [`CudaDevice`] per device ordinal: the device's primary context (the one
 //!   libtorch's runtime calls use), a per-process cache of compiled modules and functions, and
 //!   launches on libtorch's current stream of that device.
+//! * [`attention`]: puts cuDNN's attention first in libtorch's SDPA backend order on CUDA.
+//! * [`fused`]: fused LayerNorm32 + adaLN modulation, multi-head RMS norm and gated residual
+//!   kernels for the transformer blocks, used where they apply (the callers keep the unfused
+//!   composition for everything else).
 //! * [`sparse`]: the sparse-convolution kernels' host side (voxel hash, kernel map, gather /
 //!   reduction around libtorch GEMMs), dispatched from `sparse::engine`.
 //!
@@ -17,7 +21,9 @@
 //! allocator's stream-ordered reuse covers them exactly as it covers libtorch's own kernels
 //! (a tensor dropped right after a launch is only reused by work queued after that launch).
 
+pub mod attention;
 pub mod device;
+pub mod fused;
 pub mod library;
 pub mod memory;
 pub mod nvrtc;

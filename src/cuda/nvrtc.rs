@@ -30,7 +30,13 @@ pub const SPARSE_CONV: KernelSource = KernelSource {
 };
 
 /// Every file of `kernels/` (the compile test checks that none is missing).
-pub const KERNEL_SOURCES: &[KernelSource] = &[SPARSE_CONV];
+/// LayerNorm32 + adaLN modulation, multi-head RMS norm, gated residual (src/cuda/fused.rs).
+pub const FUSED_NORM: KernelSource = KernelSource {
+    name: "fused_norm.cu",
+    code: include_str!("../../kernels/fused_norm.cu"),
+};
+
+pub const KERNEL_SOURCES: &[KernelSource] = &[SPARSE_CONV, FUSED_NORM];
 
 /// A compute capability, e.g. 9.0 for the H100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,6 +7,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::cuda::fused;
 use crate::error::{Error, Result};
 use crate::nn::layout::TensorSpec;
 use crate::nn::Linear;
@@ -43,6 +44,11 @@ impl MultiHeadRmsNorm {
 
     /// `x`: `[..., H, D]` in any float dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(rows) = head_rows(x)? {
+            if let Some(h) = fused::rms_norm_heads(&rows, &self.gamma, self.scale)? {
+                return Ok(h.f_view(x.size().as_slice())?);
+            }
+        }
         let h = x.f_to_kind(Kind::Float)?;
         let norm = h
             .f_norm_scalaropt_dim(2.0, [-1i64], true)?
@@ -57,6 +63,26 @@ impl MultiHeadRmsNorm {
 
 /// Softmax attention with the default scale `1/√D` and no mask, on `[B, L, H, D]` tensors
 /// (`k` and `v` share their length, which may differ from `q`'s). Returns `[B, Lq, H, D]`.
+/// `x` `[.., H, D]` seen as `[R, H, D]` rows (no copy) when its leading axes collapse into one
+/// row stride, e.g. q or k sliced out of a fused qkv projection; else `None`.
+fn head_rows(x: &Tensor) -> Result<Option<Tensor>> {
+    let (size, stride) = (x.size(), x.stride());
+    let dims = size.len();
+    if dims < 3 {
+        return Ok(None);
+    }
+    let lead = dims - 2;
+    for axis in 0..lead - 1 {
+        if stride[axis] != size[axis + 1] * stride[axis + 1] {
+            return Ok(None);
+        }
+    }
+    let rows: i64 = size[..lead].iter().product();
+    let shape = [rows, size[lead], size[lead + 1]];
+    let strides = [stride[lead - 1], stride[lead], stride[lead + 1]];
+    Ok(Some(x.f_as_strided(shape, strides, None)?))
+}
+
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     // libtorch wants the heads before the sequence: [B, H, L, D].
     let to_heads = |t: &Tensor| t.f_permute([0, 2, 1, 3]);

@@ -3,6 +3,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -41,6 +42,9 @@ impl LayerNorm32 {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(h) = self.fused(x, None)? {
+            return Ok(h);
+        }
         let h = x.f_to_kind(Kind::Float)?.f_layer_norm(
             [self.channels],
             self.weight.as_ref(),
@@ -49,6 +53,26 @@ impl LayerNorm32 {
             true,
         )?;
         Ok(h.f_to_kind(x.kind())?)
+    }
+
+    /// The fused CUDA kernel for this norm, followed by adaLN's `h · (1 + scale) + shift`
+    /// when `modulation` is given, or `None` where it does not apply (see
+    /// [`fused::layer_norm_modulate`]); the caller then composes the unfused ops.
+    pub fn fused(
+        &self,
+        x: &Tensor,
+        modulation: Option<(&Tensor, &Tensor, RowGroups<'_>)>,
+    ) -> Result<Option<Tensor>> {
+        if x.size().last() != Some(&self.channels) {
+            return Ok(None);
+        }
+        fused::layer_norm_modulate(
+            x,
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            self.eps,
+            modulation,
+        )
     }
 }
 

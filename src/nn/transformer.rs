@@ -9,6 +9,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
 use crate::nn::attention::{AttentionConfig, MultiHeadAttention};
 use crate::nn::layout::TensorSpec;
@@ -188,6 +189,25 @@ impl Modulation {
 }
 
 /// `h · (1 + scale) + shift`, the vectors `[B, C]` broadcast over the tokens of `h` `[B, L, C]`.
+/// `norm(x) · (1 + scale) + shift` for `x` `[B, L, C]` and `[B, C]` modulation vectors: one
+/// fused kernel on CUDA where it applies, else the reference's ops.
+fn norm_modulate(norm: &LayerNorm32, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let per_element = RowGroups::Uniform(x.size().get(1).copied().unwrap_or(0));
+    match norm.fused(x, Some((shift, scale, per_element)))? {
+        Some(h) => Ok(h),
+        None => modulate(&norm.forward(x)?, shift, scale),
+    }
+}
+
+/// `x + h · gate` for `x`, `h` `[B, L, C]` and `gate` `[B, C]` (fused on CUDA where it applies).
+fn gated_residual(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let per_element = RowGroups::Uniform(x.size().get(1).copied().unwrap_or(0));
+    match fused::gated_residual(x, h, gate, per_element)? {
+        Some(out) => Ok(out),
+        None => Ok(x.f_add(&h.f_mul(&gate.f_unsqueeze(1)?)?)?),
+    }
+}
+
 fn modulate(h: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     Ok(h.f_mul(&scale.f_unsqueeze(1)?.f_add_scalar(1.0)?)?
         .f_add(&shift.f_unsqueeze(1)?)?)
@@ -259,15 +279,15 @@ impl ModulatedTransformerCrossBlock {
         let m = Modulation::split(&self.modulation_vectors(modulation)?)?;
         let layers = &self.layers;
 
-        let h = modulate(&layers.norm1.forward(x)?, &m.shift_msa, &m.scale_msa)?;
+        let h = norm_modulate(&layers.norm1, x, &m.shift_msa, &m.scale_msa)?;
         let h = layers.self_attn.forward(&h, None)?;
-        let x = x.f_add(&h.f_mul(&m.gate_msa.f_unsqueeze(1)?)?)?;
+        let x = gated_residual(x, &h, &m.gate_msa)?;
 
         let x = layers.cross_attention_residual(&x, context)?;
 
-        let h = modulate(&layers.norm3.forward(&x)?, &m.shift_mlp, &m.scale_mlp)?;
+        let h = norm_modulate(&layers.norm3, &x, &m.shift_mlp, &m.scale_mlp)?;
         let h = layers.mlp.forward(&h)?;
-        Ok(x.f_add(&h.f_mul(&m.gate_mlp.f_unsqueeze(1)?)?)?)
+        gated_residual(&x, &h, &m.gate_mlp)
     }
 
     /// The `[B, 6C]` modulation: `adaLN_modulation(t_emb)`, or the shared one as given.

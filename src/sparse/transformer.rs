@@ -22,6 +22,7 @@ use super::attention::modules::{
     SparseAttentionConfig, SparseAttentionMode, SparseMultiHeadAttention,
 };
 use super::SparseTensor;
+use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
 use crate::nn::layout::TensorSpec;
 use crate::nn::transformer::{CrossBlockConfig, FeedForwardNet};
@@ -160,10 +161,11 @@ impl ModulatedSparseTransformerCrossBlock {
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
             self.modulation_vectors(x, modulation)?;
         let feats = x.feats();
+        let rows = VoxelRows::of(x)?;
 
-        let h = modulate(&self.norm1.forward(feats)?, &shift_msa, &scale_msa)?;
+        let h = rows.norm_modulate(&self.norm1, feats, &shift_msa, &scale_msa)?;
         let h = self.self_attn.forward_feats(&h, x, None)?;
-        let mut feats = feats.f_add(&h.f_mul(&gate_msa)?)?;
+        let mut feats = rows.gated_residual(feats, &h, &gate_msa)?;
 
         // The normalised features are taken once, before any view is added.
         let h = self.norm2.forward(&feats)?;
@@ -177,12 +179,12 @@ impl ModulatedSparseTransformerCrossBlock {
             };
         }
 
-        let h = modulate(&self.norm3.forward(&feats)?, &shift_mlp, &scale_mlp)?;
+        let h = rows.norm_modulate(&self.norm3, &feats, &shift_mlp, &scale_mlp)?;
         let h = self.mlp.forward(&h)?;
-        x.replace(feats.f_add(&h.f_mul(&gate_mlp)?)?)
+        x.replace(rows.gated_residual(&feats, &h, &gate_mlp)?)
     }
 
-    /// The six modulation vectors, each broadcast to one row per voxel `[N, C]`.
+    /// The six modulation vectors `[B, C]` (one row per batch element), in `x`'s dtype.
     fn modulation_vectors(&self, x: &SparseTensor, modulation: &Tensor) -> Result<[Tensor; 6]> {
         let c = self.config.channels;
         let expected = if self.config.share_mod { 6 * c } else { c };
@@ -200,10 +202,7 @@ impl ModulatedSparseTransformerCrossBlock {
             Some(linear) => linear.forward(&modulation.f_silu()?)?,
             None => modulation.shallow_clone(),
         };
-        let per_voxel = mods
-            .f_to_kind(x.kind())?
-            .f_index_select(0, &x.batch_index()?)?;
-        per_voxel
+        mods.f_to_kind(x.kind())?
             .f_chunk(6, 1)?
             .try_into()
             .map_err(|_| Error::internal("adaLN modulation did not split into 6 chunks"))
@@ -327,6 +326,62 @@ impl SparseTransformerBlock {
         let feats = feats.f_add(&h)?;
         let h = self.mlp.forward(&self.norm2.forward(&feats)?)?;
         x.replace(feats.f_add(&h)?)
+    }
+}
+
+/// Which batch element each voxel row belongs to, for applying `[B, C]` modulation vectors to
+/// `[N, C]` features: fused CUDA kernels read the vectors through the row mapping; the unfused
+/// path broadcasts them to one row per voxel, as the reference does.
+struct VoxelRows {
+    batch_index: Tensor,
+    single: bool,
+}
+
+impl VoxelRows {
+    fn of(x: &SparseTensor) -> Result<Self> {
+        Ok(Self {
+            batch_index: x.batch_index()?,
+            single: x.batch_size() == 1,
+        })
+    }
+
+    fn groups(&self) -> RowGroups<'_> {
+        if self.single {
+            RowGroups::Uniform(self.batch_index.size()[0])
+        } else {
+            RowGroups::Indexed(&self.batch_index)
+        }
+    }
+
+    /// `[B, C]` → `[N, C]`, one row per voxel.
+    fn per_voxel(&self, v: &Tensor) -> Result<Tensor> {
+        Ok(v.f_index_select(0, &self.batch_index)?)
+    }
+
+    /// `norm(feats) · (1 + scale) + shift`.
+    fn norm_modulate(
+        &self,
+        norm: &LayerNorm32,
+        feats: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+    ) -> Result<Tensor> {
+        match norm.fused(feats, Some((shift, scale, self.groups())))? {
+            Some(h) => Ok(h),
+            None => modulate(
+                &norm.forward(feats)?,
+                &self.per_voxel(shift)?,
+                &self.per_voxel(scale)?,
+            ),
+        }
+    }
+
+    /// `feats + h · gate`.
+    fn gated_residual(&self, feats: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        match fused::gated_residual(feats, h, gate, self.groups())? {
+            Some(out) => Ok(out),
+            None => Ok(feats.f_add(&h.f_mul(&self.per_voxel(gate)?)?)?),
+        }
     }
 }
 

@@ -132,8 +132,24 @@ pub fn varlen_attention_with(
         VarlenBackend::Auto if q.device() == Device::Cpu => {
             segment_loop(q, k, v, &segments, &shape)
         }
+        VarlenBackend::Auto if segments.is_single_whole(&shape, k.size()[0]) => {
+            single_sequence(q, k, v)
+        }
         VarlenBackend::Auto => nested_or_padded(q, k, v, &segments, &shape),
     }
+}
+
+/// One sequence covering every query and key row (a single sample, as the pipelines run the
+/// flows): plain SDPA on strided views of the packed rows, the same kernel libtorch's varlen
+/// path calls, without building nested tensors or concatenating per-sequence outputs.
+fn single_sequence(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let out = sdpa(
+        &to_sdpa_layout(q)?,
+        &to_sdpa_layout(k)?,
+        &to_sdpa_layout(v)?,
+        None,
+    )?;
+    Ok(out.f_squeeze_dim(0)?.f_permute([1, 0, 2])?)
 }
 
 /// The nested (varlen kernel) path where libtorch's varlen kernels take the inputs (head dim
@@ -265,6 +281,12 @@ impl Segments {
             .filter(|s| s.q_len > 0)
             .collect();
         Self { all }
+    }
+
+    /// Whether there is one sequence and it spans all `shape.rows` queries and `keys` keys.
+    fn is_single_whole(&self, shape: &Shape, keys: i64) -> bool {
+        matches!(self.all[..], [s] if s.q_start == 0 && s.q_len == shape.rows
+            && s.k_start == 0 && s.k_len == keys && keys > 0)
     }
 
     /// Sequences that need attention computed (queries and keys present).

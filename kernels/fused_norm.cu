@@ -1,0 +1,184 @@
+// Fused normalisation kernels for the transformer blocks of the flow models and decoders
+// (issue 8): each replaces a chain of libtorch element-wise kernels that the reference runs one
+// by one, reading and writing the activations once instead of five to seven times.
+//
+//   layer_norm_modulate   LayerNorm32 (fp32 statistics, optional fp32 affine), cast to the
+//                         activations' dtype, then optionally adaLN's `h * (1 + scale) + shift`
+//   rms_norm_heads        MultiHeadRMSNorm: x / max(||x||, 1e-12) * gamma * sqrt(D) per head
+//   gated_residual        x + h * gate (the adaLN gate on a residual branch)
+//
+// Rounding follows the unfused reference op by op: every intermediate the reference stores in
+// the activations' dtype (LayerNorm32's output, `1 + scale`, the product, the sum) is rounded
+// to that dtype here too, and what it computes in fp32 stays fp32. The only differences left
+// are the reduction orders of the mean / variance / norm (fp32, a few ulp). Products and sums
+// the reference runs as separate kernels use __fmul_rn / __fadd_rn so that NVRTC does not
+// contract them into one FMA (which would round once instead of twice in fp32).
+//
+// Modulation vectors are rows of a [G, *] tensor (G = batch elements): a feature row r uses
+// group row_group[r] when that index is given (sparse tensors, int64 batch index), else
+// r / rows_per_group (dense [B, L, C] activations). Shift, scale and gate are views with their
+// own row stride, so the chunks of adaLN's [G, 6C] output need no copy.
+//
+// Host side: src/cuda/fused.rs. Self-contained (no #include) like sparse_conv.cu; 16-bit
+// values are raw bits converted with PTX `cvt`.
+
+typedef long long i64;
+
+struct f16 {
+  unsigned short bits;
+};
+struct bf16 {
+  unsigned short bits;
+};
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(f16 v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+  return f;
+}
+__device__ __forceinline__ float to_f32(bf16 v) {
+  return __uint_as_float(((unsigned int)v.bits) << 16);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ f16 from_f32<f16>(float v) {
+  f16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
+  return h;
+}
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float v) {
+  bf16 h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
+  return h;
+}
+
+// `v` rounded to T and back: what storing an intermediate in T does.
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+  return to_f32(from_f32<T>(v));
+}
+
+__device__ __forceinline__ i64 group_of(i64 row, const i64 *row_group, i64 rows_per_group) {
+  return row_group ? row_group[row] : row / rows_per_group;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  __syncthreads();  // scratch may still be read by the previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < warps; ++w) total += scratch[w];
+  return total;
+}
+
+// One block per row (grid-stride over rows): mean, then the variance about it (two passes over
+// the row, which stays in L1/L2), biased as torch's layer_norm; rstd = rsqrt(var + eps).
+template <typename T>
+__device__ void layer_norm_modulate(const T *x, T *y, i64 rows, int channels, const float *weight,
+                                    const float *bias, const T *shift, const T *scale,
+                                    i64 mod_stride, const i64 *row_group, i64 rows_per_group,
+                                    float eps) {
+  __shared__ float scratch[32];
+  for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T *in = x + row * channels;
+    T *out = y + row * channels;
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) sum += to_f32(in[c]);
+    const float mean = block_sum(sum, scratch) / channels;
+    float squares = 0.0f;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+      const float d = to_f32(in[c]) - mean;
+      squares += d * d;
+    }
+    const float rstd = rsqrtf(block_sum(squares, scratch) / channels + eps);
+    const i64 g = shift ? group_of(row, row_group, rows_per_group) : 0;
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+      float v = (to_f32(in[c]) - mean) * rstd;
+      if (weight) v = v * weight[c] + bias[c];
+      v = round_to<T>(v);  // LayerNorm32 casts its fp32 result back
+      if (shift) {
+        const float one_plus_scale = round_to<T>(1.0f + to_f32(scale[g * mod_stride + c]));
+        v = round_to<T>(__fmul_rn(v, one_plus_scale));
+        v = __fadd_rn(v, to_f32(shift[g * mod_stride + c]));
+      }
+      out[c] = from_f32<T>(v);
+    }
+  }
+}
+
+// One warp per (row, head), grid-stride. `x` rows may be strided (q or k inside a fused qkv
+// projection); `y` is contiguous [rows, heads, head_dim]. In fp32 like the reference: the
+// normalised vector, times gamma, times sqrt(head_dim), then one cast.
+template <typename T>
+__device__ void rms_norm_heads(const T *x, i64 x_row_stride, T *y, i64 rows, int heads,
+                               int head_dim, const float *gamma, float scale) {
+  const int lane = threadIdx.x & 31;
+  const i64 warps_per_grid = (i64)gridDim.x * (blockDim.x >> 5);
+  const i64 pairs = rows * heads;
+  for (i64 p = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); p < pairs;
+       p += warps_per_grid) {
+    const i64 row = p / heads;
+    const int head = (int)(p % heads);
+    const T *in = x + row * x_row_stride + (i64)head * head_dim;
+    T *out = y + p * head_dim;
+    float squares = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) {
+      const float v = to_f32(in[d]);
+      squares += v * v;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1)
+      squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+    const float norm = fmaxf(sqrtf(squares), 1e-12f);
+    const float *g = gamma + (i64)head * head_dim;
+    for (int d = lane; d < head_dim; d += 32) out[d] = from_f32<T>(to_f32(in[d]) / norm * g[d] * scale);
+  }
+}
+
+// out = x + round(h * gate), element-wise over [rows, channels] (grid-stride). `out` may be `x`.
+template <typename T>
+__device__ void gated_residual(const T *x, const T *h, const T *gate, i64 gate_stride, T *out,
+                               i64 rows, int channels, const i64 *row_group, i64 rows_per_group) {
+  const i64 n = rows * channels;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    const i64 row = i / channels;
+    const int c = (int)(i - row * channels);
+    const i64 g = group_of(row, row_group, rows_per_group);
+    const float branch = round_to<T>(__fmul_rn(to_f32(h[i]), to_f32(gate[g * gate_stride + c])));
+    out[i] = from_f32<T>(__fadd_rn(to_f32(x[i]), branch));
+  }
+}
+
+#define FUSED_NORM_KERNELS(T, SUFFIX)                                                              \
+  extern "C" __global__ void layer_norm_modulate_##SUFFIX(                                         \
+      const T *x, T *y, i64 rows, int channels, const float *weight, const float *bias,           \
+      const T *shift, const T *scale, i64 mod_stride, const i64 *row_group, i64 rows_per_group,   \
+      float eps) {                                                                                 \
+    layer_norm_modulate<T>(x, y, rows, channels, weight, bias, shift, scale, mod_stride,          \
+                           row_group, rows_per_group, eps);                                       \
+  }                                                                                                \
+  extern "C" __global__ void rms_norm_heads_##SUFFIX(const T *x, i64 x_row_stride, T *y, i64 rows, \
+                                                     int heads, int head_dim, const float *gamma, \
+                                                     float scale) {                               \
+    rms_norm_heads<T>(x, x_row_stride, y, rows, heads, head_dim, gamma, scale);                   \
+  }                                                                                                \
+  extern "C" __global__ void gated_residual_##SUFFIX(const T *x, const T *h, const T *gate,       \
+                                                     i64 gate_stride, T *out, i64 rows,           \
+                                                     int channels, const i64 *row_group,          \
+                                                     i64 rows_per_group) {                        \
+    gated_residual<T>(x, h, gate, gate_stride, out, rows, channels, row_group, rows_per_group);   \
+  }
+
+FUSED_NORM_KERNELS(f16, f16)
+FUSED_NORM_KERNELS(bf16, bf16)
+FUSED_NORM_KERNELS(float, f32)

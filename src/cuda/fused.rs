@@ -1,0 +1,301 @@
+//! Host side of `kernels/fused_norm.cu`: LayerNorm32 (+ adaLN modulation), multi-head RMS
+//! norm and the gated residual, each one kernel where the reference runs a chain of
+//! element-wise kernels (issue 8: these chains were 45 % of the sparse-structure flow's GPU
+//! time on the H100, see benches/RESULTS.md).
+//!
+//! Every function returns `Ok(None)` when its fused kernel does not apply (CPU tensors, another
+//! dtype, an unusual layout, or `RECON_FUSED_KERNELS=0` in the environment) and the caller then
+//! runs the unfused reference composition, so the CPU path is unchanged and the two paths can
+//! be compared on the same machine. Results match the unfused path's rounding op by op (see the
+//! kernel file); only the fp32 reduction order of the statistics differs.
+
+use std::sync::OnceLock;
+
+use cudarc::driver::PushKernelArg;
+use tch::{Device, Kind, Tensor};
+
+use super::device::{self, cuda_device};
+use super::nvrtc::FUSED_NORM;
+use crate::error::Result;
+
+const THREADS: u32 = 256;
+const MAX_BLOCKS: i64 = 1 << 20;
+
+/// Which modulation row (batch element) each feature row uses.
+pub enum RowGroups<'a> {
+    /// Consecutive runs of this many rows: dense `[B, L, C]` activations (L rows per element).
+    Uniform(i64),
+    /// An int64 group per row: a sparse tensor's batch index `[N]`.
+    Indexed(&'a Tensor),
+}
+
+/// Whether the fused kernels may be used at all (`RECON_FUSED_KERNELS=0` turns them off, for
+/// A/B measurements and for bisecting a numerical difference).
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("RECON_FUSED_KERNELS").map_or(true, |v| v != "0"))
+}
+
+/// The position of the activations' dtype in the kernel-name tables, when handled.
+fn dtype_index(kind: Kind) -> Option<usize> {
+    match kind {
+        Kind::Half => Some(0),
+        Kind::BFloat16 => Some(1),
+        Kind::Float => Some(2),
+        _ => None,
+    }
+}
+
+/// The CUDA ordinal and dtype index when `x` is a CUDA tensor the kernels handle.
+fn target(x: &Tensor) -> Option<(usize, usize)> {
+    match x.device() {
+        Device::Cuda(ordinal) if enabled() => dtype_index(x.kind()).map(|d| (ordinal, d)),
+        _ => None,
+    }
+}
+
+fn ptr(t: &Tensor) -> u64 {
+    t.data_ptr() as u64
+}
+
+fn optional_ptr(t: Option<&Tensor>) -> u64 {
+    t.map_or(0, ptr)
+}
+
+/// A `[G, C]` modulation view usable by the kernels: same dtype and device as `x`, unit stride
+/// along channels; returns its row stride.
+fn mod_row_stride(m: &Tensor, x: &Tensor, channels: i64) -> Option<i64> {
+    let (size, stride) = (m.size(), m.stride());
+    let fits = m.kind() == x.kind()
+        && m.device() == x.device()
+        && size.len() == 2
+        && size[1] == channels
+        && stride[1] == 1;
+    fits.then_some(stride[0])
+}
+
+/// The kernels' group arguments: (row_group pointer or 0, rows per group), checked against
+/// `rows` and the number of modulation rows `groups`.
+fn group_args(
+    row_groups: &RowGroups<'_>,
+    rows: i64,
+    groups: i64,
+    x: &Tensor,
+) -> Option<(u64, i64)> {
+    match row_groups {
+        RowGroups::Uniform(per) if *per > 0 && rows % per == 0 && rows / per == groups => {
+            Some((0, *per))
+        }
+        RowGroups::Indexed(index)
+            if index.kind() == Kind::Int64
+                && index.device() == x.device()
+                && index.size() == [rows]
+                && index.is_contiguous() =>
+        {
+            Some((ptr(index), 1))
+        }
+        _ => None,
+    }
+}
+
+/// `LayerNorm32(x)` over the last axis (fp32 statistics and affine, result in `x`'s dtype),
+/// then, with `modulation = (shift, scale, groups)`, `h · (1 + scale) + shift` per group.
+/// `x` must be contiguous; `weight` / `bias` fp32 `[C]`.
+pub fn layer_norm_modulate(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    modulation: Option<(&Tensor, &Tensor, RowGroups<'_>)>,
+) -> Result<Option<Tensor>> {
+    let Some((ordinal, dtype)) = target(x) else {
+        return Ok(None);
+    };
+    let channels = x.size().last().copied().unwrap_or(0);
+    if channels == 0 || !x.is_contiguous() || x.numel() == 0 || channels > i32::MAX as i64 {
+        return Ok(None);
+    }
+    let rows = x.numel() as i64 / channels;
+    let affine_ok = |t: Option<&Tensor>| {
+        t.is_none_or(|t| {
+            t.kind() == Kind::Float
+                && t.device() == x.device()
+                && t.size() == [channels]
+                && t.is_contiguous()
+        })
+    };
+    if weight.is_some() != bias.is_some() || !affine_ok(weight) || !affine_ok(bias) {
+        return Ok(None);
+    }
+    let (shift, scale, mod_stride, groups) = match &modulation {
+        None => (None, None, 0, (0, 1)),
+        Some((shift, scale, row_groups)) => {
+            let (Some(s1), Some(s2)) = (
+                mod_row_stride(shift, x, channels),
+                mod_row_stride(scale, x, channels),
+            ) else {
+                return Ok(None);
+            };
+            let n_groups = shift.size()[0];
+            if s1 != s2 || scale.size()[0] != n_groups {
+                return Ok(None);
+            }
+            let Some(groups) = group_args(row_groups, rows, n_groups, x) else {
+                return Ok(None);
+            };
+            (Some(*shift), Some(*scale), s1, groups)
+        }
+    };
+    let y = Tensor::f_empty_like(x)?;
+    let name = LAYER_NORM_MODULATE[dtype];
+    let gpu = cuda_device(ordinal)?;
+    let function = gpu.function(&FUSED_NORM, name)?;
+    let stream = gpu.torch_stream()?;
+    let (x_ptr, y_ptr) = (ptr(x), ptr(&y));
+    let (w_ptr, b_ptr) = (optional_ptr(weight), optional_ptr(bias));
+    let (shift_ptr, scale_ptr) = (optional_ptr(shift), optional_ptr(scale));
+    let channels = channels as i32;
+    let eps = eps as f32;
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&y_ptr)
+        .arg(&rows)
+        .arg(&channels)
+        .arg(&w_ptr)
+        .arg(&b_ptr)
+        .arg(&shift_ptr)
+        .arg(&scale_ptr)
+        .arg(&mod_stride)
+        .arg(&groups.0)
+        .arg(&groups.1)
+        .arg(&eps);
+    let threads = block_threads(channels);
+    let config = cudarc::driver::LaunchConfig {
+        grid_dim: (rows.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments follow the kernel's parameter list; x and y are contiguous
+    // [rows, channels] of the kernel's dtype, weight/bias [channels] fp32 or null, shift/scale
+    // rows of `mod_stride` elements covering every group the row mapping yields (checked above).
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(Some(y))
+}
+
+/// Threads per row block: enough to cover the row in a few passes, a multiple of 32.
+fn block_threads(channels: i32) -> u32 {
+    match channels {
+        c if c >= 1024 => 256,
+        c if c >= 256 => 128,
+        _ => 64,
+    }
+}
+
+/// Multi-head RMS norm of `x` `[R, H, D]` (rows may be strided, heads and channels
+/// contiguous): `x / max(‖x‖, 1e-12) · gamma · scale` in fp32 per head, result contiguous in
+/// `x`'s dtype. `gamma` fp32 `[H, D]`.
+pub fn rms_norm_heads(x: &Tensor, gamma: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let Some((ordinal, dtype)) = target(x) else {
+        return Ok(None);
+    };
+    let (size, stride) = (x.size(), x.stride());
+    let [rows, heads, head_dim] = size[..] else {
+        return Ok(None);
+    };
+    let layout_ok = stride[2] == 1 && stride[1] == head_dim && (rows == 1 || stride[0] > 0);
+    let gamma_ok = gamma.kind() == Kind::Float
+        && gamma.device() == x.device()
+        && gamma.size() == [heads, head_dim]
+        && gamma.is_contiguous();
+    if !layout_ok || !gamma_ok || x.numel() == 0 || head_dim > i32::MAX as i64 {
+        return Ok(None);
+    }
+    let y = Tensor::f_empty([rows, heads, head_dim], (x.kind(), x.device()))?;
+    let name = RMS_NORM_HEADS[dtype];
+    let gpu = cuda_device(ordinal)?;
+    let function = gpu.function(&FUSED_NORM, name)?;
+    let stream = gpu.torch_stream()?;
+    let (x_ptr, y_ptr, gamma_ptr) = (ptr(x), ptr(&y), ptr(gamma));
+    let row_stride = stride[0];
+    let (heads_i32, head_dim_i32) = (heads as i32, head_dim as i32);
+    let scale = scale as f32;
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&row_stride)
+        .arg(&y_ptr)
+        .arg(&rows)
+        .arg(&heads_i32)
+        .arg(&head_dim_i32)
+        .arg(&gamma_ptr)
+        .arg(&scale);
+    // One warp per (row, head).
+    let config = device::grid(rows * heads * 32, THREADS, MAX_BLOCKS)?;
+    // SAFETY: x covers rows × row_stride with heads × head_dim contiguous per row (checked), y
+    // is a fresh contiguous [rows, heads, head_dim], gamma fp32 [heads, head_dim].
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(Some(y))
+}
+
+/// `x + h · gate` per group (the reference rounds the product, then the sum, to the dtype):
+/// `x`, `h` contiguous `[.., C]` of one shape, `gate` a `[G, C]` view.
+pub fn gated_residual(
+    x: &Tensor,
+    h: &Tensor,
+    gate: &Tensor,
+    row_groups: RowGroups<'_>,
+) -> Result<Option<Tensor>> {
+    let Some((ordinal, dtype)) = target(x) else {
+        return Ok(None);
+    };
+    let channels = x.size().last().copied().unwrap_or(0);
+    let same = h.size() == x.size() && h.kind() == x.kind() && h.device() == x.device();
+    if channels == 0 || !same || !x.is_contiguous() || !h.is_contiguous() || x.numel() == 0 {
+        return Ok(None);
+    }
+    let rows = x.numel() as i64 / channels;
+    let Some(gate_stride) = mod_row_stride(gate, x, channels) else {
+        return Ok(None);
+    };
+    let Some(groups) = group_args(&row_groups, rows, gate.size()[0], x) else {
+        return Ok(None);
+    };
+    let out = Tensor::f_empty_like(x)?;
+    let name = GATED_RESIDUAL[dtype];
+    let gpu = cuda_device(ordinal)?;
+    let function = gpu.function(&FUSED_NORM, name)?;
+    let stream = gpu.torch_stream()?;
+    let (x_ptr, h_ptr, gate_ptr, out_ptr) = (ptr(x), ptr(h), ptr(gate), ptr(&out));
+    let channels = channels as i32;
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&h_ptr)
+        .arg(&gate_ptr)
+        .arg(&gate_stride)
+        .arg(&out_ptr)
+        .arg(&rows)
+        .arg(&channels)
+        .arg(&groups.0)
+        .arg(&groups.1);
+    let config = device::grid(rows * channels as i64, THREADS, MAX_BLOCKS)?;
+    // SAFETY: x, h and out are contiguous [rows, channels] of the kernel's dtype; gate rows of
+    // `gate_stride` elements cover every group the row mapping yields (checked above).
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(Some(out))
+}
+
+/// The kernels' names per activation dtype, in the order of [`dtype_index`].
+const LAYER_NORM_MODULATE: [&str; 3] = [
+    "layer_norm_modulate_f16",
+    "layer_norm_modulate_bf16",
+    "layer_norm_modulate_f32",
+];
+const RMS_NORM_HEADS: [&str; 3] = [
+    "rms_norm_heads_f16",
+    "rms_norm_heads_bf16",
+    "rms_norm_heads_f32",
+];
+const GATED_RESIDUAL: [&str; 3] = [
+    "gated_residual_f16",
+    "gated_residual_bf16",
+    "gated_residual_f32",
+];

@@ -1,0 +1,172 @@
+//! The fused normalisation kernels (kernels/fused_norm.cu, src/cuda/fused.rs) against the
+//! unfused libtorch composition they replace, on the GPU (ignored without one: run on the GPU
+//! machine through `make gpu-bundle`). fp32 must agree to rounding of the statistics; 16-bit
+//! outputs must be equal except for rare one-ulp flips where an fp32 statistic lands on a
+//! rounding boundary (the kernels round every intermediate the way the reference does).
+
+use recon::cuda::fused::{self, RowGroups};
+use tch::{Device, Kind, Tensor};
+
+const KINDS: [Kind; 3] = [Kind::Half, Kind::BFloat16, Kind::Float];
+
+fn cuda() -> Device {
+    assert!(tch::Cuda::is_available(), "needs a CUDA device");
+    Device::Cuda(0)
+}
+
+/// (relative L2 in fp64, fraction of bit-identical elements).
+fn agreement(ours: &Tensor, theirs: &Tensor) -> (f64, f64) {
+    assert_eq!(ours.size(), theirs.size());
+    assert_eq!(ours.kind(), theirs.kind());
+    let a = ours.to_kind(Kind::Double);
+    let b = theirs.to_kind(Kind::Double);
+    let rel = f64::try_from((&a - &b).norm()).unwrap() / f64::try_from(b.norm()).unwrap();
+    let same = f64::try_from(
+        ours.eq_tensor(theirs)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double),
+    )
+    .unwrap();
+    (rel, same)
+}
+
+fn assert_close(what: &str, kind: Kind, ours: &Tensor, theirs: &Tensor) {
+    let (rel, same) = agreement(ours, theirs);
+    let (max_rel, min_same) = match kind {
+        Kind::Float => (1e-6, 0.0),
+        Kind::Half => (1e-3, 0.99),
+        _ => (8e-3, 0.99),
+    };
+    println!("{what} {kind:?}: rel L2 {rel:.3e}, identical {:.4}", same);
+    assert!(
+        rel <= max_rel && same >= min_same,
+        "{what} {kind:?}: rel L2 {rel}, identical {same}"
+    );
+}
+
+/// LayerNorm32 as the reference: fp32 layer norm, cast back.
+fn layer_norm32(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Tensor {
+    let c = *x.size().last().unwrap();
+    x.to_kind(Kind::Float)
+        .layer_norm([c], w, b, eps, true)
+        .to_kind(x.kind())
+}
+
+fn modulation(groups: i64, c: i64, kind: Kind) -> Vec<Tensor> {
+    (Tensor::randn([groups, 6 * c], (Kind::Float, cuda())) * 0.5)
+        .to_kind(kind)
+        .chunk(6, 1)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_layer_norm_modulate_matches_unfused_dense_and_indexed() {
+    tch::manual_seed(0);
+    let (b, l, c) = (2, 300, 1024);
+    for kind in KINDS {
+        let x = (Tensor::randn([b, l, c], (Kind::Float, cuda())) * 3.0 + 1.0).to_kind(kind);
+        let m = modulation(b, c, kind);
+        let (shift, scale) = (&m[0], &m[1]);
+        let fused = fused::layer_norm_modulate(
+            &x,
+            None,
+            None,
+            1e-6,
+            Some((shift, scale, RowGroups::Uniform(l))),
+        )
+        .unwrap()
+        .expect("the fused kernel applies");
+        let reference =
+            layer_norm32(&x, None, None, 1e-6) * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1);
+        assert_close("dense norm+modulate", kind, &fused, &reference);
+
+        // Affine, no modulation (norm2 of the cross-attention).
+        let w = Tensor::randn([c], (Kind::Float, cuda())) * 0.1 + 1.0;
+        let bias = Tensor::randn([c], (Kind::Float, cuda())) * 0.1;
+        let fused = fused::layer_norm_modulate(&x, Some(&w), Some(&bias), 1e-6, None)
+            .unwrap()
+            .unwrap();
+        assert_close(
+            "affine norm",
+            kind,
+            &fused,
+            &layer_norm32(&x, Some(&w), Some(&bias), 1e-6),
+        );
+
+        // Sparse rows of three batch elements, through the batch index.
+        let n = 777;
+        let feats = Tensor::randn([n, 768], (Kind::Float, cuda())).to_kind(kind);
+        let index = Tensor::randint(3, [n], (Kind::Int64, cuda()))
+            .sort(0, false)
+            .0;
+        let m = modulation(3, 768, kind);
+        let fused = fused::layer_norm_modulate(
+            &feats,
+            None,
+            None,
+            1e-6,
+            Some((&m[3], &m[4], RowGroups::Indexed(&index))),
+        )
+        .unwrap()
+        .unwrap();
+        let reference = layer_norm32(&feats, None, None, 1e-6)
+            * (m[4].index_select(0, &index) + 1.0)
+            + m[3].index_select(0, &index);
+        assert_close("indexed norm+modulate", kind, &fused, &reference);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_rms_norm_heads_matches_unfused_on_a_strided_qkv_slice() {
+    tch::manual_seed(1);
+    let (rows, heads, dim) = (600, 16, 64);
+    for kind in KINDS {
+        let qkv = Tensor::randn([rows, 3, heads, dim], (Kind::Float, cuda())).to_kind(kind);
+        let k = qkv.select(1, 1); // rows strided by 3·H·D
+        let gamma = Tensor::randn([heads, dim], (Kind::Float, cuda())) * 0.2 + 1.0;
+        let scale = (dim as f64).sqrt();
+        let fused = fused::rms_norm_heads(&k, &gamma, scale)
+            .unwrap()
+            .expect("the fused kernel applies");
+        let h = k.to_kind(Kind::Float);
+        let norm = h.norm_scalaropt_dim(2.0, [-1i64], true).clamp_min(1e-12);
+        let reference = (h / norm * &gamma * scale).to_kind(kind);
+        assert_close("rms norm", kind, &fused, &reference);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_gated_residual_matches_unfused() {
+    tch::manual_seed(2);
+    let (b, l, c) = (2, 257, 1024);
+    for kind in KINDS {
+        let x = Tensor::randn([b, l, c], (Kind::Float, cuda())).to_kind(kind);
+        let h = Tensor::randn([b, l, c], (Kind::Float, cuda())).to_kind(kind);
+        let m = modulation(b, c, kind);
+        let fused = fused::gated_residual(&x, &h, &m[2], RowGroups::Uniform(l))
+            .unwrap()
+            .unwrap();
+        let reference = &x + &h * m[2].unsqueeze(1);
+        // Element-wise with the same two roundings: bit-identical.
+        assert!(fused.equal(&reference), "gated residual {kind:?} differs");
+    }
+}
+
+#[test]
+fn kernels_do_not_apply_to_cpu_tensors() {
+    let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+    let m = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
+    assert!(fused::layer_norm_modulate(&x, None, None, 1e-6, None)
+        .unwrap()
+        .is_none());
+    assert!(fused::gated_residual(&x, &x, &m, RowGroups::Uniform(4))
+        .unwrap()
+        .is_none());
+    let heads = Tensor::randn([4, 2, 4], (Kind::Float, Device::Cpu));
+    let gamma = Tensor::ones([2, 4], (Kind::Float, Device::Cpu));
+    assert!(fused::rms_norm_heads(&heads, &gamma, 2.0)
+        .unwrap()
+        .is_none());
+}
