@@ -10,8 +10,10 @@
 //! among [`Pipeline::networks`] under the key `image_cond_model`, and `only_models` selects it
 //! by that key.
 
+mod background;
 mod residency;
 
+pub use crate::image::background::BackgroundRemoval;
 pub use residency::{Held, NetworkRef, NetworkSource};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,7 @@ use tch::Device;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::hub::{self, PipelineConfig, ResolveOptions, ResolvedPipeline, IMAGE_COND_MODEL_KEY};
+use crate::image::Variant;
 use crate::logging::{LogFn, LogLevel};
 use crate::models::dinov2::{self, Dinov2};
 use crate::models::sparse_structure_flow::multiview_cond::ModulatedMultiViewCond;
@@ -98,6 +101,10 @@ pub struct LoadOptions {
     /// ends, so the device holds one stage's networks at a time (and none between runs).
     /// Outputs are identical; each run pays the host-to-device copies.
     pub low_vram: bool,
+    /// Where background removal's BiRefNet comes from, loaded the first time a view needs it
+    /// (see [`RunParams::remove_background`]): a local folder holding `model.safetensors`, or
+    /// a Hub repo id (None: `ZhengPeng7/BiRefNet`, which ReconViaGen and TRELLIS.2 load).
+    pub background_model: Option<String>,
     pub log: Arc<LogFn>,
 }
 
@@ -111,6 +118,7 @@ impl LoadOptions {
             formats: None,
             vggt_model: None,
             low_vram: false,
+            background_model: None,
             log: Arc::new(crate::logging::tracing_sink),
         }
     }
@@ -161,6 +169,8 @@ pub struct Pipeline {
     /// Networks are built per stage (see [`LoadOptions::low_vram`]).
     low_vram: bool,
     log: Arc<LogFn>,
+    /// Background removal's model, loaded on first need and shared by later runs.
+    background: background::BackgroundRemover,
 }
 
 /// Microsoft TRELLIS's image-to-3D pipeline class.
@@ -174,6 +184,9 @@ impl Pipeline {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let log = options.log.as_ref();
         let device = options.device.resolve()?;
+        if device.is_cuda() {
+            crate::cuda::attention::configure_sdpa_backends()?;
+        }
         let low_vram = options.low_vram;
         // In low-VRAM mode the networks are built once on the CPU (every checkpoint checked
         // now, not mid-run), then dropped: each stage builds them on the device.
@@ -243,6 +256,11 @@ impl Pipeline {
             networks,
             low_vram,
             log: options.log.clone(),
+            background: background::BackgroundRemover::new(
+                options.background_model.as_deref(),
+                options.offline,
+                options.log.clone(),
+            ),
         })
     }
 
@@ -373,6 +391,8 @@ impl Pipeline {
         }
         let samplers = self.samplers(params)?;
         let (ss_noise, slat_noise) = noise.sources(params.seed);
+        let cut = self.cut_out_backgrounds(images, params, Variant::ReconViaGen, control)?;
+        let images = &cut.views(images);
 
         let held = self.hold(&encoder_keys)?;
         let encoders = ViewEncoders {
@@ -588,6 +608,8 @@ impl Pipeline {
                  VGGT: run the whole pipeline (run / generate), not stage 1 alone",
             ));
         }
+        let cut = self.cut_out_backgrounds(images, params, Variant::Trellis, control)?;
+        let images = &cut.views(images);
         let guidance = self.guidance_formula(params)?;
         let sampler = self.sparse_structure_sampler(guidance, params)?;
         let keys = [
@@ -847,6 +869,29 @@ impl Pipeline {
     }
 }
 
+/// Background removal (issue 10): BiRefNet on the views that need it, loaded on first need.
+impl Pipeline {
+    /// The run's views with backgrounds removed where `params.remove_background` says so (see
+    /// [`background`]); views are validated first.
+    fn cut_out_backgrounds(
+        &self,
+        images: &[ImageInput<'_>],
+        params: &RunParams,
+        variant: Variant,
+        control: &RunControl<'_>,
+    ) -> Result<background::CutOuts> {
+        validate_views(images)?;
+        self.background
+            .cut_out(images, params, variant, self.device, control)
+    }
+
+    /// Whether background removal's model has been loaded (it is, from the first run that
+    /// needed it on).
+    pub fn background_model_loaded(&self) -> bool {
+        self.background.is_loaded()
+    }
+}
+
 /// "cpu" or "cuda:N", as the CLI's --device takes it.
 pub fn device_name(device: Device) -> String {
     match device {
@@ -1092,6 +1137,10 @@ pub struct RunParams {
     /// TRELLIS, ReconViaGen v0.2's for TRELLIS-VGGT; `Trellis` on TRELLIS-VGGT gives the
     /// Hugging Face Space variant, which also drops the guidance rescale).
     pub guidance: Option<GuidanceFormula>,
+    /// Remove the background of views without a useful alpha channel (Auto, the reference's
+    /// rule: RGB, or RGBA whose alpha is 255 everywhere), of every view (Always) or of none
+    /// (Never: such views are refused). Only when `preprocess` is on, as in the reference.
+    pub remove_background: BackgroundRemoval,
 }
 
 impl Default for RunParams {
@@ -1108,6 +1157,7 @@ impl Default for RunParams {
             mode: MultiImageMode::Stochastic,
             preprocess: true,
             guidance: None,
+            remove_background: BackgroundRemoval::Auto,
         }
     }
 }

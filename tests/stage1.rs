@@ -307,7 +307,7 @@ fn wrong_noise_and_images_without_alpha_are_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.message().contains("[B, 8, 16, 16, 16]"), "{err}");
-    // An opaque RGB view needs background removal, which recon does not have.
+    // An opaque RGB view needs background removal, here turned off.
     let rgb = [200u8; 4 * 4 * 3];
     let raw = [ImageInput::Pixels {
         data: &rgb,
@@ -316,8 +316,12 @@ fn wrong_noise_and_images_without_alpha_are_refused() {
         stride: 12,
         channels: 3,
     }];
+    let no_removal = RunParams {
+        remove_background: recon::pipeline::BackgroundRemoval::Never,
+        ..RunParams::default()
+    };
     let err = pipeline
-        .run_sparse_structure(&raw, &RunParams::default(), &RunControl::none())
+        .run_sparse_structure(&raw, &no_removal, &RunControl::none())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
     assert!(err.message().contains("image 0"), "{err}");

@@ -113,6 +113,7 @@ fn runs() -> Vec<Run> {
                     radiance_field: formats.contains(&"radiance_field"),
                 },
                 guidance: None,
+                remove_background: recon::pipeline::BackgroundRemoval::Auto,
             };
             Run {
                 name: run["name"].as_str().unwrap().to_string(),

@@ -234,6 +234,8 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
         preprocess: p.preprocess != 0,
         // The pipeline's own formula; the C ABI does not choose another yet.
         guidance: None,
+        // Not in the C ABI yet: its runs keep refusing views without alpha, as before.
+        remove_background: crate::pipeline::BackgroundRemoval::Never,
     };
     params.validate()?;
     Ok(params)

@@ -5,6 +5,7 @@
 //! ```text
 //! ImageInput (PNG/JPEG/WebP bytes, raw RGB8/RGBA8 with stride)
 //!   └─ decode() ─→ Bitmap (RGB or RGBA, 8 bits)
+//!        └─ (no useful alpha) remove_background(bitmap, BiRefNet) ─→ Bitmap::Rgba ([`background`])
 //!        └─ preprocess(bitmap, Variant::Trellis | Variant::ReconViaGen) ─→ Preprocessed
 //!             { image: 518×518 as the reference returns it, tensor: [3, 518, 518] f32 in 0..1 }
 //! ```
@@ -19,6 +20,7 @@
 //! to background removal); 16-bit samples are scaled to 8 bits with rounding (Pillow keeps the
 //! high byte); EXIF orientation is ignored, as Pillow's `Image.open` ignores it.
 
+pub mod background;
 mod bilinear;
 pub mod decode;
 mod pil;
@@ -26,6 +28,7 @@ pub mod preprocess;
 
 use ::image::{RgbImage, RgbaImage};
 
+pub use background::{has_useful_alpha, remove_background, AlphaRule, BackgroundRemoval};
 pub use decode::{
     decode, decode_encoded, from_pixels, validate, validate_encoded, validate_pixels,
     MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE,

@@ -1,9 +1,10 @@
 //! The few Pillow operations the reference preprocessing relies on, reproduced to the bit:
 //! `Image.crop` (zero fill outside the image), the RGBA <-> premultiplied "RGBa" conversions
 //! that `Image.resize` wraps around an RGBA resample, and `Image.resize` with
-//! `Resampling.LANCZOS` (Pillow's `ImagingResample`: separable, one pass per axis in the order
-//! Pillow 13 picks, each pass with 22-bit fixed-point coefficients and an 8-bit clamped
-//! intermediate). Checked bit-exact against Pillow 13.0.0 (tools/golden/cases/preprocess.py).
+//! `Resampling.LANCZOS`, `BILINEAR` or `BICUBIC` (Pillow's `ImagingResample`: separable, one
+//! pass per axis in the order Pillow 13 picks, each pass with 22-bit fixed-point coefficients
+//! and an 8-bit clamped intermediate). Checked bit-exact against Pillow 13.0.0
+//! (tools/golden/cases/preprocess.py for LANCZOS, cases/birefnet.py for the other two).
 
 /// Interleaved 8-bit pixels, `channels` per pixel, rows packed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +98,45 @@ pub(crate) fn crop_rgba(
     }
 }
 
+/// A Pillow resampling filter (`Image.Resampling`), with its support and kernel as Pillow's
+/// `filters` table defines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// `BILINEAR`: the triangle on [-1, 1] (torchvision's `Resize` on PIL images).
+    Bilinear,
+    /// `BICUBIC`: Keys' cubic with a = -0.5 on [-2, 2] (`Image.resize`'s default).
+    Bicubic,
+    /// `LANCZOS`: 3-lobed windowed sinc.
+    Lanczos,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Self::Bilinear => 1.0,
+            Self::Bicubic => 2.0,
+            Self::Lanczos => LANCZOS_SUPPORT,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Self::Bilinear => bilinear(x),
+            Self::Bicubic => bicubic(x),
+            Self::Lanczos => lanczos(x),
+        }
+    }
+}
+
 /// `Image.resize((width, height), Resampling.LANCZOS)` as Pillow computes it: an RGBA image
 /// is resampled in premultiplied RGBa and converted back; an image already of that size is
 /// returned unchanged (Pillow copies it without the RGBa round trip).
 pub(crate) fn resize_lanczos(src: &Pixels8, width: usize, height: usize) -> Pixels8 {
+    resize(src, width, height, Filter::Lanczos)
+}
+
+/// `Image.resize((width, height), filter)` (see [`resize_lanczos`]).
+pub(crate) fn resize(src: &Pixels8, width: usize, height: usize, filter: Filter) -> Pixels8 {
     if (src.width, src.height) == (width, height) {
         return src.clone();
     }
@@ -110,22 +146,27 @@ pub(crate) fn resize_lanczos(src: &Pixels8, width: usize, height: usize) -> Pixe
             let p = premultiply_pixel([px[0], px[1], px[2], px[3]]);
             px.copy_from_slice(&p);
         }
-        let mut out = resample_lanczos(&premultiplied, width, height);
+        let mut out = resample(&premultiplied, width, height, filter);
         unpremultiply_in_place(&mut out.data);
         out
     } else {
-        resample_lanczos(src, width, height)
+        resample(src, width, height, filter)
     }
 }
 
 /// Pillow's `ImagingResample` with the LANCZOS filter on 8-bit samples, without any mode
 /// conversion: the caller premultiplies RGBA first (see [`resize_lanczos`]).
 pub(crate) fn resample_lanczos(src: &Pixels8, width: usize, height: usize) -> Pixels8 {
+    resample(src, width, height, Filter::Lanczos)
+}
+
+/// Pillow's `ImagingResample` with `filter` on 8-bit samples, without any mode conversion.
+pub(crate) fn resample(src: &Pixels8, width: usize, height: usize, filter: Filter) -> Pixels8 {
     let need_horizontal = width != src.width;
     let need_vertical = height != src.height;
-    let vertical = Taps::lanczos(src.height, height);
+    let vertical = Taps::new(src.height, height, filter);
     if need_horizontal && need_vertical && vertical_first(src, width, height) {
-        let horizontal = Taps::lanczos(src.width, width);
+        let horizontal = Taps::new(src.width, width, filter);
         let shrunk = vertical_pass(src, 0, &vertical);
         return horizontal_pass(&shrunk, 0..height, &horizontal);
     }
@@ -139,7 +180,7 @@ pub(crate) fn resample_lanczos(src: &Pixels8, width: usize, height: usize) -> Pi
         .max()
         .unwrap_or(0);
     let (mut current, row_offset) = if need_horizontal {
-        let horizontal = Taps::lanczos(src.width, width);
+        let horizontal = Taps::new(src.width, width, filter);
         (
             horizontal_pass(src, first_row..last_row, &horizontal),
             first_row,
@@ -175,11 +216,16 @@ struct Taps {
 }
 
 impl Taps {
+    #[cfg(test)]
     fn lanczos(in_size: usize, out_size: usize) -> Self {
+        Self::new(in_size, out_size, Filter::Lanczos)
+    }
+
+    fn new(in_size: usize, out_size: usize, filter: Filter) -> Self {
         let scale = in_size as f64 / out_size as f64;
         // Downscaling widens the filter to cover every input sample.
         let filter_scale = scale.max(1.0);
-        let support = LANCZOS_SUPPORT * filter_scale;
+        let support = filter.support() * filter_scale;
         let ksize = support.ceil() as usize * 2 + 1;
         let inv_filter_scale = 1.0 / filter_scale;
         let mut taps = Self {
@@ -197,7 +243,7 @@ impl Taps {
             let count = (end - start).max(0) as usize;
             let mut total = 0.0;
             for (k, w) in real.iter_mut().enumerate().take(count) {
-                *w = lanczos(((k as i64 + start) as f64 - center + 0.5) * inv_filter_scale);
+                *w = filter.weight(((k as i64 + start) as f64 - center + 0.5) * inv_filter_scale);
                 total += *w;
             }
             let row = &mut taps.weights[i * ksize..(i + 1) * ksize];
@@ -239,6 +285,29 @@ fn sinc(x: f64) -> f64 {
 fn lanczos(x: f64) -> f64 {
     if (-LANCZOS_SUPPORT..LANCZOS_SUPPORT).contains(&x) {
         sinc(x) * sinc(x / LANCZOS_SUPPORT)
+    } else {
+        0.0
+    }
+}
+
+/// Pillow's `bilinear_filter`: the triangle on (-1, 1).
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// Pillow's `bicubic_filter` with `a = -0.5`.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
     } else {
         0.0
     }

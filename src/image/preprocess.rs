@@ -8,8 +8,10 @@
 //!   the colour where the resized alpha is not above 0.8, return RGBA.
 //!
 //! Both take the object's alpha from an RGBA input. The reference removes the background of
-//! any other input first (rembg in TRELLIS, BiRefNet in ReconViaGen); recon does not run a
-//! background-removal model yet, so such inputs are refused with an Unsupported error.
+//! any other input first (rembg in TRELLIS, BiRefNet in ReconViaGen); in recon that is
+//! [`super::background`], which the pipeline runs before this step (run parameter
+//! `remove_background`), so an input without alpha reaching this function is refused with an
+//! Unsupported error.
 
 use ::image::{RgbImage, RgbaImage};
 use tch::Tensor;
@@ -107,9 +109,10 @@ pub fn rgb_tensor(image: &Bitmap) -> Result<Tensor> {
 fn cutout(image: &Bitmap) -> Result<&RgbaImage> {
     let needs_removal = |why: &str| {
         Error::unsupported(format!(
-            "{why}: the reference removes the background first, and background removal is \
-             not available in recon yet; give an RGBA cut-out instead (a PNG or WebP with \
-             transparency, or raw RGBA pixels whose alpha is 0 outside the object)"
+            "{why}: the reference removes the background first; run with background removal \
+             (remove_background auto or always, which runs BiRefNet) or give an RGBA cut-out \
+             instead (a PNG or WebP with transparency, or raw RGBA pixels whose alpha is 0 \
+             outside the object)"
         ))
     };
     match image {

@@ -2,6 +2,7 @@
 //! checkpoint (`ckpts/<stem>.json` names the class and its args; `<stem>.safetensors` holds the
 //! state dict under the upstream names).
 
+pub mod birefnet;
 pub mod dinov2;
 pub mod sparse_structure_flow;
 pub mod sparse_structure_vae;

@@ -42,6 +42,8 @@ pub const SPEC: Spec = Spec {
         "--device",
         "--vggt-model",
         "--guidance",
+        "--remove-background",
+        "--background-model",
     ],
     switches: &[
         "--no-preprocess",
@@ -56,8 +58,8 @@ pub const SPEC: Spec = Spec {
 
 pub const USAGE: &str = "usage: recon generate IMAGE... -o OUT.glb|OUT.obj|OUT.ply [options]
 
-Turns one or more views of one object (PNG/JPEG/WebP, RGBA with a transparent background) into
-a 3D asset.
+Turns one or more views of one object (PNG/JPEG/WebP; photos have their background removed,
+RGBA cut-outs keep theirs) into a 3D asset.
 
 outputs (at least one):
   -o, --output FILE       the mesh; the extension picks the format: .glb, .obj or .ply
@@ -76,12 +78,15 @@ generation:
                           TRELLIS only: TRELLIS-VGGT fuses the views in its networks)
   --guidance trellis|reconviagen   the guidance formula (default: the pipeline's own)
   --no-preprocess         inputs are already 518x518, object centred (skip crop and resize)
+  --remove-background auto|always|never   BiRefNet background removal: auto (default) for views
+                          without a useful alpha channel, always for every view, never
 model:
   --model ID_OR_DIR       Hugging Face repo id or local folder (default microsoft/TRELLIS-image-large)
   --device auto|cpu|cuda|cuda:N    (default auto: the first GPU if there is one)
   --offline               use only the local Hugging Face cache
   --low-vram              keep only the running stage's networks on the GPU
   --vggt-model ID_OR_DIR  TRELLIS-VGGT: VGGT's repo or folder (default Stable-X/vggt-object-v0-1)
+  --background-model ID_OR_DIR     BiRefNet's repo or folder (default ZhengPeng7/BiRefNet)
   --verbose               also print debug messages
 `recon run` is the same command.";
 
@@ -185,7 +190,8 @@ pub fn generate(args: &Args) -> Result<()> {
 }
 
 /// How to load the model: `--model` (default [`DEFAULT_MODEL`]), `--device`, `--offline`,
-/// `--low-vram`, `--vggt-model`, `--verbose`; only the decoders of `formats` are loaded.
+/// `--low-vram`, `--vggt-model`, `--background-model`, `--verbose`; only the decoders of
+/// `formats` are loaded.
 pub fn load_options(args: &Args, formats: Formats) -> Result<LoadOptions> {
     let mut options = LoadOptions::new(args.optional("--model")?.unwrap_or(DEFAULT_MODEL));
     options.device = crate::device(args)?;
@@ -193,6 +199,7 @@ pub fn load_options(args: &Args, formats: Formats) -> Result<LoadOptions> {
     options.formats = Some(formats);
     options.low_vram = args.switch("--low-vram");
     options.vggt_model = args.optional("--vggt-model")?.map(str::to_string);
+    options.background_model = args.optional("--background-model")?.map(str::to_string);
     options.log = crate::log_sink(args.switch("--verbose"));
     Ok(options)
 }
@@ -332,8 +339,8 @@ fn run_params(args: &Args, targets: &[Target]) -> Result<RunParams> {
     run_params_for(args, formats)
 }
 
-/// The run's settings from `--seed`, the step and guidance options, `--mode`, `--guidance`
-/// and `--no-preprocess`, producing `formats`; checked.
+/// The run's settings from `--seed`, the step and guidance options, `--mode`, `--guidance`,
+/// `--no-preprocess` and `--remove-background`, producing `formats`; checked.
 pub fn run_params_for(args: &Args, formats: Formats) -> Result<RunParams> {
     let mut params = RunParams::default();
     if let Some(seed) = args.number("--seed", "a whole number from 0 to 2^64-1")? {
@@ -367,6 +374,13 @@ pub fn run_params_for(args: &Args, formats: Formats) -> Result<RunParams> {
         }
     };
     params.preprocess = !args.switch("--no-preprocess");
+    if let Some(mode) = args.optional("--remove-background")? {
+        params.remove_background = mode.parse().map_err(|_| {
+            Error::invalid_argument(format!(
+                "--remove-background '{mode}': use auto, always or never"
+            ))
+        })?;
+    }
     params.formats = formats;
     params.validate()?;
     Ok(params)
