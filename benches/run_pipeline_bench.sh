@@ -53,24 +53,29 @@ export HF_HOME=$model/hf HF_HUB_OFFLINE=1
 
 "$recon" bench --model "$model" --offline --device cuda --image "$image" --seed "$seed" \
   --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
-  --json "$out/recon.json" --dump "$out/recon_dump.safetensors" 2>&1 | tee "$out/recon.txt"
+  --json "$out/recon.json" --dump "$out/recon_dump.safetensors" 2>&1
 
 REF_SITE=$site REF_FALLBACK_SITE=$fallback DINOV2_HUB_CODE=$site/extra/dinov2 \
 FLEXICUBES_DIR=$site/extra/flexicubes PYTHONUNBUFFERED=1 \
   "$python" benches/reference_pipeline.py --model "$model" --image "$image" --device cuda \
   --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
   --recon-dump "$out/recon_dump.safetensors" --json "$out/reference.json" 2>&1 \
-  | grep -v -e 'it/s]' -e is_fx_tracing | tee "$out/reference.txt"
+  | grep -v -e 'it/s]' -e is_fx_tracing
 rm -f "$out/recon_dump.safetensors"
 
-# The same run with the fused normalisation kernels off: their measured effect.
-RECON_FUSED_KERNELS=0 "$recon" bench --model "$model" --offline --device cuda --image "$image" \
-  --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
-  --json "$out/recon_unfused.json" 2>&1 | tail -14 | tee "$out/recon_unfused.txt"
+# The same run with the fused normalisation kernels off (RECON_FUSED_KERNELS=0): their
+# measured effect.
+for variant in RECON_FUSED_KERNELS=0; do
+  env "$variant" "$recon" bench --model "$model" --offline --device cuda --image "$image" \
+    --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+    --json "$out/recon_${variant%%=*}.json" 2>&1 | tail -14
+  "$python" benches/compare_pipeline.py "$out/recon_${variant%%=*}.json" "$out/reference.json" | sed -n 1,12p
+done
 
 "$python" benches/compare_pipeline.py "$out/recon.json" "$out/reference.json" | tee "$out/compare.md"
-"$python" benches/compare_pipeline.py "$out/recon_unfused.json" "$out/reference.json" \
-  | tee "$out/compare_unfused.md"
 "$python" benches/gpu_roofline.py "$out/roofline.json"
-REF_SITE=$site PYTHONPATH=$site "$python" benches/probe_flows.py --slat "$out/probe.json" 2>&1 \
-  | grep -v -e Warning -e is_fx_tracing | tail -60
+"$python" benches/floors.py "$out/roofline.json" "$out/recon.json" --voxels "$voxels"
+if [ -n "${PROBE:-}" ]; then
+  REF_SITE=$site PYTHONPATH=$site "$python" benches/probe_flows.py --slat "$out/probe.json" 2>&1 \
+    | grep -v -e Warning -e is_fx_tracing | tail -60
+fi

@@ -12,8 +12,6 @@
 
 #include "recon/cpp/sparse_engine.h"
 
-#include <ATen/Context.h>
-#include <ATen/SDPBackend.h>
 #include <ATen/ops/index_select_ops.h>
 #include <ATen/ops/mm_ops.h>
 #include <ATen/ops/searchsorted_ops.h>
@@ -303,20 +301,6 @@ void reset_cuda_peak_memory(int8_t device_index) {
 
 void empty_cuda_cache() { cuda_allocator()->emptyCache(); }
 
-void set_sdpa_prefer_cudnn(bool prefer_cudnn) {
-  using at::SDPBackend;
-  const auto id = [](SDPBackend b) { return static_cast<int64_t>(b); };
-  std::vector<int64_t> order;
-  if (prefer_cudnn) {
-    order = {id(SDPBackend::cudnn_attention), id(SDPBackend::flash_attention),
-             id(SDPBackend::efficient_attention), id(SDPBackend::math),
-             id(SDPBackend::overrideable)};
-  } else {
-    order = {id(SDPBackend::flash_attention), id(SDPBackend::efficient_attention),
-             id(SDPBackend::math), id(SDPBackend::cudnn_attention), id(SDPBackend::overrideable)};
-  }
-  at::globalContext().setSDPPriorityOrder(order);
-}
 
 }  // namespace sparse
 }  // namespace recon

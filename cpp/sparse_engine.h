@@ -92,10 +92,5 @@ void reset_cuda_peak_memory(int8_t device_index);
 // Returns the allocator's unused cached blocks to the driver (torch.cuda.empty_cache()).
 void empty_cuda_cache();
 
-// The order in which libtorch's scaled_dot_product_attention tries its fused backends
-// (process-wide): cuDNN's attention first when `prefer_cudnn`, else libtorch's default (flash,
-// memory-efficient, math, cuDNN). Each backend is still skipped where it does not apply.
-void set_sdpa_prefer_cudnn(bool prefer_cudnn);
-
 }  // namespace sparse
 }  // namespace recon

@@ -184,9 +184,6 @@ impl Pipeline {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let log = options.log.as_ref();
         let device = options.device.resolve()?;
-        if device.is_cuda() {
-            crate::cuda::attention::configure_sdpa_backends()?;
-        }
         let low_vram = options.low_vram;
         // In low-VRAM mode the networks are built once on the CPU (every checkpoint checked
         // now, not mid-run), then dropped: each stage builds them on the device.

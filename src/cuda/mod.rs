@@ -9,7 +9,6 @@
 //! * [`device`]: one [`CudaDevice`] per device ordinal: the device's primary context (the one
 //!   libtorch's runtime calls use), a per-process cache of compiled modules and functions, and
 //!   launches on libtorch's current stream of that device.
-//! * [`attention`]: puts cuDNN's attention first in libtorch's SDPA backend order on CUDA.
 //! * [`fused`]: fused LayerNorm32 + adaLN modulation, multi-head RMS norm and gated residual
 //!   kernels for the transformer blocks, used where they apply (the callers keep the unfused
 //!   composition for everything else).
@@ -21,7 +20,6 @@
 //! allocator's stream-ordered reuse covers them exactly as it covers libtorch's own kernels
 //! (a tensor dropped right after a launch is only reused by work queued after that launch).
 
-pub mod attention;
 pub mod device;
 pub mod fused;
 pub mod library;

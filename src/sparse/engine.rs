@@ -77,9 +77,6 @@ mod ffi {
         fn cuda_memory_stats(device_index: i8) -> Result<[u64; 3]>;
         fn reset_cuda_peak_memory(device_index: i8) -> Result<()>;
         fn empty_cuda_cache() -> Result<()>;
-
-        /// libtorch's SDPA backend order: cuDNN first, or libtorch's default.
-        fn set_sdpa_prefer_cudnn(prefer_cudnn: bool) -> Result<()>;
     }
 }
 
@@ -245,13 +242,6 @@ pub(crate) fn torch_reset_cuda_peak_memory(ordinal: usize) -> Result<()> {
 /// Returns libtorch's cached, unused CUDA blocks to the driver.
 pub(crate) fn torch_empty_cuda_cache() -> Result<()> {
     ffi::empty_cuda_cache().map_err(|e| engine_error("emptying the CUDA cache", e))
-}
-
-/// Puts cuDNN's attention first (or back to libtorch's default order) in libtorch's
-/// scaled_dot_product_attention backend choice, process-wide.
-pub(crate) fn torch_set_sdpa_prefer_cudnn(prefer_cudnn: bool) -> Result<()> {
-    ffi::set_sdpa_prefer_cudnn(prefer_cudnn)
-        .map_err(|e| engine_error("setting the SDPA backend order", e))
 }
 
 /// Builds the kernel map of `geometry` over `coords` (int32/int64 `[N, 4]`, unique rows) on
