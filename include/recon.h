@@ -188,6 +188,55 @@ typedef int32_t recon_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// `recon_run_params.remove_background` (struct v2): which views go through background
+// removal (BiRefNet, from `recon_load_params.background_model`) before preprocessing. Only
+// when `preprocess` is on, as in the reference pipelines.
+enum recon_background_removal
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Views without a useful alpha channel (RGB, or RGBA whose alpha is 255 everywhere), as
+  // the reference pipelines decide. The default of `recon_run_params_init`.
+  RECON_BACKGROUND_AUTO = 0,
+  // Every view, ignoring any alpha it has.
+  RECON_BACKGROUND_ALWAYS = 1,
+  // No view: views must bring their own alpha; preprocessing refuses the others with
+  // `RECON_ERR_UNSUPPORTED`. What a v1 `recon_run_params` (and NULL params) get.
+  RECON_BACKGROUND_NEVER = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum recon_background_removal recon_background_removal;
+#else
+typedef int32_t recon_background_removal;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// `recon_run_params.guidance` (struct v2): how both samplers combine the conditional and
+// negative velocities under classifier-free guidance.
+enum recon_guidance
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The pipeline's own formula (default): TRELLIS's for TRELLIS, ReconViaGen v0.2's for
+  // TRELLIS-VGGT.
+  RECON_GUIDANCE_DEFAULT = 0,
+  // TRELLIS's `(1 + s)·v_cond − s·v_neg` (on TRELLIS-VGGT: the Hugging Face Space variant,
+  // without guidance rescale).
+  RECON_GUIDANCE_TRELLIS = 1,
+  // ReconViaGen v0.2's `w·v_cond + (1 − w)·v_neg` with its guidance rescale.
+  RECON_GUIDANCE_RECONVIAGEN = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum recon_guidance recon_guidance;
+#else
+typedef int32_t recon_guidance;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A library-owned byte buffer (an exported file). Free with `recon_buffer_free`.
 typedef struct recon_buffer recon_buffer;
 
@@ -230,6 +279,12 @@ typedef struct recon_load_params {
   // config.json + model.safetensors or a Hub repo id (UTF-8); NULL (default):
   // "Stable-X/vggt-object-v0-1", as the reference.
   const char *vggt_model;
+  // Since 0.2 (struct v3). Where background removal's BiRefNet comes from, loaded by the
+  // first run that removes a background (`recon_run_params.remove_background`): a local
+  // folder holding model.safetensors, or a Hub repo id (UTF-8, fetched with this model's
+  // `offline` setting); NULL (default): "ZhengPeng7/BiRefNet", as ReconViaGen and
+  // TRELLIS.2 load.
+  const char *background_model;
 } recon_load_params;
 
 // One network of a loaded model, described by `recon_model_network`.
@@ -311,7 +366,8 @@ typedef struct recon_progress {
 // cancel (the run then returns `RECON_ERR_CANCELLED`).
 typedef int32_t (*recon_progress_callback)(const struct recon_progress *progress, void *user_data);
 
-// Generation parameters. Fill with `recon_run_params_init`, then set fields.
+// Generation parameters. Fill with `recon_run_params_init` (in C and C++ a macro that passes
+// this header's struct size, see below), then set fields.
 typedef struct recon_run_params {
   // `sizeof(recon_run_params)`, set by `recon_run_params_init`.
   uint32_t struct_size;
@@ -336,6 +392,13 @@ typedef struct recon_run_params {
   recon_progress_callback progress_callback;
   // Passed back to `progress_callback`.
   void *progress_user_data;
+  // Since 0.2 (struct v2). A `recon_background_removal`: `RECON_BACKGROUND_AUTO`
+  // (default) removes the background of views without a useful alpha channel. A v1 struct
+  // (`struct_size` 56) runs with `RECON_BACKGROUND_NEVER`, as v1 did.
+  int32_t remove_background;
+  // Since 0.2 (struct v2). A `recon_guidance`: `RECON_GUIDANCE_DEFAULT` (default) keeps the
+  // pipeline's own formula.
+  int32_t guidance;
 } recon_run_params;
 
 // One input view. Fill with `recon_image_init`, then set `format`, `data`, `size` (and for
@@ -373,8 +436,8 @@ void recon_load_params_init(struct recon_load_params *params);
 
 // Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
 // the header the caller was built with): the fields of the largest released version that
-// fits in `size` (v1: 40 bytes, v2: 56; a newer header's larger struct gets this library's
-// fields), with `struct_size` set to that version's size. Returns
+// fits in `size` (v1: 40 bytes, v2: 56, v3: 64; a newer header's larger struct gets this
+// library's fields), with `struct_size` set to that version's size. Returns
 // RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 //
 // # Safety
@@ -554,12 +617,28 @@ size_t recon_buffer_size(const struct recon_buffer *buffer);
 // by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_buffer_free(struct recon_buffer *buffer);
 
-// Fills `params` with defaults (NULL is ignored).
+// Fills the v1 fields of `params` (up to `progress_user_data`) with defaults and sets
+// `struct_size` to the v1 size (NULL is ignored): the behaviour programs built against the
+// v1 header rely on. In C and C++ this header turns `recon_run_params_init(p)` into
+// `recon_run_params_init_sized(p, sizeof(recon_run_params))`, which fills every field this
+// header declares; call this symbol directly only with a v1-sized struct.
 //
 // # Safety
 // Each pointer argument must be NULL or valid for its documented use: handles as returned
 // by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 void recon_run_params_init(struct recon_run_params *params);
+
+// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_run_params)` of
+// the header the caller was built with): the fields of the largest released version that
+// fits in `size` (v1: 56 bytes, v2: 64; a newer header's larger struct gets this library's
+// fields), with `struct_size` set to that version's size. v2's defaults are
+// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`. Returns RECON_ERR_INVALID_ARGUMENT,
+// writing nothing, for NULL or a size below the v1 struct.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_run_params_init_sized(struct recon_run_params *params, size_t size);
 
 // Fills `image` with defaults: an empty encoded image (NULL is ignored).
 //
@@ -569,7 +648,8 @@ void recon_run_params_init(struct recon_run_params *params);
 void recon_image_init(struct recon_image *image);
 
 // Generates a 3D asset from `num_images` views of one object. `params` may be NULL for
-// defaults. On success writes a new result to `*out_result` (free it with
+// defaults, those of a v1 struct: `RECON_BACKGROUND_NEVER`, as before v2 (a program built
+// against v1 cannot tell it apart). On success writes a new result to `*out_result` (free it with
 // `recon_result_free`); on failure writes nothing and `recon_model_last_error(model)` says
 // why. Runs on one model are serialised.
 //
@@ -602,7 +682,9 @@ int32_t recon_cuda_device_count(void);
 #endif  /* RECON_H */
 
 /* Initialise versioned structs with the size this header declares: a library newer than the
- * header then fills exactly the fields the caller has. (The plain symbol fills the v1 fields
- * only; call it as (recon_load_params_init)(p) to bypass this macro.) */
+ * header then fills exactly the fields the caller has. (The plain symbols fill the v1 fields
+ * only; call them as (recon_load_params_init)(p) to bypass these macros.) */
 #define recon_load_params_init(params) \
   recon_load_params_init_sized((params), sizeof(struct recon_load_params))
+#define recon_run_params_init(params) \
+  recon_run_params_init_sized((params), sizeof(struct recon_run_params))

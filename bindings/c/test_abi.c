@@ -9,8 +9,11 @@
  * truncated or altered safetensors) and the exported files are written to a temporary directory
  * that is removed at the end. The generation runs on the CPU with 2 + 2 sampler steps: its
  * Gaussians, mesh, progress reports and exports (GLB, PLY, OBJ) are checked, a second run is
- * cancelled from another thread, and a third run shows the model still works. The last line
- * printed is "N passed, M failed" (parsed by CI); the exit status is nonzero when M > 0.
+ * cancelled from another thread, and a third run shows the model still works. A photo (RGB,
+ * no alpha) runs through background removal with a tiny BiRefNet written from
+ * tests/fixtures/birefnet_tiny (MODEL_DIR/../birefnet_tiny), with the default and the TRELLIS
+ * guidance formula. The last line printed is "N passed, M failed" (parsed by CI); the exit
+ * status is nonzero when M > 0.
  */
 #define _XOPEN_SOURCE 700 /* mkdtemp, setenv, nftw, clock_gettime, nanosleep */
 
@@ -18,6 +21,7 @@
 #include <ftw.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,9 +117,9 @@ static const unsigned char k_png[] = {
     0xcf, 0xc0, 0xf0, 0x1f, 0x19, 0x33, 0x90, 0x2e, 0x00, 0x00, 0x3c, 0x40, 0x1f, 0xe1, 0x1a,
     0xf3, 0xa5, 0x48, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
 
-/* The PNG is fully opaque, which preprocessing refuses (recon has no background removal yet).
- * Generations use this cut-out instead: raw RGBA pixels of a shaded disc on a transparent
- * background, filled by make_cutout(). */
+/* The PNG is fully opaque, which preprocessing refuses without background removal (NULL params,
+ * v1 structs, RECON_BACKGROUND_NEVER). Generations use this cut-out instead: raw RGBA pixels of a
+ * shaded disc on a transparent background, filled by make_cutout(). */
 #define CUTOUT_SIDE 64
 static unsigned char g_cutout[CUTOUT_SIDE * CUTOUT_SIDE * 4];
 
@@ -128,6 +132,24 @@ static void make_cutout(void) {
             p[1] = (unsigned char)(200 - 2 * y);
             p[2] = 120;
             p[3] = dx * dx + dy * dy < 24.0 * 24.0 ? 255 : 0;
+        }
+    }
+}
+
+/* A photo: raw RGB pixels (no alpha at all) of a bright disc on a dark background, filled by
+ * make_photo(); only background removal makes it usable with preprocessing. */
+#define PHOTO_W 80
+#define PHOTO_H 60
+static unsigned char g_photo[PHOTO_W * PHOTO_H * 3];
+
+static void make_photo(void) {
+    for (int y = 0; y < PHOTO_H; y++) {
+        for (int x = 0; x < PHOTO_W; x++) {
+            unsigned char *p = g_photo + 3 * (y * PHOTO_W + x);
+            int inside = (x - 40) * (x - 40) + (y - 30) * (y - 30) < 300;
+            p[0] = inside ? 230 : 20;
+            p[1] = inside ? 115 : 10;
+            p[2] = (unsigned char)(x * 3);
         }
     }
 }
@@ -346,12 +368,15 @@ static void test_struct_layout(void) {
 #undef SHOW
 #if UINTPTR_MAX == UINT64_MAX
     /* LP64 (Linux, macOS x86-64/arm64): the table bindings/python/tests/test_abi.py checks. */
-    CHECK(sizeof(recon_load_params) == 56); /* v2: low_vram, vggt_model appended */
+    CHECK(sizeof(recon_load_params) == 64); /* v2: low_vram, vggt_model; v3: background_model */
     CHECK(offsetof(recon_load_params, low_vram) == 40);
     CHECK(offsetof(recon_load_params, vggt_model) == 48);
+    CHECK(offsetof(recon_load_params, background_model) == 56);
     CHECK(sizeof(recon_network_info) == 40);
     CHECK(sizeof(recon_image) == 40);
-    CHECK(sizeof(recon_run_params) == 56);
+    CHECK(sizeof(recon_run_params) == 64); /* v2: remove_background, guidance appended */
+    CHECK(offsetof(recon_run_params, remove_background) == 56);
+    CHECK(offsetof(recon_run_params, guidance) == 60);
     CHECK(sizeof(recon_progress) == 16);
     CHECK(sizeof(recon_gaussians) == 56);
     CHECK(sizeof(recon_mesh) == 48);
@@ -395,18 +420,102 @@ static void test_load_params_versions(void) {
     CHECK(size == sizeof(recon_load_params));
     CHECK(buf[sizeof(recon_load_params)] == 0xAB);
 
+    /* v2 (56 bytes): low_vram and vggt_model, nothing after them. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 56), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 56);
+    CHECK(((recon_load_params *)buf)->low_vram == 0);
+    CHECK(((recon_load_params *)buf)->vggt_model == NULL);
+    untouched = 1;
+    for (size_t i = 56; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    /* v3 (64 bytes, this header's): background_model too. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 64), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 64);
+    CHECK(((recon_load_params *)buf)->background_model == NULL);
+    untouched = 1;
+    for (size_t i = 64; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
     /* A size between two versions gets the older one (never half a field). */
     memset(buf, 0xAB, sizeof buf);
     CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 52), RECON_OK);
     memcpy(&size, buf, sizeof size);
     CHECK(size == 40);
     CHECK(buf[40] == 0xAB);
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 60), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 56);
+    CHECK(buf[56] == 0xAB);
 
     CHECK_STATUS(recon_load_params_init_sized(NULL, sizeof(recon_load_params)),
                  RECON_ERR_INVALID_ARGUMENT);
     memset(buf, 0xAB, sizeof buf);
     CHECK_STATUS(recon_load_params_init_sized((recon_load_params *)buf, 39),
                  RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf[0] == 0xAB); /* nothing written */
+}
+
+/* The same for recon_run_params: v1 is 56 bytes, v2 (remove_background, guidance) 64. */
+static void test_run_params_versions(void) {
+    unsigned char buf[sizeof(recon_run_params) + 16];
+    recon_run_params *p = (recon_run_params *)buf;
+    uint32_t size;
+    int untouched;
+
+    /* The plain symbol (what a program built against v1 calls) writes v1 only. */
+    memset(buf, 0xAB, sizeof buf);
+    (recon_run_params_init)(p);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 56);
+    CHECK(p->seed == 42 && p->preprocess == 1 && p->progress_user_data == NULL);
+    untouched = 1;
+    for (size_t i = 56; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 56), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 56);
+    untouched = 1;
+    for (size_t i = 56; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    /* v2: background removal on (AUTO) and the pipeline's own guidance. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 64), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 64);
+    CHECK(p->remove_background == RECON_BACKGROUND_AUTO);
+    CHECK(p->guidance == RECON_GUIDANCE_DEFAULT);
+    CHECK(p->seed == 42 && p->formats == (RECON_FORMAT_GAUSSIANS | RECON_FORMAT_MESH));
+    untouched = 1;
+    for (size_t i = 64; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
+    CHECK(untouched);
+
+    /* A newer caller's larger struct: clamped to this library's struct, the rest untouched. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, sizeof buf), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == sizeof(recon_run_params));
+    CHECK(buf[sizeof(recon_run_params)] == 0xAB);
+
+    /* Between v1 and v2: v1 (never half of the v2 fields). */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 60), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 56);
+    CHECK(buf[56] == 0xAB);
+
+    CHECK_STATUS(recon_run_params_init_sized(NULL, sizeof(recon_run_params)),
+                 RECON_ERR_INVALID_ARGUMENT);
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 55), RECON_ERR_INVALID_ARGUMENT);
     CHECK(buf[0] == 0xAB); /* nothing written */
 }
 
@@ -422,6 +531,7 @@ static void test_init(void) {
     CHECK(lp.log_level == RECON_LOG_INFO);
     CHECK(lp.log_callback == NULL && lp.log_user_data == NULL);
     CHECK(lp.low_vram == 0 && lp.vggt_model == NULL);
+    CHECK(lp.background_model == NULL);
 
     recon_run_params rp;
     memset(&rp, 0xAB, sizeof rp);
@@ -435,6 +545,8 @@ static void test_init(void) {
     CHECK(rp.multi_image_mode == RECON_MULTI_IMAGE_STOCHASTIC);
     CHECK(rp.preprocess == 1);
     CHECK(rp.progress_callback == NULL && rp.progress_user_data == NULL);
+    CHECK(rp.remove_background == RECON_BACKGROUND_AUTO);
+    CHECK(rp.guidance == RECON_GUIDANCE_DEFAULT);
 
     recon_image im;
     memset(&im, 0xAB, sizeof im);
@@ -445,6 +557,7 @@ static void test_init(void) {
     CHECK(im.width == 0 && im.height == 0 && im.stride == 0);
 
     test_load_params_versions();
+    test_run_params_versions();
 
     recon_load_params_init(NULL);
     recon_run_params_init(NULL);
@@ -497,6 +610,147 @@ static void test_null_handles(void) {
                  RECON_ERR_INVALID_ARGUMENT);
     CHECK(recon_buffer_data(NULL) == NULL);
     CHECK(recon_buffer_size(NULL) == 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A tiny BiRefNet for background removal, written from tests/fixtures/birefnet_tiny (its
+ * README.md: the published model is 885 MB, the smallest recon builds still 43 MB, so the
+ * fixture is a recipe: the layout, and seeded uniform values of the golden init's mean and std).
+ */
+
+/* splitmix64: the fixture's value stream. */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+typedef struct {
+    char name[128];
+    int64_t shape[8];
+    int ndim;
+    size_t numel;
+    double mean, std;
+} tensor_rule;
+
+/* Appends printf-style text to a growing buffer; 0 when memory runs out. */
+static int appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) return 0;
+        if (*buf && *len + (size_t)n < *cap) {
+            *len += (size_t)n;
+            return 1;
+        }
+        size_t want = (*cap ? *cap * 2 : 4096) + (size_t)n;
+        char *grown = realloc(*buf, want);
+        if (!grown) return 0;
+        *buf = grown;
+        *cap = want;
+    }
+}
+
+/* Parses layout.tsv (`name<TAB>d0,d1,..<TAB>mean<TAB>std`, '#' comments) into `rules`. */
+static size_t parse_layout(char *text, tensor_rule *rules, size_t max) {
+    size_t n = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#' || line[0] == '\0') continue;
+        if (n == max) return 0;
+        tensor_rule *r = &rules[n];
+        char *tab1 = strchr(line, '\t');
+        char *tab2 = tab1 ? strchr(tab1 + 1, '\t') : NULL;
+        char *tab3 = tab2 ? strchr(tab2 + 1, '\t') : NULL;
+        if (!tab3 || (size_t)(tab1 - line) >= sizeof r->name) return 0;
+        memcpy(r->name, line, (size_t)(tab1 - line));
+        r->name[tab1 - line] = '\0';
+        r->ndim = 0;
+        r->numel = 1;
+        for (char *d = tab1 + 1; d < tab2 && r->ndim < 8;) {
+            char *end;
+            long long v = strtoll(d, &end, 10);
+            if (end == d || v <= 0) return 0;
+            r->shape[r->ndim++] = v;
+            r->numel *= (size_t)v;
+            d = *end == ',' ? end + 1 : end;
+            if (d != tab2 && end[0] != ',') return 0;
+        }
+        r->mean = strtod(tab2 + 1, NULL);
+        r->std = strtod(tab3 + 1, NULL);
+        n++;
+    }
+    return n;
+}
+
+/* Writes the tiny BiRefNet folder (model.safetensors + recon_config.json) into `out_dir` from
+ * the fixture `recipe_dir`; 1 on success. */
+static int write_tiny_birefnet(const char *recipe_dir, const char *out_dir) {
+    static tensor_rule rules[1024];
+    char path[512];
+    size_t size = 0;
+    path_join(path, sizeof path, recipe_dir, "layout.tsv");
+    char *layout = (char *)read_all(path, &size);
+    if (!layout) return 0;
+    layout[size] = '\0';
+    size_t count = parse_layout(layout, rules, sizeof rules / sizeof rules[0]);
+    free(layout);
+    if (count == 0) return 0;
+
+    /* The safetensors header: every tensor in file order, padded with spaces to 8 bytes. */
+    char *header = NULL;
+    size_t len = 0, cap = 0, offset = 0;
+    int ok = appendf(&header, &len, &cap, "{");
+    for (size_t i = 0; ok && i < count; i++) {
+        ok = appendf(&header, &len, &cap, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", i ? "," : "",
+                     rules[i].name);
+        for (int d = 0; ok && d < rules[i].ndim; d++)
+            ok = appendf(&header, &len, &cap, "%s%lld", d ? "," : "",
+                         (long long)rules[i].shape[d]);
+        size_t bytes = rules[i].numel * sizeof(float);
+        ok = ok && appendf(&header, &len, &cap, "],\"data_offsets\":[%zu,%zu]}", offset,
+                           offset + bytes);
+        offset += bytes;
+    }
+    ok = ok && appendf(&header, &len, &cap, "}");
+    while (ok && len % 8 != 0) ok = appendf(&header, &len, &cap, " ");
+    mkdir(out_dir, 0700);
+    path_join(path, sizeof path, out_dir, "model.safetensors");
+    FILE *f = ok ? fopen(path, "wb") : NULL;
+    if (f) {
+        unsigned char le[8];
+        for (int b = 0; b < 8; b++) le[b] = (unsigned char)((uint64_t)len >> (8 * b));
+        ok = fwrite(le, 1, 8, f) == 8 && fwrite(header, 1, len, f) == len;
+        uint64_t state = 1;
+        const double root3 = sqrt(3.0);
+        float chunk[4096];
+        for (size_t i = 0; ok && i < count; i++) {
+            for (size_t done = 0; ok && done < rules[i].numel;) {
+                size_t n = rules[i].numel - done;
+                if (n > sizeof chunk / sizeof chunk[0]) n = sizeof chunk / sizeof chunk[0];
+                for (size_t k = 0; k < n; k++) {
+                    double u = (double)(splitmix64(&state) >> 40) / 16777216.0 * 2.0 - 1.0;
+                    chunk[k] = (float)(rules[i].std * u * root3 + rules[i].mean);
+                }
+                ok = fwrite(chunk, sizeof(float), n, f) == n; /* little-endian hosts */
+                done += n;
+            }
+        }
+        ok = (fclose(f) == 0) && ok;
+    } else {
+        ok = 0;
+    }
+    free(header);
+    if (!ok) return 0;
+    path_join(path, sizeof path, recipe_dir, "recon_config.json");
+    unsigned char *config = read_all(path, &size);
+    if (!config) return 0;
+    path_join(path, sizeof path, out_dir, "recon_config.json");
+    ok = write_all(path, config, size);
+    free(config);
+    return ok;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -560,6 +814,14 @@ static void test_load_arguments(void) {
     lp.vggt_model = "\xff\xfe";
     CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
     CHECK_MSG(contains(err, "vggt_model"), err);
+    /* v3: background_model NULL (the Hub's BiRefNet) or a non-empty UTF-8 string. */
+    lp.vggt_model = NULL;
+    lp.background_model = "\xff\xfe";
+    CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "background_model"), err);
+    lp.background_model = "";
+    CHECK_STATUS(recon_load(&lp, &model, err, sizeof err), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(contains(err, "background_model"), err);
 
     /* Low-VRAM mode loads (every network checked now, built per stage later) and lists its
      * networks as runnable. */
@@ -583,7 +845,7 @@ static void test_load_arguments(void) {
         unsigned char tail[64];
     } big;
     /* (below v1's 40 bytes, between two versions, or above this header's struct) */
-    const uint32_t sizes[] = {0, 4, 32, 44, 52, (uint32_t)sizeof(recon_load_params) + 8,
+    const uint32_t sizes[] = {0, 4, 32, 44, 52, 60, (uint32_t)sizeof(recon_load_params) + 8,
                               UINT32_MAX};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         memset(&big, 0, sizeof big);
@@ -593,6 +855,7 @@ static void test_load_arguments(void) {
         /* A real pointer: a size inside it (52) once copied half of it and crashed (found by
          * the fuzzer). */
         big.p.vggt_model = "vggt";
+        big.p.background_model = "birefnet";
         big.p.struct_size = sizes[i];
         err[0] = '\0';
         check_status_impl(recon_load(&big.p, &model, err, sizeof err),
@@ -943,6 +1206,17 @@ static recon_image png_view(void) {
     return v;
 }
 
+static recon_image photo_view(void) {
+    recon_image v;
+    recon_image_init(&v);
+    v.format = RECON_IMAGE_RGB8;
+    v.data = g_photo;
+    v.size = sizeof g_photo;
+    v.width = PHOTO_W;
+    v.height = PHOTO_H;
+    return v;
+}
+
 static recon_image cutout_view(void) {
     recon_image v;
     recon_image_init(&v);
@@ -1059,9 +1333,14 @@ static void test_run_validation(recon_model *model) {
     BAD_PARAM(p.multi_image_mode = -1, "multi_image_mode");
     BAD_PARAM(p.sparse_structure_steps = 1001, "steps");
     BAD_PARAM(p.slat_steps = UINT32_MAX, "steps");
+    BAD_PARAM(p.remove_background = 3, "remove_background is 3");
+    BAD_PARAM(p.remove_background = -1, "remove_background is -1");
+    BAD_PARAM(p.guidance = 3, "guidance is 3");
+    BAD_PARAM(p.guidance = INT32_MIN, "guidance");
     BAD_PARAM(p.struct_size = 0, "struct_size");
     BAD_PARAM(p.struct_size = 4, "struct_size");
-    BAD_PARAM(p.struct_size = sizeof(recon_run_params) - 8, "struct_size");
+    BAD_PARAM(p.struct_size = 48, "struct_size");
+    BAD_PARAM(p.struct_size = 60, "struct_size"); /* between v1 (56) and v2 (64) */
 #undef BAD_PARAM
     struct {
         recon_run_params p;
@@ -1124,13 +1403,32 @@ static void test_run_accepted(recon_model *model) {
     CHECK_ACCEPTED(model, &cut, 1, NULL, RECON_STAGE_SPARSE_STRUCTURE, 0);
     CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
 
-    /* An opaque image cannot be preprocessed (recon has no background removal yet): the run
-     * says so with RECON_ERR_UNSUPPORTED; without preprocessing the same image is accepted. */
+    /* Without background removal an opaque image or a photo cannot be preprocessed: NULL params
+     * and v1 structs (what programs built against v1 pass) keep v1's answer,
+     * RECON_ERR_UNSUPPORTED, as does RECON_BACKGROUND_NEVER; without preprocessing the same image
+     * is accepted. */
+    recon_image photo = photo_view();
     CHECK_STATUS_M(model, run_views(model, &png, 1, NULL), RECON_ERR_UNSUPPORTED);
     CHECK_MSG(contains(recon_model_last_error(model), "background"), recon_model_last_error(model));
     printf("opaque image: %s\n", recon_model_last_error(model));
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, NULL), RECON_ERR_UNSUPPORTED);
+    recon_run_params v1;
+    memset(&v1, 0xAB, sizeof v1); /* where v2's fields are: invalid values, never read */
+    (recon_run_params_init)(&v1);
+    CHECK(v1.struct_size == 56);
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, &v1), RECON_ERR_UNSUPPORTED);
+    CHECK_MSG(contains(recon_model_last_error(model), "background"), recon_model_last_error(model));
+    CHECK_STATUS_M(model, run_views(model, &png, 1, &v1), RECON_ERR_UNSUPPORTED);
+    rp.remove_background = RECON_BACKGROUND_NEVER;
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK_STATUS_M(model, run_views(model, &png, 1, &rp), RECON_ERR_UNSUPPORTED);
+    rp.remove_background = RECON_BACKGROUND_AUTO;
+    /* v1 and v2 structs take the same path through the rest: a cut-out is accepted. */
+    CHECK_ACCEPTED(model, &cut, 1, &v1, RECON_STAGE_SPARSE_STRUCTURE, 0);
     rp.preprocess = 0;
     CHECK_ACCEPTED(model, &png, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    v1.preprocess = 0;
+    CHECK_ACCEPTED(model, &photo, 1, &v1, RECON_STAGE_SPARSE_STRUCTURE, 0);
 
     /* Explicit, in-range settings: one sampler step runs. */
     rp.seed = 7;
@@ -1545,6 +1843,171 @@ static void test_result_accessor_errors(const recon_result *result) {
 
 /* Generates Gaussians and a mesh from the cut-out with 2 + 2 sampler steps, and checks them,
  * the progress reports and every export. Keeps the Gaussians in *first for later runs. */
+/* ---------------------------------------------------------------------------------------------
+ * recon_run_params v2: background removal (with the tiny BiRefNet) and the guidance formula.
+ */
+
+/* Counts the model's "background removal: BiRefNet from ..." messages (one per BiRefNet load). */
+static void on_log_birefnet(int32_t level, const char *message, void *user_data) {
+    (void)level;
+    if (message && strstr(message, "background removal: BiRefNet from")) ++*(int *)user_data;
+}
+
+/* The tiny model with `background_model` as its BiRefNet source. */
+static recon_model *load_tiny_with_birefnet(const char *background_model, int *loads) {
+    recon_load_params lp;
+    recon_load_params_init(&lp);
+    lp.model = g_model;
+    lp.device = RECON_DEVICE_CPU;
+    lp.offline = 1;
+    lp.background_model = background_model;
+    lp.log_callback = on_log_birefnet;
+    lp.log_user_data = loads;
+    recon_model *model = NULL;
+    char err[1024] = "";
+    check_status_impl(recon_load(&lp, &model, err, sizeof err), RECON_OK,
+                      "load the tiny model with a BiRefNet source", err, __LINE__);
+    return model;
+}
+
+/* Quick settings: one step per sampler, Gaussians only (a generation on the CPU is mostly the
+ * structured-latent sampler: about 7 s a step here). */
+static recon_run_params quick_params(void) {
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    rp.seed = 3;
+    rp.sparse_structure_steps = 1;
+    rp.slat_steps = 1;
+    rp.formats = RECON_FORMAT_GAUSSIANS;
+    return rp;
+}
+
+/* A quick run of `view` with `rp`; the Gaussian centres (malloc'ed; NULL on failure) and their
+ * count. */
+static float *quick_run(recon_model *model, const recon_image *view, const recon_run_params *rp,
+                        size_t *count, const char *what) {
+    recon_result *result = NULL;
+    double t0 = now_seconds();
+    *count = 0;
+    check_status_impl(recon_run(model, view, 1, rp, &result), RECON_OK, what,
+                      recon_model_last_error(model), __LINE__);
+    if (!result) return NULL;
+    printf("%s (1 + 1 steps): %.2f s\n", what, now_seconds() - t0);
+    float *xyz = NULL;
+    size_t n = check_gaussians(result, NULL);
+    recon_gaussians g = {.struct_size = sizeof g};
+    if (n > 0 && recon_result_gaussians(result, &g) == RECON_OK) {
+        xyz = malloc(3 * n * sizeof(float));
+        if (xyz) memcpy(xyz, g.xyz, 3 * n * sizeof(float));
+        *count = n;
+    }
+    recon_result_free(result);
+    return xyz;
+}
+
+/* Guidance formulas, after a quick DEFAULT run of `view` (`reference`, `count` Gaussians): on
+ * TRELLIS the pipeline's own formula is TRELLIS's, so RECON_GUIDANCE_TRELLIS gives the same
+ * asset; ReconViaGen's formula is accepted and samples. */
+static void test_guidance(recon_model *model, const recon_image *view, const float *reference,
+                          size_t count) {
+    recon_run_params rp = quick_params();
+    rp.guidance = RECON_GUIDANCE_TRELLIS;
+    size_t n = 0;
+    float *xyz = quick_run(model, view, &rp, &n, "RECON_GUIDANCE_TRELLIS");
+    CHECK(n == count && n > 0);
+    if (xyz && reference && n == count) {
+        double max_diff = 0.0;
+        for (size_t i = 0; i < 3 * n; i++) {
+            double d = fabs((double)xyz[i] - (double)reference[i]);
+            if (d > max_diff) max_diff = d;
+        }
+        printf("guidance DEFAULT vs TRELLIS: %zu Gaussians, centres differ by at most %g\n", n,
+               max_diff);
+        CHECK(max_diff <= 1e-4);
+    }
+    free(xyz);
+    rp.guidance = RECON_GUIDANCE_RECONVIAGEN;
+    CHECK_ACCEPTED(model, view, 1, &rp, RECON_STAGE_STRUCTURED_LATENT, 0);
+}
+
+static void test_background_removal(void) {
+    recon_image photo = photo_view();
+    recon_image cut = cutout_view();
+    recon_image png = png_view();
+
+    /* A BiRefNet that cannot be had (an empty folder) fails the run that needs it, naming
+     * background removal and the view; views that do not need it are unaffected. */
+    char empty[512];
+    path_join(empty, sizeof empty, g_tmp, "birefnet_empty");
+    mkdir(empty, 0700);
+    int loads = 0;
+    recon_model *model = load_tiny_with_birefnet(empty, &loads);
+    if (model) {
+        recon_run_params rp;
+        recon_run_params_init(&rp);
+        recon_status st = run_views(model, &photo, 1, &rp);
+        CHECK(st != RECON_OK && st != RECON_ERR_UNSUPPORTED && st != RECON_ERR_INTERNAL);
+        CHECK_MSG(contains(recon_model_last_error(model), "background removal") &&
+                      contains(recon_model_last_error(model), "image 0"),
+                  recon_model_last_error(model));
+        printf("no BiRefNet: %s: %s\n", recon_status_string(st), recon_model_last_error(model));
+        CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+        recon_free(model);
+    }
+
+    /* The tiny BiRefNet: a photo runs through AUTO end to end. */
+    char recipe[512], folder[512];
+    path_join(recipe, sizeof recipe, g_model, "../birefnet_tiny");
+    path_join(folder, sizeof folder, g_tmp, "birefnet_tiny");
+    double t0 = now_seconds();
+    int written = write_tiny_birefnet(recipe, folder);
+    CHECK_MSG(written, recipe);
+    if (!written) return;
+    printf("tiny BiRefNet written in %.2f s\n", now_seconds() - t0);
+    loads = 0;
+    model = load_tiny_with_birefnet(folder, &loads);
+    if (!model) return;
+
+    /* A cut-out keeps its own alpha under AUTO: BiRefNet is not even loaded. */
+    recon_run_params rp;
+    recon_run_params_init(&rp);
+    CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    CHECK(loads == 0);
+    /* v1 structs and NEVER still refuse the photo, without loading it. */
+    recon_run_params v1;
+    memset(&v1, 0, sizeof v1);
+    (recon_run_params_init)(&v1);
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, &v1), RECON_ERR_UNSUPPORTED);
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, NULL), RECON_ERR_UNSUPPORTED);
+    rp.remove_background = RECON_BACKGROUND_NEVER;
+    CHECK_STATUS_M(model, run_views(model, &photo, 1, &rp), RECON_ERR_UNSUPPORTED);
+    CHECK(loads == 0);
+
+    /* AUTO on the RGB photo: BiRefNet cuts it out, and the run produces Gaussians. */
+    rp = quick_params();
+    size_t count = 0;
+    float *xyz = quick_run(model, &photo, &rp, &count, "photo through RECON_BACKGROUND_AUTO");
+    CHECK(loads == 1);
+    printf("photo: %zu Gaussians\n", count);
+    /* The guidance formulas on the same view (after the DEFAULT run just made). */
+    test_guidance(model, &photo, xyz, count);
+    free(xyz);
+    /* ALWAYS cuts out views that have alpha too; the opaque PNG goes through AUTO. BiRefNet
+     * stays loaded: no second load. */
+    rp.remove_background = RECON_BACKGROUND_ALWAYS;
+    CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    rp.remove_background = RECON_BACKGROUND_AUTO;
+    CHECK_ACCEPTED(model, &png, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    recon_image mixed[2] = {cut, photo};
+    CHECK_ACCEPTED(model, mixed, 2, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    CHECK(loads == 1);
+    /* Without preprocessing nothing is removed (as in the reference), whatever the setting. */
+    rp.remove_background = RECON_BACKGROUND_ALWAYS;
+    rp.preprocess = 0;
+    CHECK_ACCEPTED(model, &photo, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    recon_free(model);
+}
+
 static void test_generate(recon_model *model, generation_summary *first) {
     recon_image view = cutout_view();
     progress_capture cap;
@@ -1865,6 +2328,7 @@ int main(int argc, char **argv) {
     }
 
     make_cutout();
+    make_photo();
     test_versions();
     test_status_strings();
     test_struct_layout();
@@ -1877,6 +2341,7 @@ int main(int argc, char **argv) {
     test_devices();
     test_logging();
     test_two_models();
+    test_background_removal();
 
     log_capture cap;
     memset(&cap, 0, sizeof cap);

@@ -16,6 +16,8 @@ use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use recon::ffi::model::*;
 use recon::ffi::result::*;
+use recon::ffi::run::recon_background_removal::*;
+use recon::ffi::run::recon_guidance::*;
 use recon::ffi::run::*;
 use recon::ffi::status::*;
 
@@ -125,11 +127,14 @@ fn status_and_inits(u: &mut Unstructured<'_>) -> ArbResult<()> {
         );
         recon_run_params_init(null_mut());
         recon_image_init(null_mut());
-        let mut p = std::mem::MaybeUninit::<recon_run_params>::uninit();
-        recon_run_params_init(p.as_mut_ptr());
+        // The plain run-params init writes the v1 struct (56 bytes) only.
+        let mut p = buffer(size_of::<recon_run_params>());
+        recon_run_params_init(p.as_mut_ptr() as *mut recon_run_params);
+        assert_eq!(*(p.as_ptr() as *const u32), 56);
+        assert!(p[7..].iter().all(|&w| w == 0), "wrote past the v1 struct");
         assert_eq!(
-            p.assume_init().struct_size as usize,
-            size_of::<recon_run_params>()
+            recon_run_params_init_sized(null_mut(), size_of::<recon_run_params>()),
+            recon_status::RECON_ERR_INVALID_ARGUMENT
         );
         // The sized init writes min(size, its struct) bytes, refusing sizes below v1.
         let size = usize::from(u.int_in_range(0..=200u8)?);
@@ -140,10 +145,25 @@ fn status_and_inits(u: &mut Unstructured<'_>) -> ArbResult<()> {
         } else {
             assert_eq!(status, recon_status::RECON_OK);
             let written = *(raw.as_ptr() as *const u32) as usize;
-            let expected = if size >= size_of::<recon_load_params>() {
-                size_of::<recon_load_params>()
+            // The largest released version (40, 56, 64 bytes) that fits.
+            let expected = [40, 56, size_of::<recon_load_params>()]
+                .into_iter()
+                .filter(|&s| s <= size)
+                .max();
+            assert_eq!(Some(written), expected);
+        }
+        let size = usize::from(u.int_in_range(0..=200u8)?);
+        let mut raw = buffer(size.max(1));
+        let status = recon_run_params_init_sized(raw.as_mut_ptr() as *mut recon_run_params, size);
+        if size < 56 {
+            assert_eq!(status, recon_status::RECON_ERR_INVALID_ARGUMENT);
+        } else {
+            assert_eq!(status, recon_status::RECON_OK);
+            let written = *(raw.as_ptr() as *const u32) as usize;
+            let expected = if size >= size_of::<recon_run_params>() {
+                size_of::<recon_run_params>()
             } else {
-                40
+                56
             };
             assert_eq!(written, expected);
         }
@@ -192,6 +212,12 @@ fn load(u: &mut Unstructured<'_>) -> ArbResult<()> {
         vggt_model: match u.int_in_range(0..=2u8)? {
             0 => null(),
             1 => c"\xff not utf-8".as_ptr(),
+            _ => fuzzed.as_ptr() as *const c_char,
+        },
+        background_model: match u.int_in_range(0..=3u8)? {
+            0 => null(),
+            1 => c"\xff not utf-8".as_ptr(),
+            2 => c"".as_ptr(),
             _ => fuzzed.as_ptr() as *const c_char,
         },
     };
@@ -341,6 +367,27 @@ fn run(u: &mut Unstructured<'_>) -> ArbResult<()> {
         // Always cancelling: no fuzzed run may do real work.
         progress_callback: Some(cancel),
         progress_user_data: null_mut(),
+        // The cancelling callback stops a TRELLIS run before any background removal.
+        remove_background: some_i32(
+            u,
+            &[
+                RECON_BACKGROUND_AUTO as i32,
+                RECON_BACKGROUND_ALWAYS as i32,
+                RECON_BACKGROUND_NEVER as i32,
+                3,
+                -1,
+            ],
+        )?,
+        guidance: some_i32(
+            u,
+            &[
+                RECON_GUIDANCE_DEFAULT as i32,
+                RECON_GUIDANCE_TRELLIS as i32,
+                RECON_GUIDANCE_RECONVIAGEN as i32,
+                3,
+                -1,
+            ],
+        )?,
     };
     // SAFETY: the buffer holds at least a recon_run_params and is 8-aligned.
     unsafe { (raw.as_mut_ptr() as *mut recon_run_params).write(params) };

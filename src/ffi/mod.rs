@@ -95,6 +95,37 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     Ok(value)
 }
 
+/// Writes the defaults of the largest released version of a versioned struct that fits in
+/// `size` bytes (`sizes` ascending, all at most `size_of::<T>()`), with `struct_size` set to
+/// that version's size: a caller built against an older header owns only that many bytes,
+/// and a size between two versions would cut a field in half. Returns the size written (0,
+/// writing nothing, when `size` is below the first version or `ptr` is NULL).
+///
+/// # Safety
+/// `ptr` must be NULL or point to at least `size` writable bytes.
+pub(crate) unsafe fn init_versioned<T: Copy>(
+    ptr: *mut T,
+    size: usize,
+    defaults: T,
+    sizes: &[usize],
+) -> usize {
+    let size = sizes
+        .iter()
+        .copied()
+        .filter(|&s| s <= size && s <= std::mem::size_of::<T>())
+        .max()
+        .unwrap_or(0);
+    if ptr.is_null() || size == 0 {
+        return 0;
+    }
+    let mut value = defaults;
+    // SAFETY: every versioned struct begins with a u32 struct_size.
+    unsafe { *(&mut value as *mut T as *mut u32) = size as u32 };
+    // SAFETY: `value` is a whole struct (>= size bytes); the caller owns `size` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(&value as *const T as *const u8, ptr as *mut u8, size) };
+    size
+}
+
 /// Writes `message` NUL-terminated into a caller buffer, truncating to fit.
 ///
 /// # Safety

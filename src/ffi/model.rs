@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::status::recon_status;
 use super::{
-    c_string, finish, guarded, guarded_or, non_null, read_versioned, utf8, write_c_buffer, ErrorLog,
+    c_string, finish, guarded, guarded_or, init_versioned, non_null, read_versioned, utf8,
+    write_c_buffer, ErrorLog,
 };
 use crate::error::{Error, Result};
 use crate::logging::{LogFn, LogLevel};
@@ -62,6 +63,12 @@ pub struct recon_load_params {
     /// config.json + model.safetensors or a Hub repo id (UTF-8); NULL (default):
     /// "Stable-X/vggt-object-v0-1", as the reference.
     pub vggt_model: *const c_char,
+    /// Since 0.2 (struct v3). Where background removal's BiRefNet comes from, loaded by the
+    /// first run that removes a background (`recon_run_params.remove_background`): a local
+    /// folder holding model.safetensors, or a Hub repo id (UTF-8, fetched with this model's
+    /// `offline` setting); NULL (default): "ZhengPeng7/BiRefNet", as ReconViaGen and
+    /// TRELLIS.2 load.
+    pub background_model: *const c_char,
 }
 
 /// Size of the v1 struct (through `log_user_data`): the smallest `struct_size` accepted, fixed
@@ -69,9 +76,17 @@ pub struct recon_load_params {
 const LOAD_PARAMS_V1_SIZE: usize =
     offset_of!(recon_load_params, log_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(LOAD_PARAMS_V1_SIZE == 40);
-/// The sizes of every released `recon_load_params` (v1, v2 = current).
-const LOAD_PARAMS_SIZES: [usize; 2] = [LOAD_PARAMS_V1_SIZE, size_of::<recon_load_params>()];
-const _: () = assert!(LOAD_PARAMS_SIZES[1] == 56);
+/// Size of the v2 struct (through `vggt_model`).
+const LOAD_PARAMS_V2_SIZE: usize =
+    offset_of!(recon_load_params, vggt_model) + size_of::<*const c_char>();
+const _: () = assert!(LOAD_PARAMS_V2_SIZE == 56);
+/// The sizes of every released `recon_load_params` (v1, v2, v3 = current), ascending.
+const LOAD_PARAMS_SIZES: [usize; 3] = [
+    LOAD_PARAMS_V1_SIZE,
+    LOAD_PARAMS_V2_SIZE,
+    size_of::<recon_load_params>(),
+];
+const _: () = assert!(LOAD_PARAMS_SIZES[2] == 64);
 
 impl recon_load_params {
     fn defaults() -> Self {
@@ -85,36 +100,9 @@ impl recon_load_params {
             log_user_data: std::ptr::null_mut(),
             low_vram: 0,
             vggt_model: std::ptr::null(),
+            background_model: std::ptr::null(),
         }
     }
-}
-
-/// Writes the first `size` bytes of the defaults (clamped to this library's struct) with
-/// `struct_size = size`: a caller built against an older header owns only that many bytes.
-///
-/// # Safety
-/// `params` must be NULL or point to at least `size` writable bytes.
-unsafe fn init_load_params(params: *mut recon_load_params, size: usize) {
-    if params.is_null() {
-        return;
-    }
-    // The largest released version that fits: a size between two would cut a field.
-    let size = LOAD_PARAMS_SIZES
-        .iter()
-        .copied()
-        .filter(|&s| s <= size)
-        .max()
-        .unwrap_or(0);
-    let mut defaults = recon_load_params::defaults();
-    defaults.struct_size = size as u32;
-    // SAFETY: `defaults` is a whole struct (>= size bytes); the caller owns `size` bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            &defaults as *const recon_load_params as *const u8,
-            params as *mut u8,
-            size,
-        )
-    };
 }
 
 /// Fills the v1 fields of `params` (up to `log_user_data`) with defaults and sets
@@ -128,16 +116,23 @@ unsafe fn init_load_params(params: *mut recon_load_params, size: usize) {
 /// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
 #[no_mangle]
 pub unsafe extern "C" fn recon_load_params_init(params: *mut recon_load_params) {
-    // SAFETY: per the contract, `params` is NULL or holds at least the v1 struct.
-    guarded_or((), || unsafe {
-        init_load_params(params, LOAD_PARAMS_V1_SIZE)
+    guarded_or((), || {
+        // SAFETY: per the contract, `params` is NULL or holds at least the v1 struct.
+        unsafe {
+            init_versioned(
+                params,
+                LOAD_PARAMS_V1_SIZE,
+                recon_load_params::defaults(),
+                &LOAD_PARAMS_SIZES,
+            )
+        };
     })
 }
 
 /// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_load_params)` of
 /// the header the caller was built with): the fields of the largest released version that
-/// fits in `size` (v1: 40 bytes, v2: 56; a newer header's larger struct gets this library's
-/// fields), with `struct_size` set to that version's size. Returns
+/// fits in `size` (v1: 40 bytes, v2: 56, v3: 64; a newer header's larger struct gets this
+/// library's fields), with `struct_size` set to that version's size. Returns
 /// RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 ///
 /// # Safety
@@ -158,7 +153,14 @@ pub unsafe extern "C" fn recon_load_params_init_sized(
             )));
         }
         // SAFETY: the caller owns `size` bytes at `params`.
-        unsafe { init_load_params(params, size) };
+        unsafe {
+            init_versioned(
+                params,
+                size,
+                recon_load_params::defaults(),
+                &LOAD_PARAMS_SIZES,
+            )
+        };
         Ok(())
     });
     finish(result, None)
@@ -286,6 +288,23 @@ fn load_options(params: &recon_load_params) -> Result<LoadOptions> {
         // SAFETY: the header requires `vggt_model` to be NULL or a NUL-terminated string.
         let vggt = unsafe { utf8(params.vggt_model, "recon_load_params.vggt_model") }?;
         options.vggt_model = Some(vggt.to_string());
+    }
+    if !params.background_model.is_null() {
+        // SAFETY: the header requires `background_model` to be NULL or a NUL-terminated
+        // string.
+        let source = unsafe {
+            utf8(
+                params.background_model,
+                "recon_load_params.background_model",
+            )
+        }?;
+        if source.is_empty() {
+            return Err(Error::invalid_argument(
+                "recon_load_params.background_model is empty; use NULL for the default \
+                 (ZhengPeng7/BiRefNet)",
+            ));
+        }
+        options.background_model = Some(source.to_string());
     }
     Ok(options)
 }

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use super::model::recon_model;
 use super::result::recon_result;
 use super::status::recon_status;
-use super::{finish, guarded, guarded_or, non_null, read_versioned};
+use super::{finish, guarded, guarded_or, init_versioned, non_null, read_versioned};
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::{
-    Formats, ImageInput, MultiImageMode, RunControl, RunParams, SamplerOverrides, Stage,
+    BackgroundRemoval, Formats, ImageInput, MultiImageMode, RunControl, RunParams,
+    SamplerOverrides, Stage,
 };
+use crate::samplers::GuidanceFormula;
 
 /// `recon_image.format`: encoded PNG, JPEG or WebP bytes (`data`, `size`).
 pub const RECON_IMAGE_ENCODED: i32 = 0;
@@ -31,6 +33,37 @@ pub const RECON_MULTI_IMAGE_MULTIDIFFUSION: i32 = 1;
 
 /// `recon_run_params.*_cfg_strength` value that keeps pipeline.json's default.
 pub const RECON_DEFAULT_CFG_STRENGTH: f32 = -1.0;
+
+/// `recon_run_params.remove_background` (struct v2): which views go through background
+/// removal (BiRefNet, from `recon_load_params.background_model`) before preprocessing. Only
+/// when `preprocess` is on, as in the reference pipelines.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum recon_background_removal {
+    /// Views without a useful alpha channel (RGB, or RGBA whose alpha is 255 everywhere), as
+    /// the reference pipelines decide. The default of `recon_run_params_init`.
+    RECON_BACKGROUND_AUTO = 0,
+    /// Every view, ignoring any alpha it has.
+    RECON_BACKGROUND_ALWAYS = 1,
+    /// No view: views must bring their own alpha; preprocessing refuses the others with
+    /// `RECON_ERR_UNSUPPORTED`. What a v1 `recon_run_params` (and NULL params) get.
+    RECON_BACKGROUND_NEVER = 2,
+}
+
+/// `recon_run_params.guidance` (struct v2): how both samplers combine the conditional and
+/// negative velocities under classifier-free guidance.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum recon_guidance {
+    /// The pipeline's own formula (default): TRELLIS's for TRELLIS, ReconViaGen v0.2's for
+    /// TRELLIS-VGGT.
+    RECON_GUIDANCE_DEFAULT = 0,
+    /// TRELLIS's `(1 + s)·v_cond − s·v_neg` (on TRELLIS-VGGT: the Hugging Face Space variant,
+    /// without guidance rescale).
+    RECON_GUIDANCE_TRELLIS = 1,
+    /// ReconViaGen v0.2's `w·v_cond + (1 − w)·v_neg` with its guidance rescale.
+    RECON_GUIDANCE_RECONVIAGEN = 2,
+}
 
 /// Pipeline stages reported through `recon_progress.stage`. `recon_run` reports stages 1–5, in
 /// order, each from step 0 to its total; `RECON_STAGE_EXPORT` is reserved for front ends that
@@ -79,7 +112,8 @@ pub struct recon_progress {
 pub type recon_progress_callback =
     Option<unsafe extern "C" fn(progress: *const recon_progress, user_data: *mut c_void) -> i32>;
 
-/// Generation parameters. Fill with `recon_run_params_init`, then set fields.
+/// Generation parameters. Fill with `recon_run_params_init` (in C and C++ a macro that passes
+/// this header's struct size, see below), then set fields.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct recon_run_params {
@@ -106,12 +140,23 @@ pub struct recon_run_params {
     pub progress_callback: recon_progress_callback,
     /// Passed back to `progress_callback`.
     pub progress_user_data: *mut c_void,
+    /// Since 0.2 (struct v2). A `recon_background_removal`: `RECON_BACKGROUND_AUTO`
+    /// (default) removes the background of views without a useful alpha channel. A v1 struct
+    /// (`struct_size` 56) runs with `RECON_BACKGROUND_NEVER`, as v1 did.
+    pub remove_background: i32,
+    /// Since 0.2 (struct v2). A `recon_guidance`: `RECON_GUIDANCE_DEFAULT` (default) keeps the
+    /// pipeline's own formula.
+    pub guidance: i32,
 }
 
-/// Size of the v1 struct (through `progress_user_data`): the smallest `struct_size` accepted.
+/// Size of the v1 struct (through `progress_user_data`): the smallest `struct_size` accepted,
+/// fixed forever so that callers built against v1 keep working when fields are appended.
 const RUN_PARAMS_V1_SIZE: usize =
     offset_of!(recon_run_params, progress_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(RUN_PARAMS_V1_SIZE == 56);
+/// The sizes of every released `recon_run_params` (v1, v2 = current), ascending.
+const RUN_PARAMS_SIZES: [usize; 2] = [RUN_PARAMS_V1_SIZE, size_of::<recon_run_params>()];
+const _: () = assert!(RUN_PARAMS_SIZES[1] == 64);
 /// Size of the v1 `recon_image` (through `stride`).
 const IMAGE_V1_SIZE: usize = offset_of!(recon_image, stride) + size_of::<usize>();
 const _: () = assert!(IMAGE_V1_SIZE == 40);
@@ -130,6 +175,18 @@ impl recon_run_params {
             preprocess: 1,
             progress_callback: None,
             progress_user_data: std::ptr::null_mut(),
+            remove_background: recon_background_removal::RECON_BACKGROUND_AUTO as i32,
+            guidance: recon_guidance::RECON_GUIDANCE_DEFAULT as i32,
+        }
+    }
+
+    /// What a run takes for the fields its caller's struct lacks (and for NULL params): v1's
+    /// behaviour. A v1 caller never chose background removal, and v1 refused views without
+    /// alpha, so those fields are `RECON_BACKGROUND_NEVER` here, not the v2 default.
+    fn v1_behaviour() -> Self {
+        Self {
+            remove_background: recon_background_removal::RECON_BACKGROUND_NEVER as i32,
+            ..Self::defaults()
         }
     }
 }
@@ -148,7 +205,11 @@ impl recon_image {
     }
 }
 
-/// Fills `params` with defaults (NULL is ignored).
+/// Fills the v1 fields of `params` (up to `progress_user_data`) with defaults and sets
+/// `struct_size` to the v1 size (NULL is ignored): the behaviour programs built against the
+/// v1 header rely on. In C and C++ this header turns `recon_run_params_init(p)` into
+/// `recon_run_params_init_sized(p, sizeof(recon_run_params))`, which fills every field this
+/// header declares; call this symbol directly only with a v1-sized struct.
 ///
 /// # Safety
 /// Each pointer argument must be NULL or valid for its documented use: handles as returned
@@ -156,11 +217,54 @@ impl recon_image {
 #[no_mangle]
 pub unsafe extern "C" fn recon_run_params_init(params: *mut recon_run_params) {
     guarded_or((), || {
-        if !params.is_null() {
-            // SAFETY: the caller passes a pointer to a recon_run_params.
-            unsafe { params.write(recon_run_params::defaults()) };
-        }
+        // SAFETY: per the contract, `params` is NULL or holds at least the v1 struct.
+        unsafe {
+            init_versioned(
+                params,
+                RUN_PARAMS_V1_SIZE,
+                recon_run_params::defaults(),
+                &RUN_PARAMS_SIZES,
+            )
+        };
     })
+}
+
+/// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_run_params)` of
+/// the header the caller was built with): the fields of the largest released version that
+/// fits in `size` (v1: 56 bytes, v2: 64; a newer header's larger struct gets this library's
+/// fields), with `struct_size` set to that version's size. v2's defaults are
+/// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`. Returns RECON_ERR_INVALID_ARGUMENT,
+/// writing nothing, for NULL or a size below the v1 struct.
+///
+/// # Safety
+/// Each pointer argument must be NULL or valid for its documented use: handles as returned
+/// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+#[no_mangle]
+pub unsafe extern "C" fn recon_run_params_init_sized(
+    params: *mut recon_run_params,
+    size: usize,
+) -> recon_status {
+    let result = guarded(|| {
+        if params.is_null() {
+            return Err(Error::invalid_argument("params is NULL"));
+        }
+        if size < RUN_PARAMS_V1_SIZE {
+            return Err(Error::invalid_argument(format!(
+                "recon_run_params size {size} is below the v1 struct ({RUN_PARAMS_V1_SIZE} bytes)"
+            )));
+        }
+        // SAFETY: the caller owns `size` bytes at `params`.
+        unsafe {
+            init_versioned(
+                params,
+                size,
+                recon_run_params::defaults(),
+                &RUN_PARAMS_SIZES,
+            )
+        };
+        Ok(())
+    });
+    finish(result, None)
 }
 
 /// Fills `image` with defaults: an empty encoded image (NULL is ignored).
@@ -210,6 +314,34 @@ fn formats_from_bits(bits: u32, what: &str) -> Result<Formats> {
     })
 }
 
+/// `recon_run_params.remove_background` as the pipeline's setting.
+fn background_removal(value: i32) -> Result<BackgroundRemoval> {
+    use recon_background_removal::*;
+    match value {
+        v if v == RECON_BACKGROUND_AUTO as i32 => Ok(BackgroundRemoval::Auto),
+        v if v == RECON_BACKGROUND_ALWAYS as i32 => Ok(BackgroundRemoval::Always),
+        v if v == RECON_BACKGROUND_NEVER as i32 => Ok(BackgroundRemoval::Never),
+        other => Err(Error::invalid_argument(format!(
+            "recon_run_params.remove_background is {other}; use RECON_BACKGROUND_AUTO, \
+             RECON_BACKGROUND_ALWAYS or RECON_BACKGROUND_NEVER"
+        ))),
+    }
+}
+
+/// `recon_run_params.guidance` as the pipeline's setting (None: the pipeline's own).
+fn guidance_formula(value: i32) -> Result<Option<GuidanceFormula>> {
+    use recon_guidance::*;
+    match value {
+        v if v == RECON_GUIDANCE_DEFAULT as i32 => Ok(None),
+        v if v == RECON_GUIDANCE_TRELLIS as i32 => Ok(Some(GuidanceFormula::Trellis)),
+        v if v == RECON_GUIDANCE_RECONVIAGEN as i32 => Ok(Some(GuidanceFormula::ReconViaGen)),
+        other => Err(Error::invalid_argument(format!(
+            "recon_run_params.guidance is {other}; use RECON_GUIDANCE_DEFAULT, \
+             RECON_GUIDANCE_TRELLIS or RECON_GUIDANCE_RECONVIAGEN"
+        ))),
+    }
+}
+
 fn run_params(p: &recon_run_params) -> Result<RunParams> {
     let formats = formats_from_bits(p.formats, "recon_run_params.formats")?;
     let mode = match p.multi_image_mode {
@@ -232,10 +364,8 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
         formats,
         mode,
         preprocess: p.preprocess != 0,
-        // The pipeline's own formula; the C ABI does not choose another yet.
-        guidance: None,
-        // Not in the C ABI yet: its runs keep refusing views without alpha, as before.
-        remove_background: crate::pipeline::BackgroundRemoval::Never,
+        guidance: guidance_formula(p.guidance)?,
+        remove_background: background_removal(p.remove_background)?,
     };
     params.validate()?;
     Ok(params)
@@ -339,7 +469,8 @@ unsafe fn image_inputs<'a>(
 }
 
 /// Generates a 3D asset from `num_images` views of one object. `params` may be NULL for
-/// defaults. On success writes a new result to `*out_result` (free it with
+/// defaults, those of a v1 struct: `RECON_BACKGROUND_NEVER`, as before v2 (a program built
+/// against v1 cannot tell it apart). On success writes a new result to `*out_result` (free it with
 /// `recon_result_free`); on failure writes nothing and `recon_model_last_error(model)` says
 /// why. Runs on one model are serialised.
 ///
@@ -363,14 +494,14 @@ pub unsafe extern "C" fn recon_run(
             return Err(Error::invalid_argument("out_result is NULL"));
         }
         let c_params = if params.is_null() {
-            recon_run_params::defaults()
+            recon_run_params::v1_behaviour()
         } else {
             // SAFETY: the caller passes a recon_run_params with a valid struct_size.
             unsafe {
                 read_versioned(
                     params,
-                    recon_run_params::defaults(),
-                    &[RUN_PARAMS_V1_SIZE],
+                    recon_run_params::v1_behaviour(),
+                    &RUN_PARAMS_SIZES,
                     "recon_run_params",
                 )
             }?
@@ -407,4 +538,79 @@ pub unsafe extern "C" fn recon_run(
         Ok(())
     });
     finish(result, model_ref.map(|m| &m.errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_fields_map_and_refuse_unknown_values() {
+        use recon_background_removal::*;
+        use recon_guidance::*;
+        assert_eq!(
+            background_removal(RECON_BACKGROUND_AUTO as i32).unwrap(),
+            BackgroundRemoval::Auto
+        );
+        assert_eq!(
+            background_removal(RECON_BACKGROUND_ALWAYS as i32).unwrap(),
+            BackgroundRemoval::Always
+        );
+        assert_eq!(
+            background_removal(RECON_BACKGROUND_NEVER as i32).unwrap(),
+            BackgroundRemoval::Never
+        );
+        let err = background_removal(3).unwrap_err();
+        assert!(err.message().contains("remove_background is 3"), "{err}");
+        assert_eq!(
+            guidance_formula(RECON_GUIDANCE_DEFAULT as i32).unwrap(),
+            None
+        );
+        assert_eq!(
+            guidance_formula(RECON_GUIDANCE_TRELLIS as i32).unwrap(),
+            Some(GuidanceFormula::Trellis)
+        );
+        assert_eq!(
+            guidance_formula(RECON_GUIDANCE_RECONVIAGEN as i32).unwrap(),
+            Some(GuidanceFormula::ReconViaGen)
+        );
+        let err = guidance_formula(-1).unwrap_err();
+        assert!(err.message().contains("guidance is -1"), "{err}");
+    }
+
+    /// A v1 caller's struct runs without background removal; a v2 one with its own choice.
+    #[test]
+    fn v1_structs_keep_v1_behaviour() {
+        let mut v1 = [0u64; 8];
+        // SAFETY: 64 writable, 8-aligned bytes.
+        unsafe { recon_run_params_init(v1.as_mut_ptr() as *mut recon_run_params) };
+        assert_eq!(v1[0] as u32, 56);
+        assert_eq!(v1[7], 0, "the plain init wrote past v1");
+        // Garbage where a v2 caller would have its fields.
+        v1[7] = u64::MAX;
+        // SAFETY: a 56-byte struct_size over 64 readable bytes.
+        let read = unsafe {
+            read_versioned(
+                v1.as_ptr() as *const recon_run_params,
+                recon_run_params::v1_behaviour(),
+                &RUN_PARAMS_SIZES,
+                "p",
+            )
+        }
+        .unwrap();
+        let params = run_params(&read).unwrap();
+        assert_eq!(params.remove_background, BackgroundRemoval::Never);
+        assert_eq!(params.guidance, None);
+
+        let mut v2 = std::mem::MaybeUninit::<recon_run_params>::uninit();
+        // SAFETY: a whole struct.
+        let status = unsafe { recon_run_params_init_sized(v2.as_mut_ptr(), 64) };
+        assert_eq!(status, recon_status::RECON_OK);
+        // SAFETY: the sized init filled all 64 bytes.
+        let v2 = unsafe { v2.assume_init() };
+        assert_eq!(v2.struct_size, 64);
+        let params = run_params(&v2).unwrap();
+        assert_eq!(params.remove_background, BackgroundRemoval::Auto);
+        assert_eq!(params, RunParams::default());
+    }
 }

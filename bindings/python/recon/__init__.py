@@ -20,17 +20,18 @@ from __future__ import annotations
 from . import abi
 from ._model import CancelSource, CancelToken, ImageInput, Model
 from ._result import Result
-from ._types import (Camera, CancelledError, CheckpointError, DeviceError, ExportFormat,
-                     Format, FormatError, Gaussians, InternalError, InvalidArgumentError,
-                     IoError, LogLevel, Mesh, MultiImageMode, NetworkError, NetworkInfo,
-                     OutOfMemoryError, ReconError, Stage, Status, UnsupportedError)
+from ._types import (BackgroundRemoval, Camera, CancelledError, CheckpointError, DeviceError,
+                     ExportFormat, Format, FormatError, Gaussians, Guidance, InternalError,
+                     InvalidArgumentError, IoError, LogLevel, Mesh, MultiImageMode, NetworkError,
+                     NetworkInfo, OutOfMemoryError, ReconError, Stage, Status, UnsupportedError)
 
 #: This package's version; equal to the library version it was written with.
 __version__ = "0.1.0"
 
 __all__ = [
-    "Camera", "CancelSource", "CancelToken", "CancelledError", "CheckpointError", "DeviceError",
-    "ExportFormat", "Format", "FormatError", "Gaussians", "ImageInput", "InternalError",
+    "BackgroundRemoval", "Camera", "CancelSource", "CancelToken", "CancelledError",
+    "CheckpointError", "DeviceError", "ExportFormat", "Format", "FormatError", "Gaussians",
+    "Guidance", "ImageInput", "InternalError",
     "InvalidArgumentError", "IoError", "LogLevel", "Mesh", "Model", "MultiImageMode",
     "NetworkError", "NetworkInfo", "OutOfMemoryError", "ReconError", "Result", "Stage",
     "Status", "UnsupportedError", "abi", "abi_version", "cuda_device_count", "load_library",

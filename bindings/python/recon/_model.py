@@ -17,8 +17,9 @@ import numpy.typing as npt
 from . import abi
 from ._handle import Handle
 from ._result import Result
-from ._types import (CancelledError, Format, LogLevel, MultiImageMode, NetworkInfo, Stage,
-                     Status, enum_or_int, error_for, signed32, unsigned)
+from ._types import (BackgroundRemoval, CancelledError, Format, Guidance, LogLevel,
+                     MultiImageMode, NetworkInfo, Stage, Status, enum_or_int, error_for, signed32,
+                     unsigned)
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: One view: encoded PNG/JPEG/WebP bytes (any bytes-like object), a path to such a file, or
@@ -31,6 +32,8 @@ LogFn = Callable[[LogLevel, str], object]
 ProgressFn = Callable[[Stage, int, int], Optional[bool]]
 FormatsLike = Union[Format, int, str, Iterable[Union[Format, str]]]
 ModeLike = Union[MultiImageMode, int, str]
+BackgroundRemovalLike = Union[BackgroundRemoval, int, str]
+GuidanceLike = Union[Guidance, int, str]
 
 
 class CancelSource(Protocol):
@@ -134,14 +137,20 @@ def _formats(formats: FormatsLike) -> int:
     return unsigned("formats", mask, 32)
 
 
-def _mode(mode: ModeLike) -> int:
-    if isinstance(mode, str):
+def _named(kind: Any, name: str, value: Union[int, str]) -> int:
+    """An enum argument: a member of `kind`, its name (any case), or an int passed through for
+    the library to check."""
+    if isinstance(value, str):
         try:
-            return MultiImageMode[mode.strip().upper()]
+            return int(kind[value.strip().upper()])
         except KeyError:
-            names = ", ".join(m.name.lower() for m in MultiImageMode)
-            raise ValueError(f"mode {mode!r}: use one of {names}") from None
-    return signed32("mode", mode)
+            names = ", ".join(m.name.lower() for m in kind)
+            raise ValueError(f"{name} {value!r}: use one of {names}") from None
+    return signed32(name, value)
+
+
+def _mode(mode: ModeLike) -> int:
+    return _named(MultiImageMode, "mode", mode)
 
 
 def _encoded(data: Any, keep: List[object]) -> Tuple[int, int]:
@@ -232,8 +241,10 @@ class Model:
     :class:`logging.Logger`, DEBUG when the logger is enabled for it); it is called on the
     thread that loads or runs. `low_vram` keeps only the running stage's networks on the
     device (identical outputs, slower runs); `vggt_model` (TRELLIS-VGGT) is VGGT's folder or
-    Hub repo id (default "Stable-X/vggt-object-v0-1"). Raises a :class:`ReconError` subclass
-    on failure.
+    Hub repo id (default "Stable-X/vggt-object-v0-1"); `background_model` is background
+    removal's BiRefNet, a folder holding model.safetensors or a Hub repo id (default
+    "ZhengPeng7/BiRefNet"), loaded by the first run that needs it. Raises a
+    :class:`ReconError` subclass on failure.
 
     A model may be used from several threads: runs take turns (one run per model at a time;
     load several models for parallel runs), :meth:`cancel` works from any thread, and
@@ -243,7 +254,8 @@ class Model:
                  offline: Optional[bool] = None,
                  log: Union[LogFn, logging.Logger, None] = None,
                  log_level: Optional[int] = None, low_vram: bool = False,
-                 vggt_model: Optional[PathLike] = None) -> None:
+                 vggt_model: Optional[PathLike] = None,
+                 background_model: Optional[PathLike] = None) -> None:
         self._handle: Optional[Handle] = None
         L = abi.lib()
         params = abi.LoadParams()
@@ -253,6 +265,8 @@ class Model:
         params.low_vram = int(bool(low_vram))
         if vggt_model is not None:
             params.vggt_model = os.fsencode(vggt_model)
+        if background_model is not None:
+            params.background_model = os.fsencode(background_model)
         params.model = os.fsencode(source)
         params.device = signed32("device", _device_index(device))
         params.offline = abi.RECON_OFFLINE_FROM_ENV if offline is None else int(bool(offline))
@@ -278,10 +292,11 @@ class Model:
     def load(cls, source: PathLike, *, device: Union[int, str, None] = "auto",
              offline: Optional[bool] = None, log: Union[LogFn, logging.Logger, None] = None,
              log_level: Optional[int] = None, low_vram: bool = False,
-             vggt_model: Optional[PathLike] = None) -> Model:
+             vggt_model: Optional[PathLike] = None,
+             background_model: Optional[PathLike] = None) -> Model:
         """Loads a pipeline; the same as ``Model(...)``."""
         return cls(source, device=device, offline=offline, log=log, log_level=log_level,
-                   low_vram=low_vram, vggt_model=vggt_model)
+                   low_vram=low_vram, vggt_model=vggt_model, background_model=background_model)
 
     def _owner(self) -> Handle:
         handle = self._handle
@@ -349,17 +364,23 @@ class Model:
             formats: Optional[FormatsLike] = None,
             mode: Optional[ModeLike] = None,
             preprocess: Optional[bool] = None,
+            remove_background: Optional[BackgroundRemovalLike] = None,
+            guidance: Optional[GuidanceLike] = None,
             progress: Optional[ProgressFn] = None,
             cancel: Optional[CancelSource] = None) -> Result:
         """Generates a 3D asset from one or more views of one object.
 
         `images` is one image or a sequence of them (see ``ImageInput``: encoded bytes, file
-        paths, uint8 pixel arrays). With preprocessing on (the default) they must be cut-outs,
-        transparent around the object. Every other argument left at None keeps the library's
+        paths, uint8 pixel arrays): cut-outs, transparent around the object, or photos, whose
+        background is removed first. Every other argument left at None keeps the library's
         default: `seed` 42; the sampler `*_steps` and `*_cfg_strength` from pipeline.json;
         `formats` Gaussians + mesh (a :class:`Format` mask, or names such as
         ``("gaussians", "mesh")``); `mode` :class:`MultiImageMode` ("stochastic" or
-        "multidiffusion") for several views; `preprocess` True.
+        "multidiffusion") for several views; `preprocess` True; `remove_background`
+        :class:`BackgroundRemoval` ("auto": views without a useful alpha channel go through
+        BiRefNet, see `background_model`; "always"; "never": such views raise
+        UnsupportedError), only when preprocessing; `guidance` :class:`Guidance` ("default":
+        the pipeline's own formula, "trellis" or "reconviagen").
 
         `progress(stage, step, total)` is called on this thread at every step; returning False
         cancels the run. An exception it raises cancels the run and is re-raised here.
@@ -371,7 +392,9 @@ class Model:
         cancelled); the model stays usable."""
         L = abi.lib()
         params = abi.RunParams()
-        L.recon_run_params_init(byref(params))
+        status = L.recon_run_params_init_sized(byref(params), ctypes.sizeof(params))
+        if status != abi.RECON_OK:
+            raise error_for(status, "recon_run_params_init_sized refused this binding's struct")
         if seed is not None:
             params.seed = unsigned("seed", seed, 64)
         if sparse_structure_steps is not None:
@@ -389,6 +412,11 @@ class Model:
             params.multi_image_mode = _mode(mode)
         if preprocess is not None:
             params.preprocess = int(bool(preprocess))
+        if remove_background is not None:
+            params.remove_background = _named(BackgroundRemoval, "remove_background",
+                                              remove_background)
+        if guidance is not None:
+            params.guidance = _named(Guidance, "guidance", guidance)
 
         raised: List[BaseException] = []
         callback = None

@@ -61,6 +61,30 @@ class MultiImageMode(enum.IntEnum):
     MULTIDIFFUSION = abi.RECON_MULTI_IMAGE_MULTIDIFFUSION
 
 
+class BackgroundRemoval(enum.IntEnum):
+    """Which views go through background removal (``recon_background_removal``): with
+    preprocessing on, BiRefNet cuts the object out of them first."""
+
+    #: Views without a useful alpha channel (RGB, or RGBA opaque everywhere), as the reference
+    #: pipelines decide (the default).
+    AUTO = abi.RECON_BACKGROUND_AUTO
+    #: Every view, ignoring any alpha it has.
+    ALWAYS = abi.RECON_BACKGROUND_ALWAYS
+    #: None: views must bring their own alpha (the others raise UnsupportedError).
+    NEVER = abi.RECON_BACKGROUND_NEVER
+
+
+class Guidance(enum.IntEnum):
+    """The samplers' classifier-free guidance formula (``recon_guidance``)."""
+
+    #: The pipeline's own: TRELLIS's for TRELLIS, ReconViaGen v0.2's for TRELLIS-VGGT.
+    DEFAULT = abi.RECON_GUIDANCE_DEFAULT
+    #: ``(1 + s)·v_cond − s·v_neg`` (on TRELLIS-VGGT, the Hugging Face Space variant).
+    TRELLIS = abi.RECON_GUIDANCE_TRELLIS
+    #: ReconViaGen v0.2's ``w·v_cond + (1 − w)·v_neg`` with its guidance rescale.
+    RECONVIAGEN = abi.RECON_GUIDANCE_RECONVIAGEN
+
+
 class Stage(enum.IntEnum):
     """Pipeline stages reported to a progress callback (``RECON_STAGE_*``)."""
 

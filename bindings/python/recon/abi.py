@@ -64,6 +64,16 @@ RECON_FORMAT_RADIANCE_FIELD = 4
 RECON_MULTI_IMAGE_STOCHASTIC = 0
 RECON_MULTI_IMAGE_MULTIDIFFUSION = 1
 
+# recon_background_removal (recon_run_params.remove_background, struct v2)
+RECON_BACKGROUND_AUTO = 0
+RECON_BACKGROUND_ALWAYS = 1
+RECON_BACKGROUND_NEVER = 2
+
+# recon_guidance (recon_run_params.guidance, struct v2)
+RECON_GUIDANCE_DEFAULT = 0
+RECON_GUIDANCE_TRELLIS = 1
+RECON_GUIDANCE_RECONVIAGEN = 2
+
 RECON_DEFAULT_CFG_STRENGTH = -1.0
 
 RECON_STAGE_PREPROCESS = 1
@@ -95,6 +105,7 @@ class LoadParams(ctypes.Structure):
     log_user_data: Optional[int]
     low_vram: int
     vggt_model: Optional[bytes]
+    background_model: Optional[bytes]
     _fields_ = [
         ("struct_size", c_uint32),
         ("device", c_int32),
@@ -106,6 +117,8 @@ class LoadParams(ctypes.Structure):
         # v2
         ("low_vram", c_int32),
         ("vggt_model", c_char_p),
+        # v3
+        ("background_model", c_char_p),
     ]
 
 
@@ -217,6 +230,8 @@ class RunParams(ctypes.Structure):
     preprocess: int
     progress_callback: Any
     progress_user_data: Optional[int]
+    remove_background: int
+    guidance: int
     _fields_ = [
         ("struct_size", c_uint32),
         ("sparse_structure_steps", c_uint32),
@@ -229,6 +244,9 @@ class RunParams(ctypes.Structure):
         ("preprocess", c_int32),
         ("progress_callback", ProgressCallback),
         ("progress_user_data", c_void_p),
+        # v2
+        ("remove_background", c_int32),
+        ("guidance", c_int32),
     ]
 
 
@@ -284,6 +302,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "recon_buffer_size": (c_size_t, [_P]),
     "recon_buffer_free": (None, [_P]),
     "recon_run_params_init": (None, [POINTER(RunParams)]),
+    "recon_run_params_init_sized": (c_int32, [POINTER(RunParams), c_size_t]),
     "recon_image_init": (None, [POINTER(Image)]),
     "recon_run": (c_int32, [_P, POINTER(Image), c_size_t, POINTER(RunParams), POINTER(_P)]),
     "recon_abi_version": (c_uint32, []),
@@ -347,6 +366,7 @@ class Library(Protocol):
     def recon_buffer_free(self, buffer: Any, /) -> None: ...
 
     def recon_run_params_init(self, params: Any, /) -> None: ...
+    def recon_run_params_init_sized(self, params: Any, size: int, /) -> int: ...
 
     def recon_image_init(self, image: Any, /) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import struct
 import zlib
@@ -35,8 +36,8 @@ TINY_NETWORKS = [
 ]
 
 # A 4x4 red RGBA PNG (bindings/c/testdata/red_4x4.png). It is fully opaque, which preprocessing
-# refuses (recon has no background removal yet): runs with it either fail that way or turn
-# preprocessing off.
+# refuses without background removal (remove_background="never", v1 structs, NULL params): runs
+# with it either fail that way, turn preprocessing off, or remove its background.
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000004000000040806000000a9f19e7e"
     "000000124944415478da63f8cfc0f01f1933902e00003c401fe11af3a5480000000049454e44ae426082")
@@ -65,7 +66,60 @@ def encode_png(rgba: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+def make_photo(width: int = 80, height: int = 60) -> np.ndarray:
+    """An RGB photo (no alpha at all): a bright disc on a dark background, uint8 [H, W, 3]."""
+    y, x = np.mgrid[0:height, 0:width]
+    inside = (x - width // 2) ** 2 + (y - height // 2) ** 2 < 300
+    image = np.empty((height, width, 3), np.uint8)
+    image[..., 0] = np.where(inside, 230, 20)
+    image[..., 1] = np.where(inside, 115, 10)
+    image[..., 2] = (x * 3).astype(np.uint8)
+    return image
+
+
+def write_tiny_birefnet(out: Path) -> Path:
+    """Writes the tiny BiRefNet of tests/fixtures/birefnet_tiny (its README.md: the weights are
+    not committed, the recipe is) into `out`: model.safetensors + recon_config.json, the same
+    bytes bindings/c/test_abi.c writes. Returns `out`."""
+    recipe = ROOT / "tests" / "fixtures" / "birefnet_tiny"
+    rules: List[Tuple[str, List[int], float, float]] = []
+    for line in (recipe / "layout.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            fields = line.split("\t")
+            rules.append((fields[0], [int(d) for d in fields[1].split(",")], float(fields[2]),
+                          float(fields[3])))
+    entries, offset = [], 0
+    for name, shape, _, _ in rules:
+        size = 4 * math.prod(shape)
+        entries.append(f'"{name}":{{"dtype":"F32","shape":[{",".join(map(str, shape))}],'
+                       f'"data_offsets":[{offset},{offset + size}]}}')
+        offset += size
+    header = ("{" + ",".join(entries) + "}").encode()
+    header += b" " * (-len(header) % 8)
+    out.mkdir(parents=True, exist_ok=True)
+    root3 = np.sqrt(3.0)
+    counter = 0  # splitmix64's state after `counter` draws from seed 1 is 1 + counter * gamma
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        for _, shape, mean, std in rules:
+            total = math.prod(shape)
+            for first in range(0, total, 1 << 20):
+                n = min(1 << 20, total - first)
+                with np.errstate(over="ignore"):
+                    z = (np.uint64(1) + np.uint64(0x9E3779B97F4A7C15)
+                         * np.arange(counter + 1, counter + n + 1, dtype=np.uint64))
+                    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                    z = z ^ (z >> np.uint64(31))
+                u = (z >> np.uint64(40)).astype(np.float64) / 16777216.0 * 2.0 - 1.0
+                f.write((std * u * root3 + mean).astype("<f4").tobytes())
+                counter += n
+    (out / "recon_config.json").write_bytes((recipe / "recon_config.json").read_bytes())
+    return out
+
+
 CUTOUT = make_cutout()  # the generations' input, as raw RGBA pixels
+PHOTO = make_photo()  # an RGB photo, which only background removal makes usable
 CUTOUT_PNG = encode_png(CUTOUT)  # the same, encoded
 # The test generations: few sampler steps (pipeline.json's 25 + 25 would take minutes on a CPU).
 GEN_STEPS: Dict[str, Any] = {"sparse_structure_steps": 2, "slat_steps": 2}

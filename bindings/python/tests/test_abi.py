@@ -9,6 +9,7 @@ import os
 import re
 from ctypes import POINTER, byref, c_float, c_void_p, sizeof
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -19,7 +20,7 @@ from conftest import ALL_CALLS, PACKAGE_CALLS
 from support import HEADER, ROOT, lib, load_params, raw_load
 
 # sizeof on LP64, as bindings/c/test_abi.c prints and checks them.
-C_SIZES = {"LoadParams": 56, "NetworkInfo": 40, "Image": 40, "RunParams": 56,
+C_SIZES = {"LoadParams": 64, "NetworkInfo": 40, "Image": 40, "RunParams": 64,
            "Progress": 16, "Gaussians": 56, "Mesh": 48, "Camera": 96}
 
 
@@ -57,8 +58,11 @@ def test_struct_layout() -> None:
     assert offset(abi.LoadParams, "log_callback") == 24
     assert offset(abi.LoadParams, "low_vram") == 40  # v2
     assert offset(abi.LoadParams, "vggt_model") == 48
+    assert offset(abi.LoadParams, "background_model") == 56  # v3
     assert offset(abi.RunParams, "seed") == 8
     assert offset(abi.RunParams, "progress_callback") == 40
+    assert offset(abi.RunParams, "remove_background") == 56  # v2
+    assert offset(abi.RunParams, "guidance") == 60
     assert offset(abi.Image, "data") == 8
     assert offset(abi.Image, "stride") == 32
     assert offset(abi.NetworkInfo, "stem") == 32
@@ -73,20 +77,25 @@ def test_bindings_cover_the_header() -> None:
     assert protocol == set(abi.SIGNATURES)
     defines = re.findall(r"^#define (RECON_\w+) (\S+)$", text, re.M)
     enum_values = re.findall(r"^  (RECON_\w+) = (\d+),$", text, re.M)
-    assert len(defines) >= 30 and len(enum_values) == 11
+    assert len(defines) >= 30 and len(enum_values) == 17
     for name, value in defines:
         assert getattr(abi, name, None) == float(value), name
     for name, value in enum_values:
         assert getattr(abi, name, None) == int(value), name
     # Each enumeration of the package is the header's family of constants, member for member.
     assert {("RECON_OK" if s is recon.Status.OK else f"RECON_ERR_{s.name}"): s.value
-            for s in recon.Status} == {name: int(v) for name, v in enum_values}
+            for s in recon.Status} == {name: int(v) for name, v in enum_values
+                                       if name == "RECON_OK" or name.startswith("RECON_ERR_")}
     families = {recon.Format: "RECON_FORMAT_", recon.ExportFormat: "RECON_EXPORT_",
                 recon.Stage: "RECON_STAGE_", recon.LogLevel: "RECON_LOG_",
                 recon.MultiImageMode: "RECON_MULTI_IMAGE_"}
     for kind, prefix in families.items():
         members = {prefix + str(m.name): m.value for m in kind}
         assert members == {n: int(v) for n, v in defines if n.startswith(prefix)}, kind
+    enums = {recon.BackgroundRemoval: "RECON_BACKGROUND_", recon.Guidance: "RECON_GUIDANCE_"}
+    for kind, prefix in enums.items():
+        members = {prefix + str(m.name): m.value for m in kind}
+        assert members == {n: int(v) for n, v in enum_values if n.startswith(prefix)}, kind
 
 
 def test_init_functions() -> None:
@@ -95,23 +104,43 @@ def test_init_functions() -> None:
     assert (lp.struct_size, lp.device, lp.model, lp.offline, lp.log_level) == (
         40, abi.RECON_DEVICE_AUTO, None, abi.RECON_OFFLINE_FROM_ENV, abi.RECON_LOG_INFO)
     rp = abi.RunParams()
-    lib.recon_run_params_init(byref(rp))
+    rp.remove_background = rp.guidance = 0x55
+    lib.recon_run_params_init(byref(rp))  # the plain symbol: the v1 struct only
     assert (rp.struct_size, rp.seed, rp.formats, rp.preprocess) == (
         56, 42, abi.RECON_FORMAT_GAUSSIANS | abi.RECON_FORMAT_MESH, 1)
     assert rp.slat_cfg_strength == abi.RECON_DEFAULT_CFG_STRENGTH
+    assert (rp.remove_background, rp.guidance) == (0x55, 0x55)  # untouched
     img = abi.Image()
     lib.recon_image_init(byref(img))
     assert (img.struct_size, img.format, img.size) == (40, abi.RECON_IMAGE_ENCODED, 0)
     # The v2 struct through the sized init: every field, struct_size = the binding's size.
     lp2 = abi.LoadParams()
     assert lib.recon_load_params_init_sized(byref(lp2), ctypes.sizeof(lp2)) == abi.RECON_OK
-    assert (lp2.struct_size, lp2.low_vram, lp2.vggt_model) == (56, 0, None)
-    # A v1-sized caller: only 40 bytes are written.
-    raw = (ctypes.c_uint8 * 64)(*([0xAB] * 64))
-    assert lib.recon_load_params_init_sized(ctypes.cast(raw, POINTER(abi.LoadParams)), 40) == abi.RECON_OK
-    assert bytes(raw[40:]) == b"\xab" * 24 and raw[0] == 40
+    assert (lp2.struct_size, lp2.low_vram, lp2.vggt_model, lp2.background_model) == (
+        64, 0, None, None)
+    rp2 = abi.RunParams()
+    assert lib.recon_run_params_init_sized(byref(rp2), ctypes.sizeof(rp2)) == abi.RECON_OK
+    assert (rp2.struct_size, rp2.seed, rp2.remove_background, rp2.guidance) == (
+        64, 42, abi.RECON_BACKGROUND_AUTO, abi.RECON_GUIDANCE_DEFAULT)
+    # Older callers (and sizes between versions): only the largest released version that fits
+    # is written, guard bytes after it untouched.
+    cases: List[Tuple[Any, type, Dict[int, int]]] = [
+        (lib.recon_load_params_init_sized, abi.LoadParams,
+         {40: 40, 52: 40, 56: 56, 60: 56, 64: 64, 72: 64}),
+        (lib.recon_run_params_init_sized, abi.RunParams, {56: 56, 60: 56, 64: 64, 72: 64})]
+    for init, struct, sizes in cases:
+        for size, written in sizes.items():
+            raw = (ctypes.c_uint8 * 80)(*([0xAB] * 80))
+            assert init(ctypes.cast(raw, POINTER(struct)), size) == abi.RECON_OK, (init, size)
+            assert raw[0] == written and raw[1:4] == [0, 0, 0], (init, size)
+            assert bytes(raw[written:]) == b"\xab" * (80 - written), (init, size)
     assert lib.recon_load_params_init_sized(None, 56) == abi.RECON_ERR_INVALID_ARGUMENT
     assert lib.recon_load_params_init_sized(byref(lp2), 39) == abi.RECON_ERR_INVALID_ARGUMENT
+    assert lib.recon_run_params_init_sized(None, 64) == abi.RECON_ERR_INVALID_ARGUMENT
+    raw = (ctypes.c_uint8 * 80)(*([0xAB] * 80))
+    assert lib.recon_run_params_init_sized(ctypes.cast(raw, POINTER(abi.RunParams)), 55) == \
+        abi.RECON_ERR_INVALID_ARGUMENT
+    assert bytes(raw) == b"\xab" * 80  # nothing written
     lib.recon_load_params_init(None)
     lib.recon_run_params_init(None)
     lib.recon_image_init(None)
@@ -186,11 +215,28 @@ def test_load_bad_values(model_dir: Path, field: str, value: object) -> None:
     assert handle is None
 
 
+def test_load_background_model(model_dir: Path) -> None:
+    # v3: background_model is NULL (the Hub's BiRefNet) or a non-empty UTF-8 string; the v1
+    # struct that load_params() makes does not have it (its bytes are never read).
+    for value in (b"", b"\xff\xfe"):
+        p = load_params(model_dir)
+        p.background_model = value
+        st, handle, err = raw_load(p)
+        assert st == abi.RECON_OK, err
+        lib.recon_free(handle)
+        p.struct_size = sizeof(abi.LoadParams)
+        st, handle, err = raw_load(p)
+        assert st == RECON_ERR_INVALID_ARGUMENT and b"background_model" in err, value
+        assert handle is None
+    with pytest.raises(recon.InvalidArgumentError, match="background_model"):
+        recon.Model(model_dir, device="cpu", offline=True, background_model="")
+
+
 def test_load_struct_size(model_dir: Path) -> None:
     class Padded(ctypes.Structure):
         _fields_ = [("p", abi.LoadParams), ("tail", ctypes.c_uint8 * 64)]
-    # below v1's 40 bytes, or above the struct this binding declares
-    for size in (0, 4, 32, sizeof(abi.LoadParams) + 8, 2**32 - 1):
+    # below v1's 40 bytes, between two versions, or above the struct this binding declares
+    for size in (0, 4, 32, 44, 52, 60, sizeof(abi.LoadParams) + 8, 2**32 - 1):
         big = Padded()
         big.p = load_params(model_dir)
         big.p.struct_size = size
@@ -222,8 +268,8 @@ def test_every_function_called_through_the_package() -> None:
     package itself (not only the tests' raw calls) called each one at least once."""
     hint = "(this test checks the whole suite's calls: run every test module)"
     assert [name for name, n in ALL_CALLS.items() if n == 0] == [], hint
-    # recon_load_params_init is the v1 entry point kept for programs built against the v1
-    # header; the package initialises its v2 struct with recon_load_params_init_sized.
-    v1_only = {"recon_load_params_init"}
+    # The plain *_params_init are the v1 entry points kept for programs built against the v1
+    # header; the package initialises its structs with the *_init_sized functions.
+    v1_only = {"recon_load_params_init", "recon_run_params_init"}
     assert [name for name, n in PACKAGE_CALLS.items() if n == 0 and name not in v1_only] == [], \
         hint

@@ -1,6 +1,7 @@
 """Real generations with the tiny model on the CPU (2 + 2 sampler steps): Gaussians, mesh,
-progress, exports (GLB, PLY, OBJ to files and bytes), the lifetime of the array views, and a
-run cancelled from another thread with the model usable after it."""
+progress, exports (GLB, PLY, OBJ to files and bytes), the lifetime of the array views, a run
+cancelled from another thread with the model usable after it, and a photo through background
+removal (a tiny BiRefNet, tests/fixtures/birefnet_tiny) with each guidance formula."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import recon
 from recon import abi
 from conftest import TIMINGS
-from support import CUTOUT, GEN_STEPS, lib
+from support import CUTOUT, GEN_STEPS, PHOTO, PNG, lib, write_tiny_birefnet
 
 
 @dataclass
@@ -291,3 +292,45 @@ def test_low_vram_mode_gives_the_same_result(model: recon.Model, model_dir: Path
             assert np.array_equal(ga.xyz, gb.xyz) and np.array_equal(ga.opacity, gb.opacity)
     with pytest.raises(recon.InvalidArgumentError, match="vggt_model"):
         recon.Model(model_dir, device="cpu", offline=True, vggt_model="\udcff")
+
+
+def test_background_removal_and_guidance(model_dir: Path, tmp_path: Path) -> None:
+    """A photo (RGB, no alpha) runs end to end through remove_background="auto" (the default)
+    with a tiny BiRefNet given as background_model; BiRefNet is loaded by the first view that
+    needs it, once. On TRELLIS the default guidance formula is TRELLIS's: guidance="trellis"
+    gives the same Gaussians; "reconviagen" runs too."""
+    folder = write_tiny_birefnet(tmp_path / "birefnet")
+    loads: List[str] = []
+
+    def log(level: recon.LogLevel, message: str) -> None:
+        if message.startswith("background removal: BiRefNet from"):
+            loads.append(message)
+    quick: Dict[str, Any] = {"seed": 3, "sparse_structure_steps": 1, "slat_steps": 1,
+                             "formats": ("gaussians",)}
+    with recon.Model(model_dir, device="cpu", offline=True, log=log,
+                     background_model=folder) as m:
+        with m.run(CUTOUT, **quick):  # a cut-out keeps its alpha: no BiRefNet
+            pass
+        assert loads == []
+        with pytest.raises(recon.UnsupportedError):
+            m.run(PHOTO, remove_background="never", **quick)
+        start = time.perf_counter()
+        with m.run(PHOTO, **quick) as a, \
+                m.run(PHOTO, guidance=recon.Guidance.TRELLIS, **quick) as b, \
+                m.run([PNG], guidance="reconviagen", remove_background="always", **quick) as c:
+            TIMINGS.append(f"photo + background removal, three 1 + 1 step runs: "
+                           f"{time.perf_counter() - start:.2f} s")
+            ga, gb, gc_ = a.gaussians, b.gaussians, c.gaussians
+            assert ga is not None and gb is not None and gc_ is not None
+            check_gaussians(ga)
+            check_gaussians(gc_)
+            assert np.array_equal(ga.xyz, gb.xyz) and np.array_equal(ga.opacity, gb.opacity)
+        assert len(loads) == 1, loads
+        assert str(folder) in loads[0]
+    # A BiRefNet that cannot be had fails the run that needs it, naming background removal.
+    (tmp_path / "empty").mkdir()
+    with recon.Model(model_dir, device="cpu", offline=True,
+                     background_model=tmp_path / "empty") as m:
+        with pytest.raises(recon.IoError) as info:
+            m.run(PHOTO, **quick)
+        assert "background removal" in info.value.message and "image 0" in info.value.message

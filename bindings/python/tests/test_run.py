@@ -18,7 +18,7 @@ import pytest
 import recon
 from recon import abi
 from recon.abi import RECON_ERR_INVALID_ARGUMENT
-from support import CUTOUT, CUTOUT_PNG, PNG, lib, png_image, raw_run, run_until
+from support import CUTOUT, CUTOUT_PNG, PHOTO, PNG, lib, png_image, raw_run, run_until
 
 SS = recon.Stage.SPARSE_STRUCTURE
 
@@ -64,6 +64,12 @@ def test_run_argument_errors(model: recon.Model, tmp_path: Path) -> None:
         m.run([PNG], formats=("gaussians", "pointcloud"))
     with pytest.raises(ValueError, match="mode"):
         m.run([PNG], mode="average")
+    with pytest.raises(ValueError, match="remove_background 'sometimes': use one of auto"):
+        m.run([PNG], remove_background="sometimes")
+    with pytest.raises(ValueError, match="guidance"):
+        m.run([PNG], guidance="cfg++")
+    with pytest.raises(ValueError, match="guidance"):
+        m.run([PNG], guidance=2**31)
     # Raw calls: NULL pointers, counts, result pointer untouched.
     img = png_image()
     assert lib.recon_run(None, byref(img), 1, None, byref(c_void_p())) == \
@@ -103,6 +109,10 @@ def test_run_argument_errors(model: recon.Model, tmp_path: Path) -> None:
     ({"formats": ()}, "format"),
     ({"mode": 2}, "multi_image_mode"),
     ({"slat_steps": 1001}, "steps"),
+    ({"remove_background": 3}, "remove_background is 3"),
+    ({"remove_background": -1}, "remove_background is -1"),
+    ({"guidance": 3}, "guidance is 3"),
+    ({"guidance": -(2**31)}, "guidance"),
 ])
 def test_run_bad_params(model: recon.Model, params: Dict[str, Any], needle: str) -> None:
     with pytest.raises(recon.InvalidArgumentError) as info:
@@ -115,7 +125,8 @@ def test_run_params_struct_size(model: recon.Model) -> None:
     class Padded(ctypes.Structure):
         _fields_ = [("p", abi.RunParams), ("tail", ctypes.c_uint8 * 64)]
     img = png_image()
-    for size in (0, 4, sizeof(abi.RunParams) - 8, sizeof(abi.RunParams) + 8):
+    # below v1's 56 bytes, between v1 and v2, or above the struct this binding declares
+    for size in (0, 4, 48, 60, sizeof(abi.RunParams) + 8):
         big = Padded()
         lib.recon_run_params_init(byref(big.p))
         big.p.struct_size = size
@@ -134,15 +145,28 @@ def test_run_accepted(model: recon.Model, image_path: Path) -> None:
     run_until(m, CUTOUT_PNG, (SS, 0), seed=3)
     run_until(m, image_path, (SS, 0))
     run_until(m, [str(image_path), bytearray(image_path.read_bytes())], (SS, 0))
-    # An opaque image cannot be preprocessed (no background removal yet): UnsupportedError
-    # saying so; without preprocessing it is accepted.
+    # Without background removal an opaque image or a photo cannot be preprocessed:
+    # UnsupportedError saying so; without preprocessing it is accepted. (test_generate runs
+    # them through background removal.)
     with pytest.raises(recon.UnsupportedError) as info:
-        m.run([PNG], seed=1)
+        m.run([PNG], seed=1, remove_background="never")
     assert info.value.status == abi.RECON_ERR_UNSUPPORTED
     assert "background" in info.value.message
     assert m.last_error == info.value.message
+    with pytest.raises(recon.UnsupportedError):
+        m.run(PHOTO, remove_background=recon.BackgroundRemoval.NEVER)
+    # NULL params and a v1 struct (what programs built against v1 pass) keep v1's behaviour:
+    # no background removal, whatever the bytes after the v1 struct hold.
     assert raw_run(m, byref(png_image()), 1) == abi.RECON_ERR_UNSUPPORTED
+    v1 = abi.RunParams()
+    lib.recon_run_params_init(byref(v1))
+    v1.remove_background, v1.guidance = 77, 77  # beyond the caller's 56 bytes: never read
+    assert v1.struct_size == 56
+    assert raw_run(m, byref(png_image()), 1, byref(v1)) == abi.RECON_ERR_UNSUPPORTED
+    v1.struct_size = sizeof(v1)
+    assert raw_run(m, byref(png_image()), 1, byref(v1)) == RECON_ERR_INVALID_ARGUMENT
     run_until(m, [PNG], (SS, 0), preprocess=False)
+    run_until(m, [PHOTO], (SS, 0), preprocess=False, remove_background="always")
     # Several views of every kind, explicit settings, both modes: one sampler step each.
     rgb = np.full((4, 4, 3), 200, np.uint8)
     rgba = np.full((6, 5, 4), 255, np.uint8)
@@ -165,7 +189,7 @@ def test_progress(model: recon.Model) -> None:
     # A failing run reports up to where it failed (an opaque image: at preprocessing).
     reports: List[Tuple[int, int, int]] = []
     with pytest.raises(recon.UnsupportedError):
-        m.run([PNG], progress=lambda *r: reports.append(r))
+        m.run([PNG], progress=lambda *r: reports.append(r), remove_background="never")
     assert reports == [(recon.Stage.PREPROCESS, 0, 1)]
     assert isinstance(reports[0][0], recon.Stage)
     with pytest.raises(recon.CancelledError) as info:
