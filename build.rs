@@ -43,6 +43,7 @@ fn main() {
     }
 
     build_sparse_engine(lib_dir.as_deref());
+    build_cuda_graph(lib_dir.as_deref());
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("include");
     if std::fs::create_dir_all(&out).is_ok()
@@ -50,6 +51,75 @@ fn main() {
     {
         println!("cargo:include={}", out.display());
     }
+}
+
+/// The CUDA runtime headers next to the libtorch we link, in search order: the PyPI wheels
+/// install the runtime's in `site-packages/nvidia/cu13/include` (`<torch>/lib` is
+/// `site-packages/torch/lib`) but not the compiler's `crt/host_config.h` they include, which
+/// the triton wheel torch depends on carries in `site-packages/triton/backends/nvidia/include`;
+/// `$CUDA_HOME/include` has both. Empty when no complete set is found.
+fn cuda_include_dirs(libtorch_lib: &Path) -> Vec<PathBuf> {
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let site = libtorch_lib.parent().and_then(Path::parent);
+    let candidates = [
+        site.map(|s| s.join("nvidia/cu13/include")),
+        site.map(|s| s.join("triton/backends/nvidia/include")),
+        env::var("CUDA_HOME")
+            .ok()
+            .map(|h| Path::new(&h).join("include")),
+    ];
+    let dirs: Vec<PathBuf> = candidates
+        .into_iter()
+        .flatten()
+        .filter(|d| d.is_dir())
+        .collect();
+    let has = |file: &str| dirs.iter().any(|d| d.join(file).exists());
+    if has("cuda_runtime_api.h") && has("crt/host_config.h") {
+        dirs
+    } else {
+        Vec::new()
+    }
+}
+
+/// Compiles the CUDA-graph bridge (`src/cuda/graph_ffi.rs`, `cpp/cuda_graph.cpp`) when libtorch
+/// has CUDA and the CUDA runtime headers are found, and tells the crate so through the
+/// `recon_cuda_graph` cfg; otherwise `recon::cuda::graph` reports graphs as unsupported.
+fn build_cuda_graph(libtorch_lib: Option<&Path>) {
+    println!("cargo::rustc-check-cfg=cfg(recon_cuda_graph)");
+    for path in [
+        "src/cuda/graph.rs",
+        "cpp/cuda_graph.h",
+        "cpp/cuda_graph.cpp",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let Some(lib) = libtorch_lib else { return };
+    if !lib.join("libtorch_cuda.so").exists() {
+        return;
+    }
+    let cuda_includes = cuda_include_dirs(lib);
+    if cuda_includes.is_empty() {
+        println!("cargo:warning=CUDA runtime headers not found: building without CUDA graphs");
+        return;
+    }
+    let include = lib
+        .parent()
+        .expect("libtorch's lib directory has a parent")
+        .join("include");
+    let cxx11_abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    let mut build = cxx_build::bridge("src/cuda/graph_ffi.rs");
+    build
+        .file("cpp/cuda_graph.cpp")
+        .std("c++17")
+        .flag(format!("-isystem{}", include.display()));
+    for dir in &cuda_includes {
+        build.flag(format!("-isystem{}", dir.display()));
+    }
+    build
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .compile("recon_cuda_graph");
+    println!("cargo:rustc-cfg=recon_cuda_graph");
 }
 
 /// Compiles the cxx bridge of `src/sparse/engine.rs` and `cpp/sparse_engine.cpp` (two

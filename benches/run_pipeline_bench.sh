@@ -44,10 +44,12 @@ seed=${SEED:-42}
 image=${IMAGE:-tests/fixtures/images/example.png}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
-  --format=csv | tee "$out/gpu.txt"
-if [ -x .bench/pipeline/bin/fused_cuda ]; then
-  .bench/pipeline/bin/fused_cuda --ignored --nocapture --test-threads 1 2>&1 | tee "$out/fused_cuda.txt"
-fi
+  --format=csv
+for test in fused_cuda graphs_cuda; do
+  if [ -x ".bench/pipeline/bin/$test" ]; then
+    ".bench/pipeline/bin/$test" --include-ignored --nocapture --test-threads 1 2>&1 | grep -v '^$'
+  fi
+done
 [ -f "$model/pipeline.json" ] || "$recon" synth --pipeline trellis-image-large --out "$model" --seed 0
 export HF_HOME=$model/hf HF_HUB_OFFLINE=1
 
@@ -63,9 +65,9 @@ FLEXICUBES_DIR=$site/extra/flexicubes PYTHONUNBUFFERED=1 \
   | grep -v -e 'it/s]' -e is_fx_tracing
 rm -f "$out/recon_dump.safetensors"
 
-# The same run with the fused normalisation kernels off (RECON_FUSED_KERNELS=0): their
-# measured effect.
-for variant in RECON_FUSED_KERNELS=0; do
+# The same run with one optimisation off at a time, for its measured effect: the fused
+# normalisation kernels (RECON_FUSED_KERNELS=0), the SS flow's CUDA graph (RECON_CUDA_GRAPHS=0).
+for variant in ${VARIANTS-RECON_FUSED_KERNELS=0 RECON_CUDA_GRAPHS=0}; do
   env "$variant" "$recon" bench --model "$model" --offline --device cuda --image "$image" \
     --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
     --json "$out/recon_${variant%%=*}.json" 2>&1 | tail -14

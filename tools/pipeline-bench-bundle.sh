@@ -64,16 +64,19 @@ split -n 2 -a 2 .bench/bundle/spconv_site.tar.xz .bench/spconv-part-
 
 cargo build --release --bin recon
 cp target/release/recon "$out/bin/recon"
-# The fused kernels' GPU checks (tests/fused_cuda.rs), run before the timings.
-test_exe=$(cargo test --release --test fused_cuda --no-run --message-format=json \
-  | python3 -c '
+# The GPU checks of the optimisations (fused kernels, CUDA graphs), run before the timings.
+for test in fused_cuda graphs_cuda; do
+  exe=$(cargo test --release --test "$test" --no-run --message-format=json \
+    | python3 -c '
 import json, sys
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-            and msg["target"]["name"] == "fused_cuda":
+            and msg["target"]["name"] == sys.argv[1]:
         print(msg["executable"])
-')
-cp "$test_exe" "$out/bin/fused_cuda"
-strip "$out/bin/recon" "$out/bin/fused_cuda"
+' "$test")
+  cp "$exe" "$out/bin/$test"
+  strip "$out/bin/$test"
+done
+strip "$out/bin/recon"
 du -sh .bench/spconv-part-* "$out"/*.tar.xz "$out/bin/recon"

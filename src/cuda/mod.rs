@@ -9,6 +9,7 @@
 //! * [`device`]: one [`CudaDevice`] per device ordinal: the device's primary context (the one
 //!   libtorch's runtime calls use), a per-process cache of compiled modules and functions, and
 //!   launches on libtorch's current stream of that device.
+//! * [`graph`]: CUDA graphs (capture once, replay per sampler step) over libtorch's work.
 //! * [`fused`]: fused LayerNorm32 + adaLN modulation, multi-head RMS norm and gated residual
 //!   kernels for the transformer blocks, used where they apply (the callers keep the unfused
 //!   composition for everything else).
@@ -22,6 +23,9 @@
 
 pub mod device;
 pub mod fused;
+pub mod graph;
+#[cfg(recon_cuda_graph)]
+mod graph_ffi;
 pub mod library;
 pub mod memory;
 pub mod nvrtc;

@@ -3,6 +3,8 @@
 //! coordinates). Both codes are computed in fp32 with the same tensor operations as the
 //! reference, so the large arguments (t up to 1000) round the same way.
 
+use std::sync::Mutex;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -24,11 +26,7 @@ pub fn timestep_embedding(t: &Tensor, dim: i64, max_period: f64) -> Result<Tenso
         )));
     }
     let half = dim / 2;
-    let freqs = Tensor::f_arange(half, (Kind::Float, Device::Cpu))?
-        .f_mul_scalar(-max_period.ln())?
-        .f_div_scalar(half)?
-        .f_exp()?
-        .f_to_device(t.device())?;
+    let freqs = frequencies(half, max_period, t.device())?;
     let args = t
         .f_unsqueeze(1)?
         .f_to_kind(Kind::Float)?
@@ -41,6 +39,28 @@ pub fn timestep_embedding(t: &Tensor, dim: i64, max_period: f64) -> Result<Tenso
         )?);
     }
     Ok(Tensor::f_cat(&parts, -1)?)
+}
+
+/// `exp(−ln(max_period)·i/half)` for i < half, computed on the CPU as the reference does and
+/// kept on `device` after the first call: a copy from host memory at every forward would also
+/// make the flow forward impossible to capture in a CUDA graph.
+fn frequencies(half: i64, max_period: f64, device: Device) -> Result<Tensor> {
+    type Key = (i64, u64, Device);
+    static CACHE: Mutex<Vec<(Key, Tensor)>> = Mutex::new(Vec::new());
+    let key = (half, max_period.to_bits(), device);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, freqs)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(freqs.shallow_clone());
+    }
+    let freqs = Tensor::f_arange(half, (Kind::Float, Device::Cpu))?
+        .f_mul_scalar(-max_period.ln())?
+        .f_div_scalar(half)?
+        .f_exp()?
+        .f_to_device(device)?;
+    cache.push((key, freqs.shallow_clone()));
+    Ok(freqs)
 }
 
 /// `TimestepEmbedder(hidden, frequency_embedding_size=256)`:

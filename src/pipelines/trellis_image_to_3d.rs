@@ -33,7 +33,7 @@ use crate::models::dinov2::imagenet_normalize;
 use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
 use crate::models::{NamedTensors, Network};
 use crate::pipeline::{ImageInput, MultiImageMode, RunControl, RunParams, Stage};
-use crate::samplers::{Conditioning, FlowModel, SampleOptions, SamplerConfig};
+use crate::samplers::{Conditioning, FlowModel, GraphedFlow, SampleOptions, SamplerConfig};
 
 /// The pipeline.json key of the sparse-structure flow model.
 pub const SPARSE_STRUCTURE_FLOW_MODEL: &str = "sparse_structure_flow_model";
@@ -339,7 +339,8 @@ pub fn sample_sparse_structure(
 ) -> Result<Tensor> {
     let views = condition.views()?;
     let conditioning = condition.conditioning(&views, mode, "sparse-structure sampling")?;
-    let model = NamedFlow(flow);
+    // Fixed shapes for all steps: replayed from a CUDA graph on CUDA (bit-identical).
+    let model = GraphedFlow::new(NamedFlow(flow));
     let options = SampleOptions::new(Stage::SparseStructure, control);
     let output = sampler
         .sample(

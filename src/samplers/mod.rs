@@ -16,9 +16,11 @@
 
 mod config;
 mod flow_euler;
+mod graphed;
 
 pub use config::{time_grid, GuidanceFormula, SamplerConfig, SamplerKind, MAX_STEPS};
 pub use flow_euler::{SampleOutput, Trajectory};
+pub use graphed::{graphs_enabled, GraphedFlow};
 
 use tch::{Kind, Tensor};
 

@@ -1,0 +1,45 @@
+// CUDA graphs over libtorch work (bridged by src/cuda/graph.rs): capture everything libtorch
+// and our NVRTC kernels queue on a device between begin and end, then replay it with one
+// launch. Built only when the CUDA runtime headers are found (build.rs); the Rust side has
+// the same API returning Unsupported otherwise.
+#pragma once
+
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace recon::cuda_graph {
+
+// One graph, its private memory pool (libtorch's caching allocator serves every allocation
+// made during capture from it, and keeps it for the replays) and the side stream it is
+// captured on.
+class Graph {
+ public:
+  explicit Graph(int8_t device_index)
+      : device(device_index),
+        side(c10::cuda::getStreamFromPool(false, device_index)),
+        previous(c10::cuda::getCurrentCUDAStream(device_index)) {}
+
+  c10::DeviceIndex device;
+  c10::cuda::CUDAStream side;
+  c10::cuda::CUDAStream previous;
+  at::cuda::CUDAGraph graph;
+};
+
+// A new, empty graph for CUDA device `device_index`.
+std::unique_ptr<Graph> new_graph(int8_t device_index);
+// Makes the graph's side stream libtorch's current stream of its device (after it waits for
+// the previously current stream's work), for warm-up runs and the capture.
+void enter_side_stream(Graph &graph);
+// Restores the previously current stream, which then waits for the side stream's work.
+void leave_side_stream(Graph &graph);
+// Starts / ends the capture of the current (side) stream into the graph (thread-local capture
+// mode: other threads may keep using CUDA meanwhile).
+void capture_begin(Graph &graph);
+void capture_end(Graph &graph);
+// Replays the captured work on libtorch's current stream of the graph's device.
+void replay(Graph &graph);
+
+}  // namespace recon::cuda_graph

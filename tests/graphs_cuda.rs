@@ -1,0 +1,87 @@
+//! CUDA graphs of the sparse-structure flow (src/samplers/graphed.rs, src/cuda/graph.rs) on
+//! the GPU (ignored without one: run on the GPU machine): replayed forwards must equal eager
+//! forwards bit for bit, for the conditional and unconditional inputs of CFG alike, and other
+//! shapes must fall back to eager forwards.
+
+use std::path::Path;
+
+use recon::error::{Error, Result};
+use recon::models::{load_network, NamedTensors, Network};
+use recon::samplers::{FlowModel, GraphedFlow};
+use tch::{Device, Kind, Tensor};
+
+/// The flow network as a sampler's velocity model (inputs x, t, cond; output v).
+struct Named<'a>(&'a dyn Network);
+
+impl FlowModel<Tensor> for Named<'_> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let inputs = NamedTensors::from([
+            ("x".to_string(), x_t.shallow_clone()),
+            ("t".to_string(), t.shallow_clone()),
+            ("cond".to_string(), cond.shallow_clone()),
+        ]);
+        let mut out = self.0.forward_named(&inputs)?;
+        out.remove("v").ok_or_else(|| Error::internal("no v"))
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_graphed_flow_replays_equal_eager_forwards() {
+    assert!(tch::Cuda::is_available(), "needs a CUDA device");
+    let device = Device::Cuda(0);
+    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
+    let (network, _weights) = load_network(
+        &stem.with_extension("json"),
+        &stem.with_extension("safetensors"),
+        device,
+    )
+    .unwrap();
+    let eager = Named(network.as_ref());
+    let graphed = GraphedFlow::new(Named(network.as_ref()));
+    tch::manual_seed(3);
+    let cond = Tensor::randn([1, 1374, 32], (Kind::Float, device));
+    let neg = Tensor::zeros([1, 1374, 32], (Kind::Float, device));
+    for (step, t) in [1000.0f32, 731.5, 12.0].into_iter().enumerate() {
+        let x = Tensor::randn([1, 8, 16, 16, 16], (Kind::Float, device));
+        let t = Tensor::from_slice(&[t]).to_device(device);
+        for c in [&cond, &neg] {
+            let want = eager.predict(&x, &t, c).unwrap();
+            let got = graphed.predict(&x, &t, c).unwrap();
+            assert!(
+                graphed.is_graphed(),
+                "the first call should have captured a graph"
+            );
+            assert!(
+                got.equal(&want),
+                "step {step}: replay differs from the eager forward"
+            );
+        }
+    }
+    // Another batch size: eager, still correct.
+    let x2 = Tensor::randn([2, 8, 16, 16, 16], (Kind::Float, device));
+    let t2 = Tensor::from_slice(&[500.0f32, 20.0]).to_device(device);
+    let c2 = Tensor::randn([2, 1374, 32], (Kind::Float, device));
+    let want = eager.predict(&x2, &t2, &c2).unwrap();
+    assert!(graphed.predict(&x2, &t2, &c2).unwrap().equal(&want));
+}
+
+#[test]
+fn cpu_forwards_are_never_graphed() {
+    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
+    let (network, _weights) = load_network(
+        &stem.with_extension("json"),
+        &stem.with_extension("safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let graphed = GraphedFlow::new(Named(network.as_ref()));
+    let x = Tensor::randn([1, 8, 16, 16, 16], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500.0f32]);
+    let cond = Tensor::randn([1, 1374, 32], (Kind::Float, Device::Cpu));
+    let want = Named(network.as_ref()).predict(&x, &t, &cond).unwrap();
+    assert!(graphed.predict(&x, &t, &cond).unwrap().equal(&want));
+    assert!(!graphed.is_graphed());
+}
