@@ -3,24 +3,12 @@
 fp32 without TF32) and device memory copy bandwidth, each the median of repeated runs timed with
 CUDA events. Prints JSON (and writes it to argv[1] when given)."""
 import json
+import os
 import sys
 
 import torch
-
-
-def timed_ms(fn, runs=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed_ms  # noqa: E402
 
 
 def matmul_tflops(dtype, n=8192):

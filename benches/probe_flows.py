@@ -15,27 +15,14 @@ import types
 os.environ.setdefault("ATTN_BACKEND", "sdpa")
 sys.path.insert(0, os.environ["REF_SITE"])
 import torch  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed_ms  # noqa: E402
 
 for name in ("trellis", "trellis.modules", "trellis.models"):
     m = types.ModuleType(name)
     m.__path__ = [os.path.join(os.environ["REF_SITE"], *name.split("."))]
     sys.modules[name] = m
 from trellis.models.sparse_structure_flow import SparseStructureFlowModel  # noqa: E402
-
-
-def timed_ms(fn, runs=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
 
 
 def graphed(fn):

@@ -3,9 +3,12 @@
 pipelines (issue 8): flash (FlashAttention-2, libtorch's default first choice), cuDNN and
 memory-efficient, fp16 and bf16, with each output's relative L2 against flash's. Prints JSON."""
 import json
+import os
 import sys
 
 import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed_ms  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # (name, heads, query tokens, key tokens, head dim)
@@ -18,21 +21,6 @@ SHAPES = [
 ]
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
-
-
-def timed_ms(fn, runs=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
 
 
 def main():

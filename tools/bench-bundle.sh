@@ -20,19 +20,11 @@ pins=(spconv-cu126==2.3.8 cumm-cu126==0.7.11 pccm==0.4.16 ccimport==0.4.4 fire==
 site_tar=$bundle/spconv_site.tar.xz
 stamp=$bundle/.spconv_site.pins
 if [ ! -f "$site_tar" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]; then
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$wheels" "${pins[@]}"
+  source tools/wheels.sh
+  download_wheels "$wheels" "${pins[@]}"
   site=$(mktemp -d)
   trap 'rm -rf "$site"' EXIT
-  for pin in "${pins[@]}"; do
-    name=${pin%%==*}
-    version=${pin##*==}
-    wheel=$(ls "$wheels/${name//-/_}-$version-"*.whl)
-    python3 -m zipfile -e "$wheel" "$site"
-  done
-  # Wheels do not keep the executable bit on the bundled libraries; restore it.
-  find "$site" -name '*.so*' -exec chmod 755 {} +
+  unpack_wheels "$wheels" "$site" "${pins[@]}"
   tar -C "$site" -cf - . | xz -9 -T0 > "$site_tar.tmp"
   mv "$site_tar.tmp" "$site_tar"
   echo "${pins[*]}" > "$stamp"

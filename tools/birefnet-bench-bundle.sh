@@ -23,30 +23,18 @@ import generate
 generate.load_case_modules()
 import birefnet
 print(birefnet.birefnet_dir())')
-download() { # wheels for CPython 3.12 on x86-64 Linux, no dependencies
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$wheels" "$@"
-}
-unpack() { # site_dir pins...
-  local site=$1; shift
-  for pin in "$@"; do
-    local name=${pin%%==*} version=${pin##*==}
-    python3 -m zipfile -e "$(ls "$wheels"/"${name//-/_}"-"$version"-*.whl | head -1)" "$site"
-  done
-  find "$site" -name '*.so*' -exec chmod 755 {} +
-}
+source tools/wheels.sh
 ref_pins=(einops==0.8.2)
 fallback_pins=(torchvision==0.26.0 pillow==13.0.0 safetensors==0.8.0)
-download "${ref_pins[@]}" "${fallback_pins[@]}"
+download_wheels "$wheels" "${ref_pins[@]}" "${fallback_pins[@]}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/ref/code" "$tmp/fallback"
-unpack "$tmp/ref" "${ref_pins[@]}"
+unpack_wheels "$wheels" "$tmp/ref" "${ref_pins[@]}"
 cp -r "$code"/. "$tmp/ref/code/"
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 tar -C "$tmp/ref" -cf - . | xz -9 -T0 > "$out/ref_site.tar.xz"
-unpack "$tmp/fallback" "${fallback_pins[@]}"
+unpack_wheels "$wheels" "$tmp/fallback" "${fallback_pins[@]}"
 tar -C "$tmp/fallback" -cf - . | xz -9 -T0 > "$out/fallback_site.tar.xz"
 
 exe=$(cargo build --release --bench birefnet --message-format=json \

@@ -29,34 +29,22 @@ from cases.dinov2 import hub_code_dir
 from cases.stage2 import flexicubes_dir
 print(hub_code_dir(), flexicubes_dir())')
 
-download() { # wheels for CPython 3.12 on x86-64 Linux, no dependencies
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$wheels" "$@"
-}
-unpack() { # site_dir pins...
-  local site=$1; shift
-  for pin in "$@"; do
-    local name=${pin%%==*} version=${pin##*==}
-    python3 -m zipfile -e "$(ls "$wheels"/"${name//-/_}"-"$version"-*.whl | head -1)" "$site"
-  done
-  find "$site" -name '*.so*' -exec chmod 755 {} +
-}
+source tools/wheels.sh
 
 ref_pins=(trellis-3d-ms==0.1.0)
 fallback_pins=(pillow==13.0.0 safetensors==0.8.0 easydict==1.14 tqdm==4.70.1)
-download "${ref_pins[@]}" "${fallback_pins[@]}"
+download_wheels "$wheels" "${ref_pins[@]}" "${fallback_pins[@]}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/ref/extra" "$tmp/fallback"
-unpack "$tmp/ref" "${ref_pins[@]}"
+unpack_wheels "$wheels" "$tmp/ref" "${ref_pins[@]}"
 cp -r "$dinov2" "$tmp/ref/extra/dinov2"
 mkdir -p "$tmp/ref/extra/flexicubes"
 cp "$flexicubes"/*.py "$flexicubes"/LICENSE.txt "$tmp/ref/extra/flexicubes/"
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 tar -C "$tmp/ref" -cf - . | xz -9 -T0 > "$out/ref_site.tar.xz"
-unpack "$tmp/fallback" "${fallback_pins[@]}"
+unpack_wheels "$wheels" "$tmp/fallback" "${fallback_pins[@]}"
 tar -C "$tmp/fallback" -cf - . | xz -9 -T0 > "$out/fallback_site.tar.xz"
 
 rm -f .bench/spconv-part-*

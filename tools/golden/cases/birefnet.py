@@ -50,16 +50,12 @@ Layout (harness "birefnet": tests/birefnet.rs reads it, golden_modules.rs skips 
     outputs.safetensors    logits and intermediates as above
 """
 import contextlib
-import io
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import types
-import urllib.request
 from typing import Dict
 
 import numpy as np
@@ -67,7 +63,7 @@ import torch
 from PIL import Image
 
 from generate import HERE, REL_L2_TOL, FixtureWriter, case
-from stage2 import CACHE_DIR, _extract, _has_files, file_sha256, github_pins
+from stage2 import github_pins, pinned_github_dir
 
 BIREFNET_REPO = "ZhengPeng7/BiRefNet"
 SEED = 1010
@@ -88,58 +84,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 def birefnet_dir() -> str:
     """tools/golden/.cache/BiRefNet-<commit>/ holding the pinned files, fetched once (sources as
     for FlexiCubes in cases/stage2.py: BIREFNET_TARBALL, BIREFNET_GIT_DIR, else codeload)."""
-    commit, files = github_pins(BIREFNET_REPO)
-    name = f"BiRefNet-{commit}"
-    root = os.path.join(CACHE_DIR, name)
-    if _has_files(root, files):
-        return root
-    prefix = name + "/"
-    partial = root + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    record = {"repo": BIREFNET_REPO, "commit": commit}
-    if os.environ.get("BIREFNET_TARBALL"):
-        tarball = os.environ["BIREFNET_TARBALL"]
-        record.update(source=f"BIREFNET_TARBALL={tarball}", tarball_sha256=file_sha256(tarball))
-        with tarfile.open(tarball) as tar:
-            _extract(tar, prefix, files, partial)
-    elif os.environ.get("BIREFNET_GIT_DIR"):
-        git_dir = os.environ["BIREFNET_GIT_DIR"]
-        archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", f"--prefix={prefix}",
-                                  commit, *files], check=True, capture_output=True).stdout
-        record.update(source=f"BIREFNET_GIT_DIR={git_dir} (git archive {commit})")
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            _extract(tar, prefix, files, partial)
-    else:
-        url = f"https://codeload.github.com/{BIREFNET_REPO}/tar.gz/{commit}"
-        tarball = os.path.join(CACHE_DIR, name + ".tar.gz")
-        print(f"    downloading {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=120) as response, open(tarball + ".partial", "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as e:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(
-                f"cannot download {url}: {e}. Offline, point BIREFNET_TARBALL at a copy of that tarball or "
-                f"BIREFNET_GIT_DIR at a git directory holding commit {commit} (tools/golden/README.md)") from e
-        os.replace(tarball + ".partial", tarball)
-        record.update(source=url, tarball_sha256=file_sha256(tarball))
-        with tarfile.open(tarball) as tar:
-            _extract(tar, prefix, files, partial)
-    for path, digest in files.items():
-        got = file_sha256(os.path.join(partial, path))
-        if got != digest:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(f"{BIREFNET_REPO}@{commit}:{path} has sha256 {got}, "
-                               f"requirements-github.txt pins {digest}")
-    record["files"] = files
-    with open(os.path.join(partial, "SOURCE.json"), "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
-    print(f"    BiRefNet {commit[:12]} from {record['source']} -> {os.path.relpath(root, HERE)}")
-    return root
+    return pinned_github_dir(BIREFNET_REPO, "BIREFNET")
 
 
 def swin_channels(embed_dim: int, stages: int) -> list:

@@ -122,15 +122,22 @@ def _extract(tar: tarfile.TarFile, prefix: str, files: Dict[str, str], dest: str
 
 
 def flexicubes_dir() -> str:
-    """tools/golden/.cache/FlexiCubes-<commit>/ holding the pinned files, fetched once.
+    """tools/golden/.cache/FlexiCubes-<commit>/ holding the pinned files, fetched once (see
+    pinned_github_dir; offline sources FLEXICUBES_TARBALL / FLEXICUBES_GIT_DIR)."""
+    return pinned_github_dir(FLEXICUBES_REPO, "FLEXICUBES")
 
-    Source, in this order: FLEXICUBES_TARBALL (a local copy of the GitHub tarball),
-    FLEXICUBES_GIT_DIR (a git directory holding the commit: `git archive`), else the tarball
+
+def pinned_github_dir(repo: str, env_prefix: str) -> str:
+    """tools/golden/.cache/<name>-<commit>/ holding the files requirements-github.txt pins for
+    `repo`, fetched once.
+
+    Source, in this order: <env_prefix>_TARBALL (a local copy of the GitHub tarball),
+    <env_prefix>_GIT_DIR (a git directory holding the commit: `git archive`), else the tarball
     downloaded from codeload.github.com into .cache/. Every file is checked against its sha256 in
     requirements-github.txt whatever the source; SOURCE.json says where it came from (and the
     tarball's own sha256 when there was one)."""
-    commit, files = github_pins(FLEXICUBES_REPO)
-    name = f"{FLEXICUBES_REPO.split('/')[1]}-{commit}"
+    commit, files = github_pins(repo)
+    name = f"{repo.split('/')[1]}-{commit}"
     root = os.path.join(CACHE_DIR, name)
     if _has_files(root, files):
         return root
@@ -138,21 +145,22 @@ def flexicubes_dir() -> str:
     partial = root + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    record = {"repo": FLEXICUBES_REPO, "commit": commit}
-    if os.environ.get("FLEXICUBES_TARBALL"):
-        tarball = os.environ["FLEXICUBES_TARBALL"]
-        record.update(source=f"FLEXICUBES_TARBALL={tarball}", tarball_sha256=file_sha256(tarball))
+    record = {"repo": repo, "commit": commit}
+    tarball_var, git_var = f"{env_prefix}_TARBALL", f"{env_prefix}_GIT_DIR"
+    if os.environ.get(tarball_var):
+        tarball = os.environ[tarball_var]
+        record.update(source=f"{tarball_var}={tarball}", tarball_sha256=file_sha256(tarball))
         with tarfile.open(tarball) as tar:
             _extract(tar, prefix, files, partial)
-    elif os.environ.get("FLEXICUBES_GIT_DIR"):
-        git_dir = os.environ["FLEXICUBES_GIT_DIR"]
+    elif os.environ.get(git_var):
+        git_dir = os.environ[git_var]
         archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", f"--prefix={prefix}",
                                   commit, *files], check=True, capture_output=True).stdout
-        record.update(source=f"FLEXICUBES_GIT_DIR={git_dir} (git archive {commit})")
+        record.update(source=f"{git_var}={git_dir} (git archive {commit})")
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             _extract(tar, prefix, files, partial)
     else:
-        url = f"https://codeload.github.com/{FLEXICUBES_REPO}/tar.gz/{commit}"
+        url = f"https://codeload.github.com/{repo}/tar.gz/{commit}"
         tarball = os.path.join(CACHE_DIR, name + ".tar.gz")
         print(f"    downloading {url}")
         try:
@@ -161,8 +169,8 @@ def flexicubes_dir() -> str:
         except OSError as e:
             shutil.rmtree(partial, ignore_errors=True)
             raise RuntimeError(
-                f"cannot download {url}: {e}. Offline, point FLEXICUBES_TARBALL at a copy of that tarball or "
-                f"FLEXICUBES_GIT_DIR at a git directory holding commit {commit} (tools/golden/README.md)") from e
+                f"cannot download {url}: {e}. Offline, point {tarball_var} at a copy of that tarball or "
+                f"{git_var} at a git directory holding commit {commit} (tools/golden/README.md)") from e
         os.replace(tarball + ".partial", tarball)
         record.update(source=url, tarball_sha256=file_sha256(tarball))
         with tarfile.open(tarball) as tar:
@@ -171,7 +179,7 @@ def flexicubes_dir() -> str:
         got = file_sha256(os.path.join(partial, path))
         if got != digest:
             shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(f"{FLEXICUBES_REPO}@{commit}:{path} has sha256 {got}, "
+            raise RuntimeError(f"{repo}@{commit}:{path} has sha256 {got}, "
                                f"requirements-github.txt pins {digest}")
     record["files"] = files
     with open(os.path.join(partial, "SOURCE.json"), "w") as f:
@@ -179,7 +187,7 @@ def flexicubes_dir() -> str:
         f.write("\n")
     shutil.rmtree(root, ignore_errors=True)
     os.replace(partial, root)
-    print(f"    FlexiCubes {commit[:12]} from {record['source']} -> {os.path.relpath(root, HERE)}")
+    print(f"    {repo} {commit[:12]} from {record['source']} -> {os.path.relpath(root, HERE)}")
     return root
 
 
