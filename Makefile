@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export RECON_GOLDEN_DIR ?= $(CURDIR)/tests/fixtures/golden
 export RECON_SHARED_GOLDEN_DIR ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist install dist fuzz-ci venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle pipeline-bench-bundle
+.PHONY: build demo test test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist test-triton install dist fuzz-ci venv header check-header fmt lint ci clean golden gpu-bundle bench-bundle pipeline-bench-bundle
 
 venv: $(TORCH_STAMP)
 $(TORCH_STAMP):
@@ -41,7 +41,7 @@ build: $(TORCH_STAMP)
 demo: build
 	$(TARGET_DIR)/recon demo
 
-test: test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist
+test: test-rust test-c test-python test-go test-cpp test-csharp test-unreal test-dist test-triton
 
 test-rust: $(TORCH_STAMP)
 	cargo test $(CARGO_PROFILE_FLAG)
@@ -84,6 +84,11 @@ test-csharp: build
 # The Unreal plugin's engine-free C++ core (the engine parts are only checked against stubs).
 test-unreal: build
 	$(MAKE) -C bindings/unreal test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
+
+# recon behind Triton Inference Server: the real tritonserver (PyPI nvidia-pytriton, pinned, in
+# serving/triton/.venv) on loopback with the tiny model, driven over HTTP/gRPC by tritonclient.
+test-triton: build
+	$(MAKE) -C serving/triton test LIBDIR=$(TARGET_DIR) MODEL_DIR=$(CURDIR)/tests/fixtures/model_tiny IMAGE=$(CURDIR)/tests/fixtures/images/example.png
 
 # Go from Debian's golang-go (bindings/go/setup.sh installs it when missing).
 test-go: build
