@@ -171,6 +171,11 @@ namespace Recon
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern void recon_run_params_init(ref RunParams p);
 
+        // The v2 initialiser (size-aware); this binding's RunParams is the v1 struct, which the
+        // plain initialiser above fills exactly (v1 never removes backgrounds).
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_run_params_init_sized(ref RunParams p, UIntPtr size);
+
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern void recon_image_init(ref Image image);
 
