@@ -119,6 +119,13 @@ fn build_cuda_graph(libtorch_lib: Option<&Path>) {
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
         .define("GLOG_USE_GLOG_EXPORT", None)
         .compile("recon_cuda_graph");
+    // The bridge calls into libc10_cuda (streams) and libtorch_cuda (CUDAGraph) by symbol.
+    // Link them as libraries of this crate (not only link args of our own binaries, as above),
+    // so that every crate linking recon — the fuzz targets, the bindings' test programs — gets
+    // them too.
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cuda");
+    println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-cfg=recon_cuda_graph");
 }
 
