@@ -4,7 +4,8 @@
 //! CFG inside the guidance interval), each ~600 kernels. Issued one by one from the host they
 //! keep the GPU waiting between kernels; captured once into a CUDA graph they replay with one
 //! launch. The first call of a generation runs the forward eagerly once (loading kernels,
-//! library handles, caches), captures it over static input buffers, and replays; later calls
+//! library handles, caches; that output is its result), then captures it over static input
+//! buffers; later calls
 //! copy their inputs into the buffers and replay. The graph serves every call with the same
 //! shapes (conditional and unconditional passes alike: the condition is an input buffer too);
 //! anything else runs eagerly. Outputs are bit-identical to the eager forward (same kernels,
@@ -20,7 +21,7 @@ use tch::Tensor;
 
 use super::FlowModel;
 use crate::cuda::graph::CudaGraph;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Whether CUDA graphs may be used (`RECON_CUDA_GRAPHS=0` turns them off).
 pub fn graphs_enabled() -> bool {
@@ -97,8 +98,9 @@ impl<M: FlowModel<Tensor>> GraphedFlow<M> {
         matches!(*self.state.borrow(), State::Ready(_))
     }
 
-    /// Warm-up, then capture of one forward over copies of the inputs.
-    fn capture(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Captured> {
+    /// Warm-up, then capture of one forward over copies of the inputs. Returns the warm-up's
+    /// output too: it is this call's velocity, so the first call needs no replay.
+    fn capture(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<(Captured, Tensor)> {
         let device = x.device();
         let (x, t, cond) = (
             duplicate(x)?,
@@ -106,17 +108,23 @@ impl<M: FlowModel<Tensor>> GraphedFlow<M> {
             duplicate(cond)?,
         );
         let mut graph = CudaGraph::new(device)?;
+        let mut first = None;
         let out = graph.capture(
-            || self.inner.predict(&x, &t, &cond).map(drop),
+            || {
+                first = Some(self.inner.predict(&x, &t, &cond)?);
+                Ok(())
+            },
             || self.inner.predict(&x, &t, &cond),
         )?;
-        Ok(Captured {
+        let first = first.ok_or_else(|| Error::internal("CUDA graph warm-up produced nothing"))?;
+        let captured = Captured {
             graph,
             x,
             t,
             cond,
             out,
-        })
+        };
+        Ok((captured, first))
     }
 }
 
@@ -124,19 +132,22 @@ impl<M: FlowModel<Tensor>> FlowModel<Tensor> for GraphedFlow<M> {
     fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let mut state = self.state.borrow_mut();
         if matches!(*state, State::Fresh) {
-            *state = if x_t.device().is_cuda() && graphs_enabled() {
+            if !(x_t.device().is_cuda() && graphs_enabled()) {
+                *state = State::Eager;
+            } else {
                 match self.capture(x_t, t, cond) {
-                    Ok(captured) => State::Ready(Box::new(captured)),
+                    Ok((captured, first)) => {
+                        *state = State::Ready(Box::new(captured));
+                        return Ok(first);
+                    }
                     Err(err) => {
                         if !CAPTURE_FAILED.swap(true, Ordering::Relaxed) {
                             tracing::warn!("CUDA graph capture failed, running eagerly: {err}");
                         }
-                        State::Eager
+                        *state = State::Eager;
                     }
                 }
-            } else {
-                State::Eager
-            };
+            }
         }
         match &mut *state {
             State::Ready(captured) if captured.serves(x_t, t, cond) => captured.run(x_t, t, cond),
