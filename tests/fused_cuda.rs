@@ -170,3 +170,36 @@ fn kernels_do_not_apply_to_cpu_tensors() {
         .unwrap()
         .is_none());
 }
+
+/// `Linear::forward_gelu_tanh` (one cuBLASLt GEMM with a bias + tanh-GELU epilogue) against
+/// the reference's GEMM then GELU: they differ by one fp16/bf16 rounding of the GEMM output
+/// before the GELU, so the bound is that of one rounding, not bit-identity.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_linear_gelu_epilogue_matches_gemm_then_gelu() {
+    tch::manual_seed(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fc1.safetensors");
+    let (c, hidden) = (1024, 4096);
+    recon::weights::write_safetensors(
+        &path,
+        &[
+            ("weight".into(), Tensor::randn([hidden, c], (Kind::Float, Device::Cpu)) * 0.03),
+            ("bias".into(), Tensor::randn([hidden], (Kind::Float, Device::Cpu)) * 0.1),
+        ],
+    )
+    .unwrap();
+    for kind in [Kind::Half, Kind::BFloat16] {
+        let weights = recon::weights::Weights::open(&path, kind, cuda()).unwrap();
+        let fc1 = recon::nn::Linear::new(&weights, c, hidden).unwrap();
+        for shape in [vec![2, 4096, c], vec![19_496, c], vec![1, 1, c]] {
+            let x = Tensor::randn(shape.as_slice(), (Kind::Float, cuda())).to_kind(kind);
+            let fused = fc1.forward_gelu_tanh(&x).unwrap();
+            let reference = fc1.forward(&x).unwrap().gelu("tanh");
+            let (rel, same) = agreement(&fused, &reference);
+            println!("GEMM+GELU epilogue {kind:?} {shape:?}: rel L2 {rel:.3e}, identical {same:.4}");
+            let bound = if kind == Kind::Half { 1e-3 } else { 8e-3 };
+            assert!(rel <= bound, "{kind:?} {shape:?}: rel L2 {rel}");
+        }
+    }
+}

@@ -72,11 +72,52 @@ impl Linear {
 
     /// `x @ W^T + b` over the last axis; `x` is cast to the weights' dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.kind() == self.weight.kind() {
+        let x = self.input(x)?;
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+
+    /// `GELU_tanh(x @ W^T + b)`, the first half of TRELLIS's `FeedForwardNet`.
+    ///
+    /// On CUDA with fp16/bf16 weights this is one cuBLASLt GEMM whose epilogue adds the bias
+    /// and applies the tanh GELU (ATen's `_addmm_activation`), instead of a GEMM and then an
+    /// element-wise pass over the `[tokens, 4C]` hidden activations (issue 8: a read and a
+    /// write of the largest tensor of every block). The epilogue applies GELU to the fp32
+    /// accumulator before the single rounding to fp16, where the reference rounds the GEMM's
+    /// output first: a difference of one fp16 rounding. Elsewhere (CPU, fp32, or
+    /// `RECON_FUSED_KERNELS=0`) it is the reference's two-step composition.
+    pub fn forward_gelu_tanh(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.input(x)?;
+        if let Some(bias) = self.bias.as_ref().filter(|_| self.fusable_epilogue(&x)) {
+            let sizes = x.size();
+            let rows: i64 = sizes[..sizes.len() - 1].iter().product();
+            let x2 = x.f_reshape([rows, sizes[sizes.len() - 1]])?;
+            let h = bias.f_internal_addmm_activation(&x2, &self.weight.f_transpose(0, 1)?, true)?;
+            let mut out_sizes = sizes;
+            if let Some(last) = out_sizes.last_mut() {
+                *last = self.weight.size()[0];
+            }
+            return Ok(h.f_reshape(out_sizes.as_slice())?);
+        }
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?.f_gelu("tanh")?)
+    }
+
+    /// `x` in the weights' dtype.
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if x.kind() == self.weight.kind() {
             x.shallow_clone()
         } else {
             x.f_to_kind(self.weight.kind())?
-        };
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        })
+    }
+
+    /// Whether [`Linear::forward_gelu_tanh`] may use the GEMM epilogue: CUDA, half-precision
+    /// weights, at least two rows and two columns (cuBLASLt's bias epilogue is only taken for
+    /// real matrices; ATen falls back to a plain GEMM + GELU otherwise, which is also fine).
+    fn fusable_epilogue(&self, x: &Tensor) -> bool {
+        matches!(x.device(), tch::Device::Cuda(_))
+            && matches!(self.weight.kind(), Kind::Half | Kind::BFloat16)
+            && x.dim() >= 2
+            && x.size().iter().rev().skip(1).product::<i64>() > 1
+            && crate::cuda::fused::enabled()
     }
 }

@@ -53,7 +53,7 @@ impl FeedForwardNet {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.f_gelu("tanh")?)
+        self.fc2.forward(&self.fc1.forward_gelu_tanh(x)?)
     }
 }
 
