@@ -51,7 +51,7 @@ export PYTHONPATH=$src/nvdiffrast:$src/diff-gaussian-rasterization:$site PYTHONU
 "$python" -c 'import pyvista, cv2, xatlas, igraph, pymeshfix, utils3d, nvdiffrast.torch, diff_gaussian_rasterization, trellis.utils.postprocessing_utils; print("reference imports ok")'
 
 bin=.bench/export/bin
-for test in render_gaussian_cuda render_mesh_cuda; do
+for test in render_gaussian_cuda render_mesh_cuda fused_cuda; do
   [ -x "$bin/$test" ] && "$bin/$test" --include-ignored --nocapture --test-threads 1 2>&1 | grep -v '^$'
 done
 if [ -f benches/render_reference.py ]; then
@@ -68,4 +68,17 @@ for mode in ${MODES:-opt fast}; do
   "$python" benches/reference_to_glb.py "$asset" --out "$out" --bake-mode "$mode" \
     --runs "${RUNS:-1}" --json "$out/reference_$mode.json" 2>&1 | grep -v -e 'it/s]' -e '%|'
 done
+
+# Issue 8's A/B of the FeedForwardNet GEMM epilogue (RECON_GEMM_EPILOGUE=0 turns it off alone),
+# recon only (the reference pipeline comparison is benches/run_pipeline_bench.sh).
+if [ -x "$bin/recon" ]; then
+  model=/tmp/bench_large
+  [ -f "$model/pipeline.json" ] || "$bin/recon" synth --pipeline trellis-image-large --out "$model" --seed 0
+  for variant in RECON_GEMM_EPILOGUE=1 RECON_GEMM_EPILOGUE=0 RECON_GEMM_EPILOGUE=1; do
+    echo "== $variant"
+    env "$variant" HF_HOME=$model/hf HF_HUB_OFFLINE=1 "$bin/recon" bench --model "$model" --offline \
+      --device cuda --image tests/fixtures/images/example.png --seed 42 --formats gaussians,mesh \
+      --voxels shell:28 --runs 5 --warmup 1 --json "$out/recon_${variant}.json" 2>&1 | tail -14
+  done
+fi
 ls -la "$out"

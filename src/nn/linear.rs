@@ -1,5 +1,7 @@
 //! `nn.Linear`.
 
+use std::sync::OnceLock;
+
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -119,5 +121,13 @@ impl Linear {
             && x.dim() >= 2
             && x.size().iter().rev().skip(1).product::<i64>() > 1
             && crate::cuda::fused::enabled()
+            && epilogue_enabled()
     }
+}
+
+/// Whether [`Linear::forward_gelu_tanh`] may fuse (`RECON_GEMM_EPILOGUE=0` turns it off alone,
+/// for A/B measurements; `RECON_FUSED_KERNELS=0` turns it off with the other fused kernels).
+fn epilogue_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("RECON_GEMM_EPILOGUE").map_or(true, |v| v != "0"))
 }
