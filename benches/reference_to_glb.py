@@ -27,6 +27,36 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic_asset import load_safetensors  # noqa: E402
+# Module stand-ins shared with the pipeline benchmark (importing it only sets backend defaults).
+from reference_pipeline import check_tensor, module, package, unreachable  # noqa: E402
+
+
+def import_postprocessing(site):
+    """TRELLIS's postprocessing_utils with the trellis package's __init__ skipped (it imports
+    the text pipeline, transformers, open3d ...), FlexiCubes where the mesh module imports it
+    (the wheel lacks that git submodule; it comes from the pipeline bundle's ref_site), and
+    stand-ins for what to_glb never reaches when the GPU image lacks it: scipy (the octree
+    renderer's import) and kaolin's argument checker (FlexiCubes' import)."""
+    import importlib.util
+
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        scipy = module("scipy")
+        scipy.stats = module("scipy.stats", qmc=unreachable("scipy.stats.qmc"))
+    try:
+        import kaolin.utils.testing  # noqa: F401
+    except ImportError:
+        kaolin = module("kaolin")
+        kaolin.utils = module("kaolin.utils")
+        kaolin.utils.testing = module("kaolin.utils.testing", check_tensor=check_tensor)
+    spec = importlib.util.find_spec("trellis")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("trellis-3d-ms is not importable: see benches/run_export_bench.sh")
+    package("trellis", spec.submodule_search_locations[0])
+    package("trellis.representations.mesh.flexicubes", os.path.join(site, "extra", "flexicubes"))
+    from trellis.utils import postprocessing_utils
+    return postprocessing_utils
 
 
 def timed(table, name, fn):
@@ -94,11 +124,12 @@ def main():
     p.add_argument("--bake-mode", choices=["opt", "fast"], default="opt")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--json")
+    p.add_argument("--site", default=os.environ.get("REF_SITE", "/tmp/glb_site"),
+                   help="the folder the reference's packages were unpacked into")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
 
-    from trellis.utils import postprocessing_utils as post
-
+    post = import_postprocessing(a.site)
     asset = load_safetensors(a.asset)
     gs, mesh = build_inputs(asset, "cuda")
     print(f"asset: {len(asset['mesh_faces'])} triangles, {len(asset['gs_xyz'])} Gaussians; "

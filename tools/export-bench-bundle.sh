@@ -73,4 +73,23 @@ tar -C "$tmp/site" -cf - . | xz -T2 -6 > .bench/export/site.tar.xz
 tar -C "$tmp/src" -cf - . | xz -T2 -6 > .bench/export/src.tar.xz
 [ -f .bench/pipeline/ref_site.tar.xz ] || bash tools/pipeline-bench-bundle.sh
 cp .bench/pipeline/ref_site.tar.xz .bench/export/
+
+# recon's side: the export bench and the rasterisers' GPU tests (CUDA against the CPU path).
+executable() { # executable KIND NAME: the path cargo reports for that test or bench target
+  cargo build --release --"$1" "$2" --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+            and msg["target"]["name"] == sys.argv[1]:
+        print(msg["executable"])
+' "$2"
+}
+cp "$(executable bench export)" .bench/export/bin/export_bench
+for test in render_gaussian_cuda render_mesh_cuda fused_cuda; do
+  cp "$(executable test "$test")" ".bench/export/bin/$test"
+done
+cargo build --release --bin recon
+cp target/release/recon .bench/export/bin/recon
+strip .bench/export/bin/*
 du -sh .bench/export-vtk .bench/export-cv2 .bench/export
