@@ -12,6 +12,7 @@
 
 #include "recon/cpp/sparse_engine.h"
 
+#include <ATen/ops/_addmm_activation_ops.h>
 #include <ATen/ops/index_select_ops.h>
 #include <ATen/ops/mm_ops.h>
 #include <ATen/ops/searchsorted_ops.h>
@@ -301,6 +302,11 @@ void reset_cuda_peak_memory(int8_t device_index) {
 
 void empty_cuda_cache() { cuda_allocator()->emptyCache(); }
 
+std::unique_ptr<at::Tensor> addmm_gelu_tanh(const at::Tensor &bias, const at::Tensor &mat1,
+                                            const at::Tensor &mat2) {
+  return std::make_unique<at::Tensor>(
+      at::_ops::_addmm_activation::call(bias, mat1, mat2, 1, 1, /*use_gelu=*/true));
+}
 
 }  // namespace sparse
 }  // namespace recon

@@ -92,5 +92,11 @@ void reset_cuda_peak_memory(int8_t device_index);
 // Returns the allocator's unused cached blocks to the driver (torch.cuda.empty_cache()).
 void empty_cuda_cache();
 
+// `gelu_tanh(mat1 @ mat2 + bias)` as one GEMM with a bias + GELU epilogue on CUDA
+// (at::_addmm_activation with use_gelu). Here rather than through tch: tch 0.24's binding passes
+// its `use_gelu` flag into the `beta` slot of the C++ overload, which then applies ReLU.
+std::unique_ptr<at::Tensor> addmm_gelu_tanh(const at::Tensor &bias, const at::Tensor &mat1,
+                                            const at::Tensor &mat2);
+
 }  // namespace sparse
 }  // namespace recon

@@ -81,7 +81,8 @@ impl Linear {
     /// `GELU_tanh(x @ W^T + b)`, the first half of TRELLIS's `FeedForwardNet`.
     ///
     /// On CUDA with fp16/bf16 weights this is one cuBLASLt GEMM whose epilogue adds the bias
-    /// and applies the tanh GELU (ATen's `_addmm_activation`), instead of a GEMM and then an
+    /// and applies the tanh GELU (ATen's `_addmm_activation`, through our ATen bridge:
+    /// `sparse::engine::addmm_gelu_tanh`; only on CUDA, whose ATen paths all use tanh), instead of a GEMM and then an
     /// element-wise pass over the `[tokens, 4C]` hidden activations (issue 8: a read and a
     /// write of the largest tensor of every block). The epilogue applies GELU to the fp32
     /// accumulator before the single rounding to fp16, where the reference rounds the GEMM's
@@ -93,14 +94,19 @@ impl Linear {
             let sizes = x.size();
             let rows: i64 = sizes[..sizes.len() - 1].iter().product();
             let x2 = x.f_reshape([rows, sizes[sizes.len() - 1]])?;
-            let h = bias.f_internal_addmm_activation(&x2, &self.weight.f_transpose(0, 1)?, true)?;
+            let h = crate::sparse::engine::addmm_gelu_tanh(
+                bias,
+                &x2,
+                &self.weight.f_transpose(0, 1)?,
+            )?;
             let mut out_sizes = sizes;
             if let Some(last) = out_sizes.last_mut() {
                 *last = self.weight.size()[0];
             }
             return Ok(h.f_reshape(out_sizes.as_slice())?);
         }
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?.f_gelu("tanh")?)
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?
+            .f_gelu("tanh")?)
     }
 
     /// `x` in the weights' dtype.

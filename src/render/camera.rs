@@ -20,6 +20,7 @@ pub const DEFAULT_FOV_DEGREES: f64 = 40.0;
 
 /// The reference samples the turntable with `linspace(0, 2·3.1415, N)`, not `2π`: the last
 /// frame stops just short of the first, and we keep that so frames line up with its videos.
+#[allow(clippy::approx_constant)]
 const TURNTABLE_SPAN: f64 = 2.0 * 3.1415;
 
 /// An OpenCV pinhole camera with normalised intrinsics.

@@ -77,6 +77,12 @@ mod ffi {
         fn cuda_memory_stats(device_index: i8) -> Result<[u64; 3]>;
         fn reset_cuda_peak_memory(device_index: i8) -> Result<()>;
         fn empty_cuda_cache() -> Result<()>;
+
+        fn addmm_gelu_tanh(
+            bias: &AtTensor,
+            mat1: &AtTensor,
+            mat2: &AtTensor,
+        ) -> Result<UniquePtr<AtTensor>>;
     }
 }
 
@@ -240,6 +246,15 @@ pub(crate) fn torch_reset_cuda_peak_memory(ordinal: usize) -> Result<()> {
 }
 
 /// Returns libtorch's cached, unused CUDA blocks to the driver.
+/// `gelu_tanh(mat1 @ mat2 + bias)` in one GEMM with a bias + GELU epilogue on CUDA (ATen's
+/// `_addmm_activation`; see the C++ side for why not through tch). `bias` `[N]`, `mat1`
+/// `[M, K]`, `mat2` `[K, N]`.
+pub(crate) fn addmm_gelu_tanh(bias: &Tensor, mat1: &Tensor, mat2: &Tensor) -> Result<Tensor> {
+    let out = ffi::addmm_gelu_tanh(borrow_at(bias), borrow_at(mat1), borrow_at(mat2))
+        .map_err(|e| Error::internal(format!("GEMM with GELU epilogue: {e}")))?;
+    adopt_at(out, "addmm_gelu_tanh")
+}
+
 pub(crate) fn torch_empty_cuda_cache() -> Result<()> {
     ffi::empty_cuda_cache().map_err(|e| engine_error("emptying the CUDA cache", e))
 }
@@ -368,4 +383,29 @@ pub fn submanifold_conv_aten(
     }
     .map_err(|e| engine_error("submanifold conv", e))?;
     adopt_at(out, "submanifold conv")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The op is a GELU, not the ReLU that tch's own binding of `_addmm_activation` silently
+    /// computes. On the CPU ATen's fallback applies the exact (erf) GELU, unlike its CUDA
+    /// paths (tanh, cuBLASLt's epilogue); recon calls the op on CUDA only, and
+    /// tests/fused_cuda.rs checks the tanh form there.
+    #[test]
+    fn addmm_gelu_tanh_is_a_gelu_of_the_biased_product() {
+        tch::manual_seed(0);
+        let opts = (Kind::Float, Device::Cpu);
+        let (x, w, b) = (
+            Tensor::randn([16, 8], opts),
+            Tensor::randn([12, 8], opts),
+            Tensor::randn([12], opts),
+        );
+        let fused = addmm_gelu_tanh(&b, &x, &w.tr()).unwrap();
+        let reference = x.linear(&w, Some(&b)).gelu("none");
+        let diff = f64::try_from((&fused - &reference).abs().max()).unwrap();
+        assert!(diff < 1e-5, "max |diff| {diff}");
+    }
 }
