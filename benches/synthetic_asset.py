@@ -128,7 +128,9 @@ def main():
                                 np.sin(8 * gs_xyz[:, 2] + 3)], axis=1)
     n = len(gs_xyz)
     spacing = 0.36 * 4.0 / (2 ** a.gaussian_level * 5 ** 0.5)  # ~ neighbour distance
-    scaling = np.tile([spacing, spacing, spacing * 0.25], (n, 1))
+    # The thin axis stays above TRELLIS's minimum kernel size (9e-4): its Gaussian cannot hold a
+    # smaller scale (from_scaling takes sqrt(s² − 9e-4²)), and no decoder output has one.
+    scaling = np.tile([spacing, spacing, max(spacing * 0.4, 1.2e-3)], (n, 1))
     tensors = {
         "mesh_vertices": mesh_v.astype(np.float32),
         "mesh_faces": mesh_f.astype(np.int32),

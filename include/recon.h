@@ -30,6 +30,8 @@
  *         fprintf(stderr, "%s: %s\n", recon_status_string(st), recon_model_last_error(model));
  *     } else {
  *         recon_result_export(result, RECON_EXPORT_GLB, "asset.glb");
+ *         // a 120-frame turntable of the Gaussians (recon_turntable_params for options)
+ *         recon_result_write_turntable(result, NULL, "preview.mp4", NULL, NULL);
  *         recon_result_free(result);
  *     }
  *     recon_free(model);
@@ -150,6 +152,36 @@
 #define RECON_VERSION_MINOR 1
 
 #define RECON_VERSION_PATCH 0
+
+// `recon_textured_export_params.image_format`: the texture as lossless PNG (the default).
+#define RECON_TEXTURE_PNG 0
+
+// `recon_textured_export_params.image_format`: the texture as JPEG at `jpeg_quality`.
+#define RECON_TEXTURE_JPEG 1
+
+// `recon_textured_export_params.image_format`: the texture as lossless WebP (in GLB through
+// the `EXT_texture_webp` extension, which viewers must support).
+#define RECON_TEXTURE_WEBP 2
+
+// `recon_textured_export_params.bake_mode`: project every view's pixels to their texels and
+// average (seconds).
+#define RECON_BAKE_FAST 0
+
+// `recon_textured_export_params.bake_mode`: the reference's optimisation (`bake_steps` Adam
+// steps on the masked L1 loss + `bake_lambda_tv` · total variation; the default).
+#define RECON_BAKE_OPTIMIZE 1
+
+// `recon_turntable_params.content`: the 3D Gaussians in colour (the default; TRELLIS's
+// preview video). Needs a result with Gaussians (`RECON_FORMAT_GAUSSIANS`).
+#define RECON_TURNTABLE_GAUSSIANS 0
+
+// `recon_turntable_params.content`: the mesh's face normals as (n + 1) / 2, world space
+// (TRELLIS's normal video). Needs the mesh (`RECON_FORMAT_MESH`).
+#define RECON_TURNTABLE_MESH_NORMALS 1
+
+// `recon_turntable_params.content`: the mesh's vertex colours, interpolated. Needs the mesh
+// with colours.
+#define RECON_TURNTABLE_MESH_COLORS 2
 
 // Outcome of a fallible call. The numbers are stable and never reused.
 enum recon_status
@@ -419,6 +451,94 @@ typedef struct recon_image {
   size_t stride;
 } recon_image;
 
+// How to post-process and write a textured mesh. Fill with
+// `recon_textured_export_params_init` (in C and C++ a macro that passes this header's struct
+// size, see below), then set fields. The defaults are TRELLIS's `to_glb`.
+typedef struct recon_textured_export_params {
+  // `sizeof(recon_textured_export_params)`, set by `recon_textured_export_params_init`.
+  uint32_t struct_size;
+  // `RECON_TEXTURE_*` (default `RECON_TEXTURE_PNG`).
+  int32_t image_format;
+  // Fraction of the triangles removed by decimation, in [0, 1) (default 0.95: keep 5 %).
+  float simplify;
+  // Nonzero (default): remove faces no camera sees and close small holes.
+  int32_t fill_holes;
+  // The largest hole area closed, in the asset's units² (default 0.04; the object spans 1).
+  float fill_holes_max_size;
+  // Side of the square base-colour texture in texels (default 1024).
+  uint32_t texture_size;
+  // `RECON_BAKE_*` (default `RECON_BAKE_OPTIMIZE`).
+  int32_t bake_mode;
+  // `RECON_BAKE_OPTIMIZE`'s steps (default 2500) and total-variation weight (default 0.01).
+  uint32_t bake_steps;
+  float bake_lambda_tv;
+  // Gaussian renders the texture is baked from (default 100) and their size (default 1024).
+  uint32_t views;
+  uint32_t render_resolution;
+  // Nonzero: per-vertex colours instead of UVs and a texture (default 0).
+  int32_t vertex_colors_only;
+  // `RECON_TEXTURE_JPEG`'s quality, 1..100 (default 90).
+  uint32_t jpeg_quality;
+  // `RECON_DEVICE_AUTO` (default), `RECON_DEVICE_CPU` or a CUDA device index >= 0: where
+  // rendering and baking run.
+  int32_t device;
+  // Views (default 1000) and resolution (default 1024) of the hole-filling visibility pass.
+  uint32_t fill_holes_views;
+  uint32_t fill_holes_resolution;
+  // Seeds the random view order of `RECON_BAKE_OPTIMIZE` (default 0).
+  uint64_t seed;
+} recon_textured_export_params;
+
+// How to render a turntable: the reference's orbit (yaw once around, pitch swinging
+// 0.25 ± 0.5 rad) around the object's centre. Fill with `recon_turntable_params_init` (in C
+// and C++ a macro that passes this header's struct size, see below), then set fields.
+typedef struct recon_turntable_params {
+  // `sizeof(recon_turntable_params)`, set by `recon_turntable_params_init`.
+  uint32_t struct_size;
+  // `RECON_TURNTABLE_*` (default `RECON_TURNTABLE_GAUSSIANS`).
+  int32_t content;
+  // Number of frames, 1..10000 (default 120, TRELLIS's demo; a 4-second spin at 30 fps).
+  uint32_t frames;
+  // Width and height of each frame in pixels, 1..4096 (default 512). MP4 files take at
+  // most 2160.
+  uint32_t resolution;
+  // Camera distance from the object's centre (default 2; the object is in the unit cube).
+  float radius;
+  // Field of view in degrees, in (0, 180) (default 40).
+  float fov_degrees;
+  // RGB in 0..1 behind the object (default black).
+  float background[3];
+  // `RECON_DEVICE_AUTO` (default: the first CUDA device if usable, else the CPU),
+  // `RECON_DEVICE_CPU` or a CUDA device index >= 0. The result itself lives on the host.
+  int32_t device;
+  // Frames per second of a written MP4, 1..240 (default 30).
+  uint32_t fps;
+  // Supersampling per axis of mesh frames, 1..8 (default 4, as TRELLIS's mesh renderer).
+  uint32_t mesh_ssaa;
+} recon_turntable_params;
+
+// One rendered frame, valid only during the callback.
+typedef struct recon_frame {
+  // `sizeof(recon_frame)` of the library.
+  uint32_t struct_size;
+  // This frame's number, 0 to `count` − 1, in orbit order.
+  uint32_t index;
+  // Number of frames of the turntable.
+  uint32_t count;
+  // Size in pixels (`recon_turntable_params.resolution` both).
+  uint32_t width;
+  uint32_t height;
+  // width × height × 4 bytes: RGBA8, rows top to bottom, no padding. RGB is the render
+  // over the background (so over black it is premultiplied by alpha); alpha is the
+  // Gaussians' accumulated opacity or the mesh's pixel coverage.
+  const uint8_t *rgba;
+} recon_frame;
+
+// Receives turntable frames on the calling thread, in order. Copy what you keep: `frame` and
+// its pixels are valid only during the call. Return nonzero to go on, 0 to stop (the call
+// then returns `RECON_ERR_CANCELLED`, and a file being written is not created).
+typedef int32_t (*recon_frame_callback)(const struct recon_frame *frame, void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -675,6 +795,114 @@ const char *recon_status_string(int32_t status);
 // Number of CUDA devices libtorch can use (0 when none or no CUDA build).
 int32_t recon_cuda_device_count(void);
 
+// Fills `params` with the defaults of the v1 struct (NULL is ignored). In C and C++ this
+// header turns `recon_textured_export_params_init(p)` into
+// `recon_textured_export_params_init_sized(p, sizeof(recon_textured_export_params))`.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+void recon_textured_export_params_init(struct recon_textured_export_params *params);
+
+// Fills `params` with defaults for a struct of `size` bytes
+// (`sizeof(recon_textured_export_params)` of the header the caller was built with): the fields
+// of the largest released version that fits, with `struct_size` set to that version's size.
+// Defaults (TRELLIS's `to_glb`): PNG, simplify 0.95, fill holes (0.04, 1000 views at 1024),
+// 1024² texture baked by `RECON_BAKE_OPTIMIZE` (2500 steps, TV 0.01) from 100 renders at
+// 1024², JPEG quality 90, `RECON_DEVICE_AUTO`, seed 0. Returns RECON_ERR_INVALID_ARGUMENT,
+// writing nothing, for NULL or a size below the v1 struct.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_textured_export_params_init_sized(struct recon_textured_export_params *params,
+                                                     size_t size);
+
+// Post-processes `result` into a textured mesh (TRELLIS's `to_glb`: decimation, hole filling,
+// UV unwrap, texture baked from the Gaussians) and writes it to `path` (UTF-8):
+// `RECON_EXPORT_GLB` (or `RECON_EXPORT_GLB_WITH_CAMERAS`) writes one GLB with a base-colour
+// texture; `RECON_EXPORT_OBJ` writes the OBJ with its MTL and texture image beside it, named
+// after the OBJ (the OBJ renamed into place last). Needs the result's mesh and, for a
+// texture (or a mesh without colours), its Gaussians. `params` may be NULL for the defaults.
+// Files appear whole or not at all. This can take minutes with the defaults on a CPU.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_result_export_textured(const struct recon_result *result,
+                                          int32_t format,
+                                          const struct recon_textured_export_params *params,
+                                          const char *path);
+
+// As `recon_result_export_textured` for `RECON_EXPORT_GLB` or
+// `RECON_EXPORT_GLB_WITH_CAMERAS`, into a new library-owned buffer (free it with
+// `recon_buffer_free`). OBJ needs several files and is refused here.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_result_export_textured_buffer(const struct recon_result *result,
+                                                 int32_t format,
+                                                 const struct recon_textured_export_params *params,
+                                                 struct recon_buffer **out_buffer);
+
+// Fills `params` with the defaults of the v1 struct (NULL is ignored). In C and C++ this
+// header turns `recon_turntable_params_init(p)` into
+// `recon_turntable_params_init_sized(p, sizeof(recon_turntable_params))`.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+void recon_turntable_params_init(struct recon_turntable_params *params);
+
+// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_turntable_params)`
+// of the header the caller was built with): the fields of the largest released version that
+// fits, with `struct_size` set to that version's size. Defaults: Gaussians, 120 frames, 512
+// pixels, radius 2, 40 degrees, black, `RECON_DEVICE_AUTO`, 30 fps, mesh supersampling 4.
+// Returns RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_turntable_params_init_sized(struct recon_turntable_params *params, size_t size);
+
+// Renders a turntable of `result` and hands each frame to `callback`, in orbit order, on
+// this thread, rendering the next only after the callback returns (so frames never pile up
+// in memory). `params` may be NULL for defaults. Fails with RECON_ERR_INVALID_ARGUMENT when
+// the result lacks what `content` needs, RECON_ERR_CANCELLED when the callback returns 0,
+// RECON_ERR_DEVICE when the requested CUDA device is missing. Frames delivered before a
+// failure stay delivered.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_result_render_turntable(const struct recon_result *result,
+                                           const struct recon_turntable_params *params,
+                                           recon_frame_callback callback,
+                                           void *user_data);
+
+// Renders a turntable of `result` into `path` (UTF-8): an MP4 file (H.264) when the path
+// ends in ".mp4", else a folder of PNG frames frame_0000.png, frame_0001.png, … (RGBA). The
+// file or folder appears whole or not at all; an existing folder is replaced only when it is
+// empty or holds nothing but frame_*.png files. `params` may be NULL for defaults.
+// `callback` may be NULL; else it receives each frame after it is written (progress, a
+// preview) and may stop the render by returning 0 (RECON_ERR_CANCELLED, nothing written).
+// MP4 needs a build with the encoder (`recon_mp4_supported`); otherwise .mp4 paths fail
+// with RECON_ERR_UNSUPPORTED.
+//
+// # Safety
+// Each pointer argument must be NULL or valid for its documented use: handles as returned
+// by this library and not yet freed, strings NUL-terminated, structs with their struct_size.
+recon_status recon_result_write_turntable(const struct recon_result *result,
+                                          const struct recon_turntable_params *params,
+                                          const char *path,
+                                          recon_frame_callback callback,
+                                          void *user_data);
+
+// 1 when this build writes MP4 (H.264) turntables, 0 when it writes only PNG frames (built
+// without the encoder).
+int32_t recon_mp4_supported(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -688,3 +916,7 @@ int32_t recon_cuda_device_count(void);
   recon_load_params_init_sized((params), sizeof(struct recon_load_params))
 #define recon_run_params_init(params) \
   recon_run_params_init_sized((params), sizeof(struct recon_run_params))
+#define recon_turntable_params_init(params) \
+  recon_turntable_params_init_sized((params), sizeof(struct recon_turntable_params))
+#define recon_textured_export_params_init(params) \
+  recon_textured_export_params_init_sized((params), sizeof(struct recon_textured_export_params))

@@ -17,6 +17,7 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod pipelines;
+pub mod postprocessing;
 pub mod render;
 pub mod representations;
 pub mod samplers;

@@ -135,6 +135,260 @@ fn generate_gaussians_only_skips_the_mesh() {
     assert!(std::fs::read(&splats).unwrap().starts_with(b"ply\n"));
 }
 
+/// `--turntable` with the Gaussians into an MP4 (PNG frames in a build without the encoder),
+/// then the mesh's normals into a folder of PNG frames as the only output.
+#[test]
+fn generate_writes_turntables() {
+    let dir = tempfile::tempdir().unwrap();
+    let splats = dir.path().join("splats.ply");
+    let mp4 = dir.path().join("spin.mp4");
+    let started = std::time::Instant::now();
+    let out = recon(args![
+        "generate",
+        &example_image(),
+        "--gaussians",
+        &splats,
+        "--turntable",
+        &mp4,
+        "--turntable-frames",
+        "3",
+        "--turntable-resolution",
+        "32",
+        "--turntable-fps",
+        "12",
+        "--steps",
+        "2",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+    ]);
+    println!(
+        "recon generate (Gaussians + turntable of 3 frames, 2+2 steps): {:.1?}",
+        started.elapsed()
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("mesh: none"), "{stdout}");
+    assert!(
+        stdout.contains("turntable of the gaussians") && stdout.contains("3 frames of 32x32"),
+        "{stdout}"
+    );
+    if recon::render::video::MP4_SUPPORTED {
+        let bytes = std::fs::read(&mp4).unwrap();
+        assert_eq!(&bytes[4..8], b"ftyp", "an MP4 file");
+        assert!(stdout.contains("at 12 fps"), "{stdout}");
+    } else {
+        assert!(stderr.contains("without the MP4 encoder"), "{stderr}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spin")).unwrap().count(),
+            3
+        );
+    }
+    assert!(std::fs::read(&splats).unwrap().starts_with(b"ply\n"));
+
+    let frames = dir.path().join("normals");
+    let out = recon(args![
+        "generate",
+        &example_image(),
+        "--turntable",
+        format!("{}/", frames.display()),
+        "--turntable-content",
+        "normals",
+        "--turntable-frames",
+        "3",
+        "--turntable-resolution",
+        "24",
+        "--steps",
+        "2",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("turntable of the normals"), "{stdout}");
+    assert!(
+        stdout.contains("(1 decoder(s))"),
+        "only the mesh decoder: {stdout}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&frames)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["frame_0000.png", "frame_0001.png", "frame_0002.png"]
+    );
+    let png = std::fs::read(frames.join("frame_0000.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+}
+
+/// `--textured` options: TRELLIS's to_glb with small settings (fast bake from 4 views of
+/// 64², no hole filling) into a GLB with a base-colour texture and an OBJ + MTL + PNG.
+#[test]
+fn generate_writes_textured_meshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let glb = dir.path().join("asset.glb");
+    let obj = dir.path().join("asset.obj");
+    let started = std::time::Instant::now();
+    let out = recon(args![
+        "generate",
+        &example_image(),
+        "-o",
+        &glb,
+        "--obj",
+        &obj,
+        "--texture-size",
+        "64",
+        "--bake",
+        "fast",
+        "--bake-views",
+        "4",
+        "--bake-resolution",
+        "64",
+        "--simplify",
+        "0.9",
+        "--no-fill-holes",
+        "--steps",
+        "2",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cpu",
+    ]);
+    println!(
+        "recon generate (textured GLB + OBJ, 2+2 steps): {:.1?}",
+        started.elapsed()
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    assert!(
+        stdout.contains("textured mesh:") && stdout.contains("64x64 texture"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(2 decoder(s))"),
+        "the Gaussians are baked: {stdout}"
+    );
+
+    let bytes = std::fs::read(&glb).unwrap();
+    let gltf = gltf::Gltf::from_slice(&bytes).unwrap();
+    let material = gltf.materials().next().expect("a material");
+    let texture = material
+        .pbr_metallic_roughness()
+        .base_color_texture()
+        .expect("a base-colour texture");
+    assert_eq!(texture.tex_coord(), 0);
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    assert!(primitive.get(&gltf::Semantic::TexCoords(0)).is_some());
+    assert!(primitive.get(&gltf::Semantic::Normals).is_some());
+
+    let obj_text = std::fs::read_to_string(&obj).unwrap();
+    assert!(obj_text.contains("mtllib asset.mtl"), "OBJ names its MTL");
+    assert!(
+        obj_text.lines().any(|l| l.starts_with("vt ")),
+        "OBJ has UVs"
+    );
+    let mtl = std::fs::read_to_string(dir.path().join("asset.mtl")).unwrap();
+    assert!(mtl.contains("map_Kd asset.png"), "{mtl}");
+    let png = std::fs::read(dir.path().join("asset.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+}
+
+#[test]
+fn generate_refuses_bad_texture_options() {
+    let image = example_image();
+    let image = image.to_str().unwrap();
+    for (flag, value, expected) in [
+        ("--texture-size", "0", "--texture-size '0'"),
+        ("--simplify", "1", "--simplify '1'"),
+        ("--simplify", "-0.5", "--simplify '-0.5'"),
+        ("--bake", "slow", "--bake 'slow'"),
+        ("--bake-views", "0", "--bake-views '0'"),
+    ] {
+        assert_refused(&[image, flag, value], "out.glb", expected);
+    }
+    // Textures go into GLB or OBJ meshes only.
+    let dir = tempfile::tempdir().unwrap();
+    let out = recon(args![
+        "generate",
+        image,
+        "--gaussians",
+        dir.path().join("splats.ply"),
+        "--textured",
+        "--model",
+        &tiny_model(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--textured makes a textured mesh"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn generate_refuses_bad_turntable_options() {
+    let image = example_image();
+    let image = image.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/spin.mp4");
+    let missing = missing.to_str().unwrap();
+    assert_refused(
+        &[image, "--turntable", "spin.gif"],
+        "out.glb",
+        "'.gif' is not a video format",
+    );
+    assert_refused(
+        &[image, "--turntable", missing],
+        "out.glb",
+        "does not exist",
+    );
+    assert_refused(
+        &[image, "--turntable-frames", "5"],
+        "out.glb",
+        "give --turntable",
+    );
+    let frames = dir.path().join("frames");
+    let frames = frames.to_str().unwrap();
+    for (flag, value, expected) in [
+        ("--turntable-frames", "0", "--turntable-frames '0'"),
+        (
+            "--turntable-resolution",
+            "99999",
+            "--turntable-resolution '99999'",
+        ),
+        (
+            "--turntable-content",
+            "depth",
+            "--turntable-content 'depth'",
+        ),
+        ("--turntable-fps", "0", "--turntable-fps '0'"),
+    ] {
+        assert_refused(
+            &[image, "--turntable", frames, flag, value],
+            "out.glb",
+            expected,
+        );
+    }
+    // A folder holding other files is not overwritten.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("notes.txt"), "mine").unwrap();
+    assert_refused(
+        &[image, "--turntable", busy.to_str().unwrap()],
+        "out.glb",
+        "notes.txt",
+    );
+    assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
+}
+
 /// Runs `recon generate ARGS -o DIR/out.glb` with the tiny model and expects a refusal whose
 /// message contains `expected`, and no file in DIR.
 fn assert_refused(args: &[&str], output_name: &str, expected: &str) {

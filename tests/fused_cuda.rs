@@ -184,8 +184,14 @@ fn cuda_linear_gelu_epilogue_matches_gemm_then_gelu() {
     recon::weights::write_safetensors(
         &path,
         &[
-            ("weight".into(), Tensor::randn([hidden, c], (Kind::Float, Device::Cpu)) * 0.03),
-            ("bias".into(), Tensor::randn([hidden], (Kind::Float, Device::Cpu)) * 0.1),
+            (
+                "weight".into(),
+                Tensor::randn([hidden, c], (Kind::Float, Device::Cpu)) * 0.03,
+            ),
+            (
+                "bias".into(),
+                Tensor::randn([hidden], (Kind::Float, Device::Cpu)) * 0.1,
+            ),
         ],
     )
     .unwrap();
@@ -197,7 +203,9 @@ fn cuda_linear_gelu_epilogue_matches_gemm_then_gelu() {
             let fused = fc1.forward_gelu_tanh(&x).unwrap();
             let reference = fc1.forward(&x).unwrap().gelu("tanh");
             let (rel, same) = agreement(&fused, &reference);
-            println!("GEMM+GELU epilogue {kind:?} {shape:?}: rel L2 {rel:.3e}, identical {same:.4}");
+            println!(
+                "GEMM+GELU epilogue {kind:?} {shape:?}: rel L2 {rel:.3e}, identical {same:.4}"
+            );
             let bound = if kind == Kind::Half { 1e-3 } else { 8e-3 };
             assert!(rel <= bound, "{kind:?} {shape:?}: rel L2 {rel}");
         }

@@ -8,7 +8,8 @@
  * variable is read when no argument is given). Broken copies of it (malformed pipeline.json,
  * truncated or altered safetensors) and the exported files are written to a temporary directory
  * that is removed at the end. The generation runs on the CPU with 2 + 2 sampler steps: its
- * Gaussians, mesh, progress reports and exports (GLB, PLY, OBJ) are checked, a second run is
+ * Gaussians, mesh, progress reports, exports (GLB, PLY, OBJ) and small turntables (frames through
+ * the callback, PNG folders, MP4) are checked, a second run is
  * cancelled from another thread, and a third run shows the model still works. A photo (RGB,
  * no alpha) runs through background removal with a tiny BiRefNet written from
  * tests/fixtures/birefnet_tiny (MODEL_DIR/../birefnet_tiny), with the default and the TRELLIS
@@ -365,6 +366,9 @@ static void test_struct_layout(void) {
     SHOW(recon_gaussians);
     SHOW(recon_mesh);
     SHOW(recon_camera);
+    SHOW(recon_turntable_params);
+    SHOW(recon_frame);
+    SHOW(recon_textured_export_params);
 #undef SHOW
 #if UINTPTR_MAX == UINT64_MAX
     /* LP64 (Linux, macOS x86-64/arm64): the table bindings/python/tests/test_abi.py checks. */
@@ -381,6 +385,15 @@ static void test_struct_layout(void) {
     CHECK(sizeof(recon_gaussians) == 56);
     CHECK(sizeof(recon_mesh) == 48);
     CHECK(sizeof(recon_camera) == 96);
+    CHECK(sizeof(recon_turntable_params) == 48);
+    CHECK(offsetof(recon_turntable_params, background) == 24);
+    CHECK(offsetof(recon_turntable_params, device) == 36);
+    CHECK(offsetof(recon_turntable_params, mesh_ssaa) == 44);
+    CHECK(sizeof(recon_frame) == 32);
+    CHECK(sizeof(recon_textured_export_params) == 72);
+    CHECK(offsetof(recon_textured_export_params, device) == 52);
+    CHECK(offsetof(recon_textured_export_params, seed) == 64);
+    CHECK(offsetof(recon_frame, rgba) == 24);
     CHECK(offsetof(recon_load_params, model) == 8);
     CHECK(offsetof(recon_load_params, log_callback) == 24);
     CHECK(offsetof(recon_run_params, seed) == 8);
@@ -556,13 +569,94 @@ static void test_init(void) {
     CHECK(im.data == NULL && im.size == 0);
     CHECK(im.width == 0 && im.height == 0 && im.stride == 0);
 
+    recon_turntable_params tp;
+    memset(&tp, 0xAB, sizeof tp);
+    recon_turntable_params_init(&tp);
+    CHECK(tp.struct_size == sizeof tp);
+    CHECK(tp.content == RECON_TURNTABLE_GAUSSIANS);
+    CHECK(tp.frames == 120 && tp.resolution == 512);
+    CHECK(tp.radius == 2.0f && tp.fov_degrees == 40.0f);
+    CHECK(tp.background[0] == 0.0f && tp.background[1] == 0.0f && tp.background[2] == 0.0f);
+    CHECK(tp.device == RECON_DEVICE_AUTO);
+    CHECK(tp.fps == 30 && tp.mesh_ssaa == 4);
+    /* The plain symbol writes the v1 struct (all of it, today); the sized one refuses less. */
+    unsigned char tbuf[sizeof(recon_turntable_params) + 8];
+    memset(tbuf, 0xAB, sizeof tbuf);
+    (recon_turntable_params_init)((recon_turntable_params *)tbuf);
+    uint32_t tsize;
+    memcpy(&tsize, tbuf, sizeof tsize);
+    CHECK(tsize == 48 && tbuf[48] == 0xAB);
+    memset(tbuf, 0xAB, sizeof tbuf);
+    CHECK_STATUS(recon_turntable_params_init_sized((recon_turntable_params *)tbuf, 40),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(tbuf[0] == 0xAB); /* nothing written */
+    CHECK_STATUS(recon_turntable_params_init_sized(NULL, 48), RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_turntable_params_init_sized((recon_turntable_params *)tbuf, sizeof tbuf),
+                 RECON_OK);
+    memcpy(&tsize, tbuf, sizeof tsize);
+    CHECK(tsize == 48 && tbuf[48] == 0xAB); /* a larger (newer) struct: this library's part */
+    CHECK(recon_mp4_supported() == 0 || recon_mp4_supported() == 1);
+
+    recon_textured_export_params xp;
+    memset(&xp, 0xAB, sizeof xp);
+    recon_textured_export_params_init(&xp);
+    CHECK(xp.struct_size == sizeof xp && xp.seed == 0 && xp.jpeg_quality == 90);
+    CHECK(xp.fill_holes == 1 && xp.fill_holes_views == 1000 && xp.vertex_colors_only == 0);
+    unsigned char xbuf[sizeof(recon_textured_export_params) + 8];
+    memset(xbuf, 0xAB, sizeof xbuf);
+    (recon_textured_export_params_init)((recon_textured_export_params *)xbuf);
+    memcpy(&tsize, xbuf, sizeof tsize);
+    CHECK(tsize == 72 && xbuf[72] == 0xAB);
+    memset(xbuf, 0xAB, sizeof xbuf);
+    CHECK_STATUS(recon_textured_export_params_init_sized((recon_textured_export_params *)xbuf, 64),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(xbuf[0] == 0xAB);
+    CHECK_STATUS(recon_textured_export_params_init_sized(NULL, 72), RECON_ERR_INVALID_ARGUMENT);
+    (recon_textured_export_params_init)(NULL);
+
     test_load_params_versions();
     test_run_params_versions();
 
     recon_load_params_init(NULL);
     recon_run_params_init(NULL);
     recon_image_init(NULL);
+    (recon_turntable_params_init)(NULL);
     CHECK(1); /* survived the NULLs */
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Turntables: what the frame callback saw.
+ */
+
+typedef struct {
+    uint32_t frames;     /* callbacks received */
+    uint32_t stop_after; /* return 0 at this many frames (0: never) */
+    uint32_t count, width, height;
+    uint32_t bad;        /* a frame out of order, of the wrong size or without pixels */
+    uint64_t covered;    /* pixels with alpha > 0, over all frames */
+    uint64_t checksum;   /* of frame 0's pixels, to compare two renders */
+} frame_capture;
+
+static int32_t on_frame_count(const recon_frame *frame, void *user_data) {
+    frame_capture *cap = user_data;
+    if (!cap) return 1;
+    if (!frame || frame->struct_size < sizeof(recon_frame) || frame->index != cap->frames ||
+        !frame->rgba || frame->width == 0 || frame->height == 0)
+        cap->bad++;
+    if (frame && frame->rgba) {
+        cap->count = frame->count;
+        cap->width = frame->width;
+        cap->height = frame->height;
+        size_t n = (size_t)frame->width * frame->height;
+        uint64_t sum = 1469598103934665603ull;
+        for (size_t i = 0; i < n; i++) {
+            if (frame->rgba[4 * i + 3] > 0) cap->covered++;
+            for (int c = 0; c < 4; c++) sum = (sum ^ frame->rgba[4 * i + c]) * 1099511628211ull;
+        }
+        if (frame->index == 0) cap->checksum = sum;
+    }
+    cap->frames++;
+    return cap->stop_after == 0 || cap->frames < cap->stop_after;
 }
 
 /* Every free and every model/result/buffer accessor accepts NULL. */
@@ -610,6 +704,19 @@ static void test_null_handles(void) {
                  RECON_ERR_INVALID_ARGUMENT);
     CHECK(recon_buffer_data(NULL) == NULL);
     CHECK(recon_buffer_size(NULL) == 0);
+    char frames_dir[512];
+    path_join(frames_dir, sizeof frames_dir, g_tmp, "never_frames");
+    CHECK_STATUS(recon_result_render_turntable(NULL, NULL, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_write_turntable(NULL, NULL, frames_dir, NULL, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(access(frames_dir, F_OK) != 0); /* nothing written */
+    CHECK_STATUS(recon_result_export_textured(NULL, RECON_EXPORT_GLB, NULL, path),
+                 RECON_ERR_INVALID_ARGUMENT);
+    buf = (recon_buffer *)&g_tmp;
+    CHECK_STATUS(recon_result_export_textured_buffer(NULL, RECON_EXPORT_GLB, NULL, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1841,6 +1948,249 @@ static void test_result_accessor_errors(const recon_result *result) {
     }
 }
 
+/* Entries of a folder named frame_*.png (-1 when it cannot be opened). */
+static int count_frame_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL)
+        if (strncmp(entry->d_name, "frame_", 6) == 0 && strstr(entry->d_name, ".png")) n++;
+    closedir(d);
+    return n;
+}
+
+/* Small turntables of a generated result on the CPU: each content through the callback, a
+ * callback that stops, PNG folders and MP4 files written by the library, and the refusals. */
+static void test_turntable(const recon_result *result, int has_colors) {
+    recon_turntable_params tp;
+    recon_turntable_params_init(&tp);
+    tp.frames = 3;
+    tp.resolution = 24;
+    tp.device = RECON_DEVICE_CPU;
+    tp.mesh_ssaa = 2;
+    const int32_t contents[] = {RECON_TURNTABLE_GAUSSIANS, RECON_TURNTABLE_MESH_NORMALS,
+                                RECON_TURNTABLE_MESH_COLORS};
+    for (size_t i = 0; i < 3; i++) {
+        tp.content = contents[i];
+        frame_capture cap;
+        memset(&cap, 0, sizeof cap);
+        double t0 = now_seconds();
+        recon_status st = recon_result_render_turntable(result, &tp, on_frame_count, &cap);
+        if (contents[i] == RECON_TURNTABLE_MESH_COLORS && !has_colors) {
+            CHECK_STATUS(st, RECON_ERR_INVALID_ARGUMENT);
+            CHECK(contains(recon_result_last_error(result), "vertex colours"));
+            continue;
+        }
+        check_status_impl(st, RECON_OK, "recon_result_render_turntable",
+                          recon_result_last_error(result), __LINE__);
+        printf("turntable (content %d, 3 frames of 24x24, CPU): %.2f s, %llu covered pixels\n",
+               (int)contents[i], now_seconds() - t0, (unsigned long long)cap.covered);
+        CHECK(cap.frames == 3 && cap.bad == 0);
+        CHECK(cap.count == 3 && cap.width == 24 && cap.height == 24);
+    }
+    /* The same params give the same frames. */
+    tp.content = RECON_TURNTABLE_MESH_NORMALS;
+    frame_capture a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    CHECK_STATUS_R(result, recon_result_render_turntable(result, &tp, on_frame_count, &a),
+                   RECON_OK);
+    CHECK_STATUS_R(result, recon_result_render_turntable(result, &tp, on_frame_count, &b),
+                   RECON_OK);
+    CHECK(a.checksum == b.checksum && a.covered == b.covered);
+    /* A callback returning 0 stops the render. */
+    frame_capture stop;
+    memset(&stop, 0, sizeof stop);
+    stop.stop_after = 2;
+    CHECK_STATUS(recon_result_render_turntable(result, &tp, on_frame_count, &stop),
+                 RECON_ERR_CANCELLED);
+    CHECK(stop.frames == 2);
+    CHECK(contains(recon_result_last_error(result), "cancelled"));
+
+    /* Written by the library: a PNG folder, and an MP4 when the build has the encoder. */
+    char dir[512], mp4[512], gif[512], missing[512];
+    path_join(dir, sizeof dir, g_tmp, "turntable_frames");
+    path_join(mp4, sizeof mp4, g_tmp, "turntable.mp4");
+    path_join(gif, sizeof gif, g_tmp, "turntable.gif");
+    path_join(missing, sizeof missing, g_tmp, "no_such_dir/turntable.mp4");
+    frame_capture progress;
+    memset(&progress, 0, sizeof progress);
+    CHECK_STATUS_R(result, recon_result_write_turntable(result, &tp, dir, on_frame_count, &progress),
+                   RECON_OK);
+    CHECK(progress.frames == 3 && progress.bad == 0);
+    CHECK(count_frame_files(dir) == 3);
+    size_t png_size = 0;
+    char first[600];
+    snprintf(first, sizeof first, "%s/frame_0000.png", dir);
+    unsigned char *png = read_all(first, &png_size);
+    CHECK(png && png_size > 8 && memcmp(png, "\x89PNG", 4) == 0);
+    free(png);
+    /* Rewriting replaces the folder whole (2 frames now). */
+    tp.frames = 2;
+    CHECK_STATUS_R(result, recon_result_write_turntable(result, &tp, dir, NULL, NULL), RECON_OK);
+    CHECK(count_frame_files(dir) == 2);
+    if (recon_mp4_supported()) {
+        CHECK_STATUS_R(result, recon_result_write_turntable(result, &tp, mp4, NULL, NULL),
+                       RECON_OK);
+        size_t size = 0;
+        unsigned char *bytes = read_all(mp4, &size);
+        CHECK(bytes && size > 32 && memcmp(bytes + 4, "ftyp", 4) == 0);
+        free(bytes);
+    } else {
+        CHECK_STATUS(recon_result_write_turntable(result, &tp, mp4, NULL, NULL),
+                     RECON_ERR_UNSUPPORTED);
+        CHECK(access(mp4, F_OK) != 0);
+    }
+    /* A stopped write leaves nothing. */
+    char stopped[512];
+    path_join(stopped, sizeof stopped, g_tmp, "stopped_frames");
+    memset(&stop, 0, sizeof stop);
+    stop.stop_after = 1;
+    CHECK_STATUS(recon_result_write_turntable(result, &tp, stopped, on_frame_count, &stop),
+                 RECON_ERR_CANCELLED);
+    CHECK(access(stopped, F_OK) != 0);
+
+    /* Refusals name the field; nothing is written. */
+    CHECK_STATUS(recon_result_write_turntable(result, &tp, gif, NULL, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), ".gif"));
+    CHECK_STATUS(recon_result_write_turntable(result, &tp, missing, NULL, NULL), RECON_ERR_IO);
+    CHECK_STATUS(recon_result_write_turntable(result, &tp, NULL, NULL, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_render_turntable(result, &tp, NULL, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), "callback"));
+    recon_turntable_params bad = tp;
+    bad.content = 9;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), "content is 9"));
+    bad = tp;
+    bad.frames = 0;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    bad = tp;
+    bad.resolution = 100000;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    bad = tp;
+    bad.fov_degrees = NAN;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    bad = tp;
+    bad.device = -7;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    bad = tp;
+    bad.device = 1000; /* no such CUDA device */
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_DEVICE);
+    bad = tp;
+    bad.struct_size = 8;
+    CHECK_STATUS(recon_result_render_turntable(result, &bad, on_frame_count, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), "struct_size"));
+}
+
+/* Textured exports with small settings on the CPU (the defaults are TRELLIS's to_glb, minutes
+ * on a CPU): a GLB with a baked texture to a buffer, OBJ + MTL + PNG to files, vertex colours
+ * only, and the refusals. */
+static void test_textured_export(const recon_result *result) {
+    recon_textured_export_params xp;
+    recon_textured_export_params_init(&xp);
+    CHECK(xp.struct_size == sizeof xp);
+    CHECK(xp.simplify == 0.95f && xp.texture_size == 1024 && xp.views == 100);
+    CHECK(xp.bake_mode == RECON_BAKE_OPTIMIZE && xp.bake_steps == 2500);
+    CHECK(xp.image_format == RECON_TEXTURE_PNG && xp.device == RECON_DEVICE_AUTO);
+    xp.device = RECON_DEVICE_CPU;
+    xp.bake_mode = RECON_BAKE_FAST;
+    xp.texture_size = 64;
+    xp.views = 4;
+    xp.render_resolution = 64;
+    xp.fill_holes_views = 8;
+    xp.fill_holes_resolution = 64;
+
+    recon_buffer *buf = NULL;
+    double t0 = now_seconds();
+    CHECK_STATUS_R(result, recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &xp, &buf),
+                   RECON_OK);
+    printf("textured GLB (simplify 0.95, 64^2 texture, fast bake from 4 views, CPU): %.2f s, "
+           "%zu bytes\n",
+           now_seconds() - t0, buf ? recon_buffer_size(buf) : (size_t)0);
+    if (buf) {
+        const unsigned char *glb = recon_buffer_data(buf);
+        size_t size = recon_buffer_size(buf);
+        check_glb(glb, size);
+        CHECK(find_bytes(glb, size, "\"baseColorTexture\"") != NULL);
+        CHECK(find_bytes(glb, size, "\"TEXCOORD_0\"") != NULL);
+        CHECK(find_bytes(glb, size, "image/png") != NULL);
+    }
+    recon_buffer_free(buf);
+
+    char obj[512], mtl[512], png[512];
+    path_join(obj, sizeof obj, g_tmp, "textured.obj");
+    path_join(mtl, sizeof mtl, g_tmp, "textured.mtl");
+    path_join(png, sizeof png, g_tmp, "textured.png");
+    CHECK_STATUS_R(result, recon_result_export_textured(result, RECON_EXPORT_OBJ, &xp, obj),
+                   RECON_OK);
+    size_t obj_size = 0, mtl_size = 0, png_size = 0;
+    unsigned char *obj_bytes = read_all(obj, &obj_size);
+    unsigned char *mtl_bytes = read_all(mtl, &mtl_size);
+    unsigned char *png_bytes = read_all(png, &png_size);
+    CHECK(obj_bytes && find_bytes(obj_bytes, obj_size, "mtllib textured.mtl") != NULL);
+    CHECK(obj_bytes && count_lines(obj_bytes, obj_size, "vt ") > 0);
+    CHECK(mtl_bytes && find_bytes(mtl_bytes, mtl_size, "map_Kd textured.png") != NULL);
+    CHECK(png_bytes && png_size > 8 && memcmp(png_bytes, "\x89PNG", 4) == 0);
+    free(obj_bytes);
+    free(mtl_bytes);
+    free(png_bytes);
+
+    /* Vertex colours only: COLOR_0, no texture. */
+    xp.vertex_colors_only = 1;
+    buf = NULL;
+    CHECK_STATUS_R(result, recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &xp, &buf),
+                   RECON_OK);
+    if (buf) {
+        CHECK(find_bytes(recon_buffer_data(buf), recon_buffer_size(buf), "\"COLOR_0\"") != NULL);
+        CHECK(find_bytes(recon_buffer_data(buf), recon_buffer_size(buf), "baseColorTexture") ==
+              NULL);
+    }
+    recon_buffer_free(buf);
+    xp.vertex_colors_only = 0;
+
+    /* Refusals: formats without textures, OBJ to a buffer, bad fields, NULLs. */
+    char never[512];
+    path_join(never, sizeof never, g_tmp, "never_textured.ply");
+    CHECK_STATUS(recon_result_export_textured(result, RECON_EXPORT_PLY_MESH, &xp, never),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(access(never, F_OK) != 0);
+    buf = (recon_buffer *)&g_tmp;
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_OBJ, &xp, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp); /* untouched */
+    CHECK(contains(recon_result_last_error(result), "several files"));
+    recon_textured_export_params bad = xp;
+    bad.bake_mode = 7;
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &bad, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), "bake_mode is 7"));
+    bad = xp;
+    bad.simplify = 1.5f;
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &bad, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(contains(recon_result_last_error(result), "simplify"));
+    bad = xp;
+    bad.struct_size = 12;
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &bad, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp); /* untouched */
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, &xp, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(recon_result_export_textured(result, RECON_EXPORT_GLB, &xp, NULL),
+                 RECON_ERR_INVALID_ARGUMENT);
+}
+
 /* Generates Gaussians and a mesh from the cut-out with 2 + 2 sampler steps, and checks them,
  * the progress reports and every export. Keeps the Gaussians in *first for later runs. */
 /* ---------------------------------------------------------------------------------------------
@@ -2038,6 +2388,10 @@ static void test_generate(recon_model *model, generation_summary *first) {
            num_faces);
     test_result_accessor_errors(result);
     test_exports(result, gaussians, num_vertices, num_faces);
+    recon_mesh mesh = {.struct_size = sizeof mesh};
+    int has_colors = recon_result_mesh(result, &mesh) == RECON_OK && mesh.colors != NULL;
+    test_turntable(result, has_colors);
+    test_textured_export(result);
     recon_result_free(result);
 }
 
@@ -2198,6 +2552,18 @@ static recon_result *test_run_after_cancel(recon_model *model, const generation_
                  RECON_ERR_INVALID_ARGUMENT);
     CHECK(buf == (recon_buffer *)&g_tmp);
     CHECK(contains(recon_result_last_error(result), "RECON_FORMAT_MESH"));
+    recon_turntable_params tp;
+    recon_turntable_params_init(&tp);
+    tp.content = RECON_TURNTABLE_MESH_NORMALS;
+    tp.device = RECON_DEVICE_CPU;
+    frame_capture cap;
+    memset(&cap, 0, sizeof cap);
+    CHECK_STATUS(recon_result_render_turntable(result, &tp, on_frame_count, &cap),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(cap.frames == 0 && contains(recon_result_last_error(result), "mesh"));
+    CHECK_STATUS(recon_result_export_textured_buffer(result, RECON_EXPORT_GLB, NULL, &buf),
+                 RECON_ERR_INVALID_ARGUMENT);
+    CHECK(buf == (recon_buffer *)&g_tmp);
     return result;
 }
 

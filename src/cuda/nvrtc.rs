@@ -36,7 +36,20 @@ pub const FUSED_NORM: KernelSource = KernelSource {
     code: include_str!("../../kernels/fused_norm.cu"),
 };
 
-pub const KERNEL_SOURCES: &[KernelSource] = &[SPARSE_CONV, FUSED_NORM];
+/// Mesh rasteriser: triangle setup, depth pass, resolve (src/render/mesh_raster/cuda.rs).
+pub const MESH_RASTER: KernelSource = KernelSource {
+    name: "mesh_raster.cu",
+    code: include_str!("../../kernels/mesh_raster.cu"),
+};
+
+/// The Gaussian-splat rasteriser: preprocess, tile keys, tile ranges, blend
+/// (src/render/gaussian/cuda.rs).
+pub const GAUSSIAN_SPLAT: KernelSource = KernelSource {
+    name: "gaussian_splat.cu",
+    code: include_str!("../../kernels/gaussian_splat.cu"),
+};
+
+pub const KERNEL_SOURCES: &[KernelSource] = &[SPARSE_CONV, FUSED_NORM, MESH_RASTER, GAUSSIAN_SPLAT];
 
 /// A compute capability, e.g. 9.0 for the H100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

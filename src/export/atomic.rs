@@ -35,6 +35,54 @@ pub fn write_atomically_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
+    let staged = stage(path, write)?;
+    staged.commit()
+}
+
+/// Writes several files as a set (e.g. an OBJ with its MTL and texture): every file is first
+/// written completely to a temporary file beside it and flushed; only then are they renamed
+/// into place, in the order given. Put the file that refers to the others last: a reader who
+/// finds it finds them too. A failure while writing leaves every path untouched; a failed
+/// rename (rare: the temporary files are already complete, beside their targets) leaves the
+/// files renamed before it in place and removes the rest.
+pub fn write_set_atomically(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        staged.push(stage(path, |out| {
+            out.write_all(bytes).map_err(|e| Error::io_at(path, &e))
+        })?);
+    }
+    for file in staged {
+        file.commit()?;
+    }
+    Ok(())
+}
+
+/// A complete, flushed temporary file waiting to be renamed over its target.
+struct Staged {
+    temp: TempFile,
+    target: PathBuf,
+    dir: PathBuf,
+}
+
+impl Staged {
+    /// Renames the temporary file over the target and syncs the directory.
+    fn commit(self) -> Result<()> {
+        std::fs::rename(&self.temp.path, &self.target).map_err(|e| {
+            Error::io(format!(
+                "{}: replacing it with {} failed: {e}",
+                self.target.display(),
+                self.temp.path.display()
+            ))
+        })?;
+        self.temp.disarm();
+        sync_dir(&self.dir);
+        Ok(())
+    }
+}
+
+/// Writes `write`'s output to a new temporary file beside `path`, flushed with fsync.
+fn stage(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<Staged> {
     let name = path.file_name().ok_or_else(|| {
         Error::invalid_argument(format!(
             "{}: not a file path (it names no file)",
@@ -59,16 +107,11 @@ pub fn write_atomically_with(
         .map_err(|e| Error::io_at(&temp.path, e.error()))?;
     file.sync_all().map_err(|e| Error::io_at(&temp.path, &e))?;
     drop(file);
-    std::fs::rename(&temp.path, path).map_err(|e| {
-        Error::io(format!(
-            "{}: replacing it with {} failed: {e}",
-            path.display(),
-            temp.path.display()
-        ))
-    })?;
-    temp.disarm();
-    sync_dir(&dir);
-    Ok(())
+    Ok(Staged {
+        temp,
+        target: path.to_path_buf(),
+        dir,
+    })
 }
 
 /// A temporary file that is deleted when dropped, unless disarmed after the rename.

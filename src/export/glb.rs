@@ -27,11 +27,11 @@ const VERSION: u32 = 2;
 const CHUNK_JSON: u32 = 0x4E4F_534A;
 const CHUNK_BIN: u32 = 0x004E_4942;
 /// glTF enums: component type FLOAT / UNSIGNED_INT, bufferView targets, primitive mode.
-const FLOAT: u32 = 5126;
-const UNSIGNED_INT: u32 = 5125;
-const ARRAY_BUFFER: u32 = 34962;
-const ELEMENT_ARRAY_BUFFER: u32 = 34963;
-const TRIANGLES: u32 = 4;
+pub(super) const FLOAT: u32 = 5126;
+pub(super) const UNSIGNED_INT: u32 = 5125;
+pub(super) const ARRAY_BUFFER: u32 = 34962;
+pub(super) const ELEMENT_ARRAY_BUFFER: u32 = 34963;
+pub(super) const TRIANGLES: u32 = 4;
 
 /// Encodes a mesh as GLB.
 ///
@@ -90,7 +90,7 @@ pub fn mesh_to_glb_with_cameras(mesh: &Mesh, cameras: &[Camera]) -> Result<Vec<u
     assemble(json, bin)
 }
 
-fn asset() -> Value {
+pub(super) fn asset() -> Value {
     json!({ "version": "2.0", "generator": "recon" })
 }
 
@@ -185,7 +185,7 @@ const ROTATION_TOLERANCE: f64 = 1e-3;
 const ZNEAR: f64 = 0.01;
 
 /// One camera in glTF terms (see [`mesh_to_glb_with_cameras`]).
-struct GltfCamera {
+pub(super) struct GltfCamera {
     name: String,
     yfov: f64,
     aspect_ratio: f64,
@@ -197,7 +197,7 @@ struct GltfCamera {
 }
 
 impl GltfCamera {
-    fn new(index: usize, camera: &Camera) -> Result<Self> {
+    pub(super) fn new(index: usize, camera: &Camera) -> Result<Self> {
         let bad = |why: String| Error::invalid_argument(format!("cameras[{index}]: {why}"));
         if let Some(v) = camera
             .extrinsic
@@ -261,7 +261,7 @@ impl GltfCamera {
 
 /// Appends the cameras to a document: `cameras[i]` and a node per camera, listed in the
 /// scene after the nodes already there.
-fn add_cameras(document: &mut Value, cameras: &[GltfCamera]) -> Result<()> {
+pub(super) fn add_cameras(document: &mut Value, cameras: &[GltfCamera]) -> Result<()> {
     if cameras.is_empty() {
         return Ok(());
     }
@@ -387,7 +387,12 @@ fn quaternion_from_columns(axes: &[[f64; 3]; 3]) -> [f64; 4] {
 
 /// Appends `bytes` to the BIN chunk as a new bufferView (4-byte aligned: every view holds
 /// 4-byte components) and returns its index.
-fn push_view(bin: &mut Vec<u8>, views: &mut Vec<Value>, bytes: Vec<u8>, target: u32) -> usize {
+pub(super) fn push_view(
+    bin: &mut Vec<u8>,
+    views: &mut Vec<Value>,
+    bytes: Vec<u8>,
+    target: u32,
+) -> usize {
     pad_to_4(bin, 0);
     views.push(json!({
         "buffer": 0, "byteOffset": bin.len(), "byteLength": bytes.len(), "target": target,
@@ -396,7 +401,7 @@ fn push_view(bin: &mut Vec<u8>, views: &mut Vec<Value>, bytes: Vec<u8>, target: 
     views.len() - 1
 }
 
-fn vec3_bytes(values: &[[f32; 3]]) -> Vec<u8> {
+pub(super) fn vec3_bytes(values: &[[f32; 3]]) -> Vec<u8> {
     values
         .iter()
         .flatten()
@@ -405,7 +410,7 @@ fn vec3_bytes(values: &[[f32; 3]]) -> Vec<u8> {
 }
 
 /// Per-component min and max (the values written, so they match the data exactly).
-fn bounds(positions: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {
+pub(super) fn bounds(positions: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {
     let mut min = [f32::INFINITY; 3];
     let mut max = [f32::NEG_INFINITY; 3];
     for p in positions {
@@ -460,7 +465,7 @@ pub fn srgb_to_linear(v: f32) -> f32 {
     }
 }
 
-fn pad_to_4(bytes: &mut Vec<u8>, fill: u8) {
+pub(super) fn pad_to_4(bytes: &mut Vec<u8>, fill: u8) {
     while !bytes.len().is_multiple_of(4) {
         bytes.push(fill);
     }
@@ -468,7 +473,7 @@ fn pad_to_4(bytes: &mut Vec<u8>, fill: u8) {
 
 /// The GLB container: a 12-byte header, the JSON chunk padded with spaces, and (when there is
 /// binary data) the BIN chunk padded with zeros; every chunk starts 4-byte aligned.
-fn assemble(mut json: Vec<u8>, mut bin: Vec<u8>) -> Result<Vec<u8>> {
+pub(super) fn assemble(mut json: Vec<u8>, mut bin: Vec<u8>) -> Result<Vec<u8>> {
     pad_to_4(&mut json, b' ');
     pad_to_4(&mut bin, 0);
     let bin_chunk = if bin.is_empty() { 0 } else { 8 + bin.len() };

@@ -32,13 +32,22 @@
 //! [`glb::mesh_to_glb_with_cameras`] for the conversion. No other format has a place for them.
 //!
 //! [`export_to_path`] writes atomically (see [`atomic`]): the file appears whole or not at all.
+//!
+//! # Textured exports
+//!
+//! [`export_textured_to_bytes`] / [`export_textured_to_path`] run TRELLIS's `to_glb`
+//! post-processing ([`crate::postprocessing`]: decimation, hole filling, UV unwrap, texture
+//! baking from the Gaussians) and write a GLB with a base-colour texture or an OBJ with its MTL
+//! and texture image ([`textured`]). They are separate entry points, so [`ExportOptions`] and
+//! the untextured writers are unchanged.
 
 pub mod atomic;
 pub mod glb;
 pub mod obj;
 pub mod ply;
+pub mod textured;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::{Camera, Gaussians, Mesh, Output};
@@ -369,4 +378,87 @@ fn check_finite(name: &str, values: &[f32], per: usize, item: &str) -> Result<()
             values[i]
         ))),
     }
+}
+
+/// What a textured export does: the post-processing, the texture's image format, and (GLB)
+/// whether to add the result's cameras.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TexturedExportOptions {
+    pub postprocess: crate::postprocessing::PostprocessOptions,
+    pub image_format: textured::ImageFormat,
+    pub cameras: bool,
+}
+
+/// Post-processes `output`'s mesh with its Gaussians (see [`crate::postprocessing`]) on
+/// `device` and encodes the textured result as GLB.
+pub fn export_textured_to_bytes(
+    output: &Output,
+    options: &TexturedExportOptions,
+    device: tch::Device,
+) -> Result<Vec<u8>> {
+    let mesh = textured_mesh(output, &options.postprocess, device)?;
+    let cameras: &[Camera] = if options.cameras {
+        &output.cameras
+    } else {
+        &[]
+    };
+    textured::textured_mesh_to_glb(&mesh, options.image_format, cameras)
+        .context("textured GLB export")
+}
+
+/// Post-processes `output` as [`export_textured_to_bytes`] and writes it to `path`: as GLB
+/// (atomically) for [`ExportFormat::Glb`], or as OBJ + MTL + image beside each other (written
+/// as a set, the OBJ last; see [`textured`]) for [`ExportFormat::Obj`]. Returns the files
+/// written. Other formats have no textures.
+pub fn export_textured_to_path(
+    output: &Output,
+    format: ExportFormat,
+    options: &TexturedExportOptions,
+    device: tch::Device,
+    path: &Path,
+) -> Result<Vec<PathBuf>> {
+    match format {
+        ExportFormat::Glb => {
+            let bytes = export_textured_to_bytes(output, options, device)?;
+            atomic::write_atomically(path, &bytes)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        ExportFormat::Obj => {
+            if options.cameras {
+                return Err(Error::invalid_argument(
+                    "OBJ has no place for cameras: only GLB holds them",
+                ));
+            }
+            let mesh = textured_mesh(output, &options.postprocess, device)?;
+            textured::write_textured_obj(&mesh, path, options.image_format)
+                .context("textured OBJ export")
+        }
+        other => Err(Error::invalid_argument(format!(
+            "{} cannot hold a textured mesh: use GLB or OBJ",
+            other.name()
+        ))),
+    }
+}
+
+/// Runs the post-processing on `output`'s mesh; the Gaussians are needed unless only vertex
+/// colours are asked for and the mesh has its own.
+fn textured_mesh(
+    output: &Output,
+    options: &crate::postprocessing::PostprocessOptions,
+    device: tch::Device,
+) -> Result<crate::postprocessing::TexturedMesh> {
+    let mesh = required_mesh(output, ExportFormat::Glb)?;
+    let own_colors = options.vertex_colors_only && !mesh.colors.is_empty();
+    let empty = Gaussians::default();
+    let gaussians =
+        match &output.gaussians {
+            Some(g) => g,
+            None if own_colors => &empty,
+            None => return Err(Error::invalid_argument(
+                "a textured export bakes the texture from the Gaussians: this result has none: \
+                 ask for RECON_FORMAT_GAUSSIANS too (or for vertex colours only)",
+            )),
+        };
+    crate::postprocessing::to_textured_mesh(gaussians, mesh, options, device)
+        .context("post-processing for a textured export")
 }

@@ -11,6 +11,8 @@ pub mod model;
 pub mod result;
 pub mod run;
 pub mod status;
+pub mod textured;
+pub mod turntable;
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, CStr, CString};

@@ -40,11 +40,28 @@ impl recon_result {
             errors: ErrorLog::new(),
         }
     }
+
+    /// The run's outputs (for the other `recon_result_*` modules).
+    pub(crate) fn output(&self) -> &Output {
+        &self.output
+    }
+
+    /// Where failed calls on this result record their messages.
+    pub(crate) fn errors(&self) -> &ErrorLog {
+        &self.errors
+    }
 }
 
 /// A library-owned byte buffer (an exported file). Free with `recon_buffer_free`.
 pub struct recon_buffer {
     bytes: Vec<u8>,
+}
+
+impl recon_buffer {
+    /// A buffer holding `bytes` (for the other export modules).
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes }
+    }
 }
 
 /// 3D Gaussians, activated (positions, SH DC colours, scales, unit quaternions w,x,y,z,

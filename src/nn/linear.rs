@@ -94,11 +94,8 @@ impl Linear {
             let sizes = x.size();
             let rows: i64 = sizes[..sizes.len() - 1].iter().product();
             let x2 = x.f_reshape([rows, sizes[sizes.len() - 1]])?;
-            let h = crate::sparse::engine::addmm_gelu_tanh(
-                bias,
-                &x2,
-                &self.weight.f_transpose(0, 1)?,
-            )?;
+            let h =
+                crate::sparse::engine::addmm_gelu_tanh(bias, &x2, &self.weight.f_transpose(0, 1)?)?;
             let mut out_sizes = sizes;
             if let Some(last) = out_sizes.last_mut() {
                 *last = self.weight.size()[0];

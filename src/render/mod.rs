@@ -3,5 +3,10 @@
 //! texture baking for textured exports.
 
 pub mod camera;
+pub mod gaussian;
+pub mod mesh_raster;
+pub mod texture;
+pub mod turntable;
+pub mod video;
 
 pub use camera::{multiview, sphere_hammersley, turntable, PixelIntrinsics, View};

@@ -73,6 +73,7 @@ internal static class TestAbi
             Run("struct layout", TestStructLayout);
             Run("library", TestLibrary);
             Run("defaults", TestDefaults);
+            Run("turntable and textured export params", TestTurntableAndTexturedParams);
             Run("load errors", TestLoadErrors);
             Run("offline hub", TestOfflineHub);
             Run("log callback", TestLogCallback);
@@ -234,6 +235,7 @@ internal static class TestAbi
         {
             { "LoadParams", 40 }, { "NetworkInfo", 40 }, { "Image", 40 }, { "RunParams", 56 },
             { "Progress", 16 }, { "Gaussians", 56 }, { "Mesh", 48 }, { "Camera", 96 },
+            { "TurntableParams", 48 }, { "Frame", 32 }, { "TexturedExportParams", 72 },
         };
         Type native = typeof(ReconModel).Assembly.GetType("Recon.NativeMethods", true);
         foreach (KeyValuePair<string, int> kv in expected)
@@ -256,6 +258,15 @@ internal static class TestAbi
         CheckEqual(32, (int)Marshal.OffsetOf(im, "stride"), "offsetof(recon_image, stride)");
         Type ni = native.GetNestedType("NetworkInfo", BindingFlags.NonPublic);
         CheckEqual(32, (int)Marshal.OffsetOf(ni, "stem"), "offsetof(recon_network_info, stem)");
+        Type tp = native.GetNestedType("TurntableParams", BindingFlags.NonPublic);
+        CheckEqual(24, (int)Marshal.OffsetOf(tp, "background"), "offsetof(recon_turntable_params, background)");
+        CheckEqual(36, (int)Marshal.OffsetOf(tp, "device"), "offsetof(recon_turntable_params, device)");
+        CheckEqual(44, (int)Marshal.OffsetOf(tp, "mesh_ssaa"), "offsetof(recon_turntable_params, mesh_ssaa)");
+        Type fr = native.GetNestedType("Frame", BindingFlags.NonPublic);
+        CheckEqual(24, (int)Marshal.OffsetOf(fr, "rgba"), "offsetof(recon_frame, rgba)");
+        Type xp = native.GetNestedType("TexturedExportParams", BindingFlags.NonPublic);
+        CheckEqual(52, (int)Marshal.OffsetOf(xp, "device"), "offsetof(recon_textured_export_params, device)");
+        CheckEqual(64, (int)Marshal.OffsetOf(xp, "seed"), "offsetof(recon_textured_export_params, seed)");
     }
 
     private static void TestLibrary()
@@ -311,6 +322,82 @@ internal static class TestAbi
         CheckEqual(MultiImageMode.Stochastic, rp.MultiImageMode, "RunParams.MultiImageMode");
         CheckEqual(true, rp.Preprocess, "RunParams.Preprocess");
         Check(rp.Progress == null, "RunParams.Progress");
+    }
+
+    /// <summary>
+    /// recon_turntable_params_init_sized / recon_textured_export_params_init_sized through the
+    /// binding's DllImports (internal, so called by reflection) with Marshal.SizeOf of its structs,
+    /// and recon_mp4_supported.
+    /// </summary>
+    private static void TestTurntableAndTexturedParams()
+    {
+        Type native = typeof(ReconModel).Assembly.GetType("Recon.NativeMethods", true);
+        const BindingFlags Flags = BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public;
+        const int Ok = 0;
+        const int InvalidArgument = (int)ReconStatus.InvalidArgument;
+
+        // Turntable.
+        Type tt = native.GetNestedType("TurntableParams", BindingFlags.NonPublic);
+        MethodInfo ttInit = native.GetMethod("recon_turntable_params_init_sized", Flags);
+        int ttSize = Marshal.SizeOf(tt);
+        object[] args = { Activator.CreateInstance(tt), new UIntPtr((uint)ttSize) };
+        CheckEqual(Ok, (int)ttInit.Invoke(null, args), "recon_turntable_params_init_sized status");
+        object t = args[0];
+        CheckEqual((uint)ttSize, (uint)tt.GetField("struct_size").GetValue(t), "turntable struct_size");
+        CheckEqual(0, (int)tt.GetField("content").GetValue(t), "turntable content (RECON_TURNTABLE_GAUSSIANS)");
+        CheckEqual(120U, (uint)tt.GetField("frames").GetValue(t), "turntable frames");
+        CheckEqual(512U, (uint)tt.GetField("resolution").GetValue(t), "turntable resolution");
+        CheckEqual(2.0f, (float)tt.GetField("radius").GetValue(t), "turntable radius");
+        CheckEqual(40.0f, (float)tt.GetField("fov_degrees").GetValue(t), "turntable fov_degrees");
+        var background = (float[])tt.GetField("background").GetValue(t);
+        Check(background != null && background.SequenceEqual(new float[] { 0, 0, 0 }), "turntable background black");
+        CheckEqual(ReconDevice.Auto, (int)tt.GetField("device").GetValue(t), "turntable device");
+        CheckEqual(30U, (uint)tt.GetField("fps").GetValue(t), "turntable fps");
+        CheckEqual(4U, (uint)tt.GetField("mesh_ssaa").GetValue(t), "turntable mesh_ssaa");
+        object small = Activator.CreateInstance(tt);
+        args = new object[] { small, new UIntPtr((uint)ttSize - 8) };
+        CheckEqual(InvalidArgument, (int)ttInit.Invoke(null, args), "turntable init with a size below the struct");
+        CheckEqual(0U, (uint)tt.GetField("struct_size").GetValue(args[0]), "turntable: nothing written for a small size");
+        MethodInfo ttInitV1 = native.GetMethod("recon_turntable_params_init", Flags);
+        args = new object[] { Activator.CreateInstance(tt) };
+        ttInitV1.Invoke(null, args);
+        CheckEqual((uint)ttSize, (uint)tt.GetField("struct_size").GetValue(args[0]), "recon_turntable_params_init struct_size");
+
+        // Textured export.
+        Type xt = native.GetNestedType("TexturedExportParams", BindingFlags.NonPublic);
+        MethodInfo xtInit = native.GetMethod("recon_textured_export_params_init_sized", Flags);
+        int xtSize = Marshal.SizeOf(xt);
+        args = new object[] { Activator.CreateInstance(xt), new UIntPtr((uint)xtSize) };
+        CheckEqual(Ok, (int)xtInit.Invoke(null, args), "recon_textured_export_params_init_sized status");
+        object x = args[0];
+        CheckEqual((uint)xtSize, (uint)xt.GetField("struct_size").GetValue(x), "textured struct_size");
+        CheckEqual(0, (int)xt.GetField("image_format").GetValue(x), "textured image_format (RECON_TEXTURE_PNG)");
+        CheckEqual(0.95f, (float)xt.GetField("simplify").GetValue(x), "textured simplify");
+        Check((int)xt.GetField("fill_holes").GetValue(x) != 0, "textured fill_holes");
+        CheckEqual(0.04f, (float)xt.GetField("fill_holes_max_size").GetValue(x), "textured fill_holes_max_size");
+        CheckEqual(1024U, (uint)xt.GetField("texture_size").GetValue(x), "textured texture_size");
+        CheckEqual(1, (int)xt.GetField("bake_mode").GetValue(x), "textured bake_mode (RECON_BAKE_OPTIMIZE)");
+        CheckEqual(2500U, (uint)xt.GetField("bake_steps").GetValue(x), "textured bake_steps");
+        CheckEqual(0.01f, (float)xt.GetField("bake_lambda_tv").GetValue(x), "textured bake_lambda_tv");
+        CheckEqual(100U, (uint)xt.GetField("views").GetValue(x), "textured views");
+        CheckEqual(1024U, (uint)xt.GetField("render_resolution").GetValue(x), "textured render_resolution");
+        CheckEqual(0, (int)xt.GetField("vertex_colors_only").GetValue(x), "textured vertex_colors_only");
+        CheckEqual(90U, (uint)xt.GetField("jpeg_quality").GetValue(x), "textured jpeg_quality");
+        CheckEqual(ReconDevice.Auto, (int)xt.GetField("device").GetValue(x), "textured device");
+        CheckEqual(1000U, (uint)xt.GetField("fill_holes_views").GetValue(x), "textured fill_holes_views");
+        CheckEqual(1024U, (uint)xt.GetField("fill_holes_resolution").GetValue(x), "textured fill_holes_resolution");
+        CheckEqual(0UL, (ulong)xt.GetField("seed").GetValue(x), "textured seed");
+        args = new object[] { Activator.CreateInstance(xt), new UIntPtr((uint)xtSize - 8) };
+        CheckEqual(InvalidArgument, (int)xtInit.Invoke(null, args), "textured init with a size below the struct");
+        CheckEqual(0U, (uint)xt.GetField("struct_size").GetValue(args[0]), "textured: nothing written for a small size");
+        MethodInfo xtInitV1 = native.GetMethod("recon_textured_export_params_init", Flags);
+        args = new object[] { Activator.CreateInstance(xt) };
+        xtInitV1.Invoke(null, args);
+        CheckEqual((uint)xtSize, (uint)xt.GetField("struct_size").GetValue(args[0]), "recon_textured_export_params_init struct_size");
+
+        int mp4 = (int)native.GetMethod("recon_mp4_supported", Flags).Invoke(null, null);
+        Check(mp4 == 0 || mp4 == 1, "recon_mp4_supported is 0 or 1: " + mp4);
+        Console.WriteLine("MP4 turntables {0}", mp4 == 1 ? "supported" : "not supported (PNG frames only)");
     }
 
     private static LoadParams CpuParams(string model)

@@ -23,7 +23,8 @@ from ._result import Result
 from ._types import (BackgroundRemoval, Camera, CancelledError, CheckpointError, DeviceError,
                      ExportFormat, Format, FormatError, Gaussians, Guidance, InternalError,
                      InvalidArgumentError, IoError, LogLevel, Mesh, MultiImageMode, NetworkError,
-                     NetworkInfo, OutOfMemoryError, ReconError, Stage, Status, UnsupportedError)
+                     NetworkInfo, OutOfMemoryError, ReconError, Stage, Status, TurntableContent,
+                     UnsupportedError)
 
 #: This package's version; equal to the library version it was written with.
 __version__ = "0.1.0"
@@ -34,8 +35,8 @@ __all__ = [
     "Guidance", "ImageInput", "InternalError",
     "InvalidArgumentError", "IoError", "LogLevel", "Mesh", "Model", "MultiImageMode",
     "NetworkError", "NetworkInfo", "OutOfMemoryError", "ReconError", "Result", "Stage",
-    "Status", "UnsupportedError", "abi", "abi_version", "cuda_device_count", "load_library",
-    "status_string", "version",
+    "Status", "TurntableContent", "UnsupportedError", "abi", "abi_version",
+    "cuda_device_count", "load_library", "mp4_supported", "status_string", "version",
 ]
 
 
@@ -64,3 +65,8 @@ def status_string(status: int) -> str:
 def cuda_device_count() -> int:
     """CUDA devices the library can use (0 without CUDA)."""
     return abi.lib().recon_cuda_device_count()
+
+
+def mp4_supported() -> bool:
+    """Whether the library writes MP4 (H.264) turntables; without, only PNG frame folders."""
+    return bool(abi.lib().recon_mp4_supported())

@@ -105,6 +105,17 @@ class LogLevel(enum.IntEnum):
     DEBUG = abi.RECON_LOG_DEBUG
 
 
+class TurntableContent(enum.IntEnum):
+    """What a turntable shows (``RECON_TURNTABLE_*``)."""
+
+    #: The 3D Gaussians in colour (TRELLIS's preview video); needs Format.GAUSSIANS.
+    GAUSSIANS = abi.RECON_TURNTABLE_GAUSSIANS
+    #: The mesh's face normals as (n + 1) / 2 (TRELLIS's normal video); needs Format.MESH.
+    MESH_NORMALS = abi.RECON_TURNTABLE_MESH_NORMALS
+    #: The mesh's vertex colours, interpolated; needs the mesh with colours.
+    MESH_COLORS = abi.RECON_TURNTABLE_MESH_COLORS
+
+
 E = TypeVar("E", bound=enum.IntEnum)
 
 

@@ -83,6 +83,18 @@ RECON_STAGE_STRUCTURED_LATENT = 4
 RECON_STAGE_DECODE = 5
 RECON_STAGE_EXPORT = 6
 
+# recon_textured_export_params.image_format and .bake_mode
+RECON_TEXTURE_PNG = 0
+RECON_TEXTURE_JPEG = 1
+RECON_TEXTURE_WEBP = 2
+RECON_BAKE_FAST = 0
+RECON_BAKE_OPTIMIZE = 1
+
+# recon_turntable_params.content
+RECON_TURNTABLE_GAUSSIANS = 0
+RECON_TURNTABLE_MESH_NORMALS = 1
+RECON_TURNTABLE_MESH_COLORS = 2
+
 #: The ABI version this package was written for; :func:`load_library` refuses any other.
 ABI_VERSION = RECON_ABI_VERSION
 
@@ -271,6 +283,96 @@ class Image(ctypes.Structure):
     ]
 
 
+class TexturedExportParams(ctypes.Structure):
+    """``recon_textured_export_params``."""
+
+    struct_size: int
+    image_format: int
+    simplify: float
+    fill_holes: int
+    fill_holes_max_size: float
+    texture_size: int
+    bake_mode: int
+    bake_steps: int
+    bake_lambda_tv: float
+    views: int
+    render_resolution: int
+    vertex_colors_only: int
+    jpeg_quality: int
+    device: int
+    fill_holes_views: int
+    fill_holes_resolution: int
+    seed: int
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("image_format", c_int32),
+        ("simplify", c_float),
+        ("fill_holes", c_int32),
+        ("fill_holes_max_size", c_float),
+        ("texture_size", c_uint32),
+        ("bake_mode", c_int32),
+        ("bake_steps", c_uint32),
+        ("bake_lambda_tv", c_float),
+        ("views", c_uint32),
+        ("render_resolution", c_uint32),
+        ("vertex_colors_only", c_int32),
+        ("jpeg_quality", c_uint32),
+        ("device", c_int32),
+        ("fill_holes_views", c_uint32),
+        ("fill_holes_resolution", c_uint32),
+        ("seed", c_uint64),
+    ]
+
+
+class TurntableParams(ctypes.Structure):
+    """``recon_turntable_params``."""
+
+    struct_size: int
+    content: int
+    frames: int
+    resolution: int
+    radius: float
+    fov_degrees: float
+    background: Any
+    device: int
+    fps: int
+    mesh_ssaa: int
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("content", c_int32),
+        ("frames", c_uint32),
+        ("resolution", c_uint32),
+        ("radius", c_float),
+        ("fov_degrees", c_float),
+        ("background", c_float * 3),
+        ("device", c_int32),
+        ("fps", c_uint32),
+        ("mesh_ssaa", c_uint32),
+    ]
+
+
+class Frame(ctypes.Structure):
+    """``recon_frame``: one turntable frame, valid only during the callback."""
+
+    struct_size: int
+    index: int
+    count: int
+    width: int
+    height: int
+    rgba: Any
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("index", c_uint32),
+        ("count", c_uint32),
+        ("width", c_uint32),
+        ("height", c_uint32),
+        ("rgba", POINTER(c_uint8)),
+    ]
+
+
+FrameCallback = ctypes.CFUNCTYPE(c_int32, POINTER(Frame), c_void_p)
+
+
 # ---------------------------------------------------------------------------------------------
 # Functions
 
@@ -309,6 +411,21 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "recon_version_string": (c_char_p, []),
     "recon_status_string": (c_char_p, [c_int32]),
     "recon_cuda_device_count": (c_int32, []),
+    "recon_textured_export_params_init": (None, [POINTER(TexturedExportParams)]),
+    "recon_textured_export_params_init_sized": (c_int32, [POINTER(TexturedExportParams),
+                                                          c_size_t]),
+    "recon_result_export_textured": (c_int32, [_P, c_int32, POINTER(TexturedExportParams),
+                                               c_char_p]),
+    "recon_result_export_textured_buffer": (c_int32, [_P, c_int32,
+                                                      POINTER(TexturedExportParams),
+                                                      POINTER(_P)]),
+    "recon_turntable_params_init": (None, [POINTER(TurntableParams)]),
+    "recon_turntable_params_init_sized": (c_int32, [POINTER(TurntableParams), c_size_t]),
+    "recon_result_render_turntable": (c_int32, [_P, POINTER(TurntableParams), FrameCallback,
+                                                c_void_p]),
+    "recon_result_write_turntable": (c_int32, [_P, POINTER(TurntableParams), c_char_p,
+                                               FrameCallback, c_void_p]),
+    "recon_mp4_supported": (c_int32, []),
 }
 
 
@@ -380,6 +497,27 @@ class Library(Protocol):
     def recon_status_string(self, status: int, /) -> bytes: ...
 
     def recon_cuda_device_count(self) -> int: ...
+
+    def recon_textured_export_params_init(self, params: Any, /) -> None: ...
+    def recon_textured_export_params_init_sized(self, params: Any, size: int, /) -> int: ...
+
+    def recon_result_export_textured(self, result: Optional[int], format: int, params: Any,
+                                     path: Optional[bytes], /) -> int: ...
+
+    def recon_result_export_textured_buffer(self, result: Optional[int], format: int,
+                                            params: Any, out_buffer: Any, /) -> int: ...
+
+    def recon_turntable_params_init(self, params: Any, /) -> None: ...
+    def recon_turntable_params_init_sized(self, params: Any, size: int, /) -> int: ...
+
+    def recon_result_render_turntable(self, result: Optional[int], params: Any, callback: Any,
+                                      user_data: Optional[int], /) -> int: ...
+
+    def recon_result_write_turntable(self, result: Optional[int], params: Any,
+                                     path: Optional[bytes], callback: Any,
+                                     user_data: Optional[int], /) -> int: ...
+
+    def recon_mp4_supported(self) -> int: ...
 
 
 # ---------------------------------------------------------------------------------------------

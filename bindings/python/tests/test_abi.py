@@ -21,7 +21,8 @@ from support import HEADER, ROOT, lib, load_params, raw_load
 
 # sizeof on LP64, as bindings/c/test_abi.c prints and checks them.
 C_SIZES = {"LoadParams": 64, "NetworkInfo": 40, "Image": 40, "RunParams": 64,
-           "Progress": 16, "Gaussians": 56, "Mesh": 48, "Camera": 96}
+           "Progress": 16, "Gaussians": 56, "Mesh": 48, "Camera": 96, "TurntableParams": 48,
+           "Frame": 32, "TexturedExportParams": 72}
 
 
 def test_versions() -> None:
@@ -66,6 +67,12 @@ def test_struct_layout() -> None:
     assert offset(abi.Image, "data") == 8
     assert offset(abi.Image, "stride") == 32
     assert offset(abi.NetworkInfo, "stem") == 32
+    assert offset(abi.TurntableParams, "background") == 24
+    assert offset(abi.TurntableParams, "device") == 36
+    assert offset(abi.TurntableParams, "mesh_ssaa") == 44
+    assert offset(abi.Frame, "rgba") == 24
+    assert offset(abi.TexturedExportParams, "device") == 52
+    assert offset(abi.TexturedExportParams, "seed") == 64
 
 
 def test_bindings_cover_the_header() -> None:
@@ -88,7 +95,8 @@ def test_bindings_cover_the_header() -> None:
                                        if name == "RECON_OK" or name.startswith("RECON_ERR_")}
     families = {recon.Format: "RECON_FORMAT_", recon.ExportFormat: "RECON_EXPORT_",
                 recon.Stage: "RECON_STAGE_", recon.LogLevel: "RECON_LOG_",
-                recon.MultiImageMode: "RECON_MULTI_IMAGE_"}
+                recon.MultiImageMode: "RECON_MULTI_IMAGE_",
+                recon.TurntableContent: "RECON_TURNTABLE_"}
     for kind, prefix in families.items():
         members = {prefix + str(m.name): m.value for m in kind}
         assert members == {n: int(v) for n, v in defines if n.startswith(prefix)}, kind
@@ -144,6 +152,42 @@ def test_init_functions() -> None:
     lib.recon_load_params_init(None)
     lib.recon_run_params_init(None)
     lib.recon_image_init(None)
+    # recon_turntable_params (v1 only so far): the documented defaults.
+    tp = abi.TurntableParams()
+    lib.recon_turntable_params_init(byref(tp))
+    assert (tp.struct_size, tp.content, tp.frames, tp.resolution, tp.device, tp.fps,
+            tp.mesh_ssaa) == (48, abi.RECON_TURNTABLE_GAUSSIANS, 120, 512,
+                              abi.RECON_DEVICE_AUTO, 30, 4)
+    assert (tp.radius, tp.fov_degrees, list(tp.background)) == (2.0, 40.0, [0.0, 0.0, 0.0])
+    for size, written in {48: 48, 56: 48}.items():
+        raw = (ctypes.c_uint8 * 64)(*([0xAB] * 64))
+        assert lib.recon_turntable_params_init_sized(
+            ctypes.cast(raw, POINTER(abi.TurntableParams)), size) == abi.RECON_OK
+        assert raw[0] == written and bytes(raw[written:]) == b"\xab" * (64 - written)
+    raw = (ctypes.c_uint8 * 64)(*([0xAB] * 64))
+    assert lib.recon_turntable_params_init_sized(
+        ctypes.cast(raw, POINTER(abi.TurntableParams)), 47) == abi.RECON_ERR_INVALID_ARGUMENT
+    assert bytes(raw) == b"\xab" * 64  # nothing written
+    assert lib.recon_turntable_params_init_sized(None, 48) == abi.RECON_ERR_INVALID_ARGUMENT
+    lib.recon_turntable_params_init(None)
+    # recon_textured_export_params: TRELLIS's to_glb defaults.
+    xp = abi.TexturedExportParams()
+    lib.recon_textured_export_params_init(byref(xp))
+    assert (xp.struct_size, xp.image_format, xp.texture_size, xp.bake_mode, xp.bake_steps,
+            xp.views, xp.render_resolution, xp.fill_holes, xp.fill_holes_views,
+            xp.jpeg_quality, xp.device, xp.seed) == (
+        72, abi.RECON_TEXTURE_PNG, 1024, abi.RECON_BAKE_OPTIMIZE, 2500, 100, 1024, 1, 1000, 90,
+        abi.RECON_DEVICE_AUTO, 0)
+    assert abs(xp.simplify - 0.95) < 1e-6 and abs(xp.bake_lambda_tv - 0.01) < 1e-6
+    raw = (ctypes.c_uint8 * 80)(*([0xAB] * 80))
+    assert lib.recon_textured_export_params_init_sized(
+        ctypes.cast(raw, POINTER(abi.TexturedExportParams)), 71) == abi.RECON_ERR_INVALID_ARGUMENT
+    assert bytes(raw) == b"\xab" * 80
+    assert lib.recon_textured_export_params_init_sized(
+        ctypes.cast(raw, POINTER(abi.TexturedExportParams)), 80) == abi.RECON_OK
+    assert raw[0] == 72 and bytes(raw[72:]) == b"\xab" * 8
+    lib.recon_textured_export_params_init(None)
+    assert recon.mp4_supported() in (True, False)
 
 
 def test_null_handles(tmp_path: Path) -> None:
@@ -185,6 +229,18 @@ def test_null_handles(tmp_path: Path) -> None:
         RECON_ERR_INVALID_ARGUMENT
     assert not lib.recon_buffer_data(None)
     assert lib.recon_buffer_size(None) == 0
+    frames = os.fsencode(tmp_path / "never_frames")
+    assert lib.recon_result_render_turntable(None, None, abi.FrameCallback(), None) == \
+        RECON_ERR_INVALID_ARGUMENT
+    assert lib.recon_result_write_turntable(None, None, frames, abi.FrameCallback(), None) == \
+        RECON_ERR_INVALID_ARGUMENT
+    assert not os.path.exists(frames)
+    assert lib.recon_result_export_textured(None, abi.RECON_EXPORT_GLB, None, path) == \
+        RECON_ERR_INVALID_ARGUMENT
+    buf = c_void_p(0x5EED)
+    assert lib.recon_result_export_textured_buffer(None, abi.RECON_EXPORT_GLB, None,
+                                                   byref(buf)) == RECON_ERR_INVALID_ARGUMENT
+    assert buf.value == 0x5EED
 
 
 def test_load_null_arguments(model_dir: Path) -> None:
@@ -270,6 +326,7 @@ def test_every_function_called_through_the_package() -> None:
     assert [name for name, n in ALL_CALLS.items() if n == 0] == [], hint
     # The plain *_params_init are the v1 entry points kept for programs built against the v1
     # header; the package initialises its structs with the *_init_sized functions.
-    v1_only = {"recon_load_params_init", "recon_run_params_init"}
+    v1_only = {"recon_load_params_init", "recon_run_params_init", "recon_turntable_params_init",
+               "recon_textured_export_params_init"}
     assert [name for name, n in PACKAGE_CALLS.items() if n == 0 and name not in v1_only] == [], \
         hint

@@ -1,5 +1,5 @@
 """Real generations with the tiny model on the CPU (2 + 2 sampler steps): Gaussians, mesh,
-progress, exports (GLB, PLY, OBJ to files and bytes), the lifetime of the array views, a run
+progress, exports (GLB, PLY, OBJ to files and bytes), turntables, the lifetime of the array views, a run
 cancelled from another thread with the model usable after it, and a photo through background
 removal (a tiny BiRefNet, tests/fixtures/birefnet_tiny) with each guidance formula."""
 
@@ -171,6 +171,117 @@ def test_exports(generation: Generation, tmp_path: Path) -> None:
         result.camera_matrices(0)
     with pytest.raises(ValueError, match="camera index"):
         result.camera_matrices(-1)
+
+
+def test_turntable(generation: Generation, tmp_path: Path) -> None:
+    """Small turntables of the generation on the CPU: frames as arrays, through a callback
+    that stops, PNG folders and MP4 files written by the library, and the refusals."""
+    result = generation.result
+    small: Dict[str, Any] = {"frames": 3, "resolution": 24, "device": "cpu", "mesh_ssaa": 2}
+    has_colors = result.mesh.colors is not None
+    for content in ("gaussians", "normals", recon.TurntableContent.MESH_COLORS):
+        if content == recon.TurntableContent.MESH_COLORS and not has_colors:
+            with pytest.raises(recon.InvalidArgumentError, match="vertex colours"):
+                result.render_turntable(content=content, **small)
+            continue
+        start = time.perf_counter()
+        frames = result.render_turntable(content=content, **small)
+        name = content if isinstance(content, str) else content.name.lower()
+        TIMINGS.append(f"turntable ({name}, 3 frames of 24x24, CPU): "
+                       f"{time.perf_counter() - start:.2f} s")
+        assert len(frames) == 3
+        for frame in frames:
+            assert frame.shape == (24, 24, 4) and frame.dtype == np.uint8
+        # Background black and transparent where nothing is drawn.
+        empty = frames[0][..., 3] == 0
+        assert (frames[0][empty][:, :3] == 0).all()
+    # The callback sees the same frames; False stops the render.
+    normals = result.render_turntable(content="normals", **small)
+    seen: List[Tuple[int, Any]] = []
+    assert result.render_turntable(content="normals", on_frame=lambda i, f: seen.append((i, f)),
+                                   **small) == []
+    assert [i for i, _ in seen] == [0, 1, 2]
+    assert all((a == b).all() for a, (_, b) in zip(normals, seen))
+    with pytest.raises(recon.CancelledError):
+        result.render_turntable(content="normals", on_frame=lambda i, f: i < 1, **small)
+    with pytest.raises(ZeroDivisionError):  # the callback's own exception comes through
+        result.render_turntable(content="normals", on_frame=lambda i, f: bool(1 // 0), **small)
+    # Written by the library: a PNG folder (replaced whole when written again) and an MP4.
+    folder = tmp_path / "frames"
+    progress: List[int] = []
+    result.write_turntable(folder, content="normals", on_frame=lambda i, f: progress.append(i),
+                           **small)
+    assert progress == [0, 1, 2]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "frame_0000.png", "frame_0001.png", "frame_0002.png"]
+    assert (folder / "frame_0000.png").read_bytes()[:4] == b"\x89PNG"
+    result.write_turntable(str(folder), content="normals", **{**small, "frames": 2})
+    assert len(list(folder.iterdir())) == 2
+    mp4 = tmp_path / "spin.mp4"
+    if recon.mp4_supported():
+        result.write_turntable(mp4, content="normals", fps=12, **small)
+        assert mp4.read_bytes()[4:8] == b"ftyp"
+    else:
+        with pytest.raises(recon.UnsupportedError):
+            result.write_turntable(mp4, content="normals", **small)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(recon.CancelledError):
+        result.write_turntable(stopped, content="normals", on_frame=lambda i, f: False, **small)
+    assert not stopped.exists()
+    # Refusals.
+    with pytest.raises(ValueError, match="turntable content"):
+        result.render_turntable(content="depth", **small)
+    with pytest.raises(recon.InvalidArgumentError, match="content is 9"):
+        result.render_turntable(content=9, **small)
+    with pytest.raises(recon.InvalidArgumentError, match="frames 0"):
+        result.render_turntable(**{**small, "frames": 0})
+    with pytest.raises(recon.InvalidArgumentError, match="resolution"):
+        result.render_turntable(**{**small, "resolution": 100000})
+    with pytest.raises(ValueError, match="background"):
+        result.render_turntable(background=(0, 0), **small)
+    with pytest.raises(recon.DeviceError):
+        result.render_turntable(**{**small, "device": "cuda:1000"})
+    with pytest.raises(recon.InvalidArgumentError, match=".gif"):
+        result.write_turntable(tmp_path / "a.gif", **small)
+    with pytest.raises(recon.IoError):
+        result.write_turntable(tmp_path / "no_such_dir" / "a.mp4", **small)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["frames", "spin.mp4"] if recon.mp4_supported() else ["frames"])
+
+
+def test_textured_export(generation: Generation, tmp_path: Path) -> None:
+    """TRELLIS's to_glb with small settings on the CPU: a GLB with a baked texture, OBJ + MTL +
+    PNG beside it, vertex colours only, and the refusals."""
+    result = generation.result
+    small: Dict[str, Any] = {"device": "cpu", "bake": "fast", "texture_size": 64, "views": 4,
+                             "render_resolution": 64, "fill_holes_views": 8,
+                             "fill_holes_resolution": 64}
+    start = time.perf_counter()
+    glb = result.export_textured_bytes(**small)
+    TIMINGS.append(f"textured GLB (64^2 texture, fast bake from 4 views, CPU): "
+                   f"{time.perf_counter() - start:.2f} s, {len(glb)} bytes")
+    magic, version, length = struct.unpack("<4sII", glb[:12])
+    assert (magic, version, length) == (b"glTF", 2, len(glb))
+    assert b'"baseColorTexture"' in glb and b'"TEXCOORD_0"' in glb
+    assert result.export_textured_bytes("glb", image_format="jpeg", **small) != glb
+    path = tmp_path / "asset.obj"
+    result.export_textured(path, "obj", **small)
+    assert b"mtllib asset.mtl" in path.read_bytes()
+    assert b"map_Kd asset.png" in (tmp_path / "asset.mtl").read_bytes()
+    assert (tmp_path / "asset.png").read_bytes()[:4] == b"\x89PNG"
+    colors = result.export_textured_bytes(vertex_colors_only=True, **small)
+    assert b'"COLOR_0"' in colors and b"baseColorTexture" not in colors
+    with pytest.raises(recon.InvalidArgumentError, match="several files"):
+        result.export_textured_bytes("obj", **small)
+    with pytest.raises(recon.InvalidArgumentError):
+        result.export_textured(tmp_path / "a.ply", "ply_mesh", **small)
+    with pytest.raises(recon.InvalidArgumentError, match="simplify"):
+        result.export_textured_bytes(**{**small, "simplify": 1.5})
+    with pytest.raises(ValueError, match="bake"):
+        result.export_textured_bytes(**{**small, "bake": "slow"})
+    with pytest.raises(TypeError):
+        result.export_textured_bytes(texture=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asset.mtl", "asset.obj", "asset.png"]
 
 
 def test_array_views(model: recon.Model) -> None:

@@ -122,6 +122,56 @@ namespace Recon
             public UIntPtr stride;
         }
 
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct TexturedExportParams
+        {
+            public uint struct_size;
+            public int image_format;          // RECON_TEXTURE_*
+            public float simplify;
+            public int fill_holes;
+            public float fill_holes_max_size;
+            public uint texture_size;
+            public int bake_mode;             // RECON_BAKE_*
+            public uint bake_steps;
+            public float bake_lambda_tv;
+            public uint views;
+            public uint render_resolution;
+            public int vertex_colors_only;
+            public uint jpeg_quality;
+            public int device;
+            public uint fill_holes_views;
+            public uint fill_holes_resolution;
+            public ulong seed;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct TurntableParams
+        {
+            public uint struct_size;
+            public int content;               // RECON_TURNTABLE_*
+            public uint frames;
+            public uint resolution;
+            public float radius;
+            public float fov_degrees;
+            [MarshalAs(UnmanagedType.ByValArray, SizeConst = 3)]
+            public float[] background;        // RGB in 0..1
+            public int device;
+            public uint fps;
+            public uint mesh_ssaa;
+        }
+
+        // Valid only during the FrameCallback (read it with Marshal.PtrToStructure).
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct Frame
+        {
+            public uint struct_size;
+            public uint index;
+            public uint count;
+            public uint width;
+            public uint height;
+            public IntPtr rgba;               // const uint8_t*, width * height * 4 bytes
+        }
+
         // ------------------------------------------------------------------ callbacks
 
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
@@ -129,6 +179,10 @@ namespace Recon
 
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         internal delegate int ProgressCallback(IntPtr progress, IntPtr userData);
+
+        // recon_frame_callback: `frame` points to a Frame; return nonzero to go on, 0 to stop.
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        internal delegate int FrameCallback(IntPtr frame, IntPtr userData);
 
         // ------------------------------------------------------------------ model
 
@@ -217,6 +271,48 @@ namespace Recon
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         internal static extern int recon_result_export_buffer(ResultHandle result, int format,
                                                               out BufferHandle buffer);
+
+        // ------------------------------------------------------------------ textured export
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern void recon_textured_export_params_init(ref TexturedExportParams p);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_textured_export_params_init_sized(ref TexturedExportParams p,
+                                                                           UIntPtr size);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_result_export_textured(ResultHandle result, int format,
+                                                                ref TexturedExportParams p,
+                                                                byte[] pathUtf8);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_result_export_textured_buffer(ResultHandle result, int format,
+                                                                       ref TexturedExportParams p,
+                                                                       out BufferHandle buffer);
+
+        // ------------------------------------------------------------------ turntable
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern void recon_turntable_params_init(ref TurntableParams p);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_turntable_params_init_sized(ref TurntableParams p, UIntPtr size);
+
+        // `callback`: a recon_frame_callback (Marshal.GetFunctionPointerForDelegate of a
+        // FrameCallback), called on this thread before the call returns.
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_result_render_turntable(ResultHandle result, ref TurntableParams p,
+                                                                 IntPtr callback, IntPtr userData);
+
+        // `callback` may be IntPtr.Zero (NULL).
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_result_write_turntable(ResultHandle result, ref TurntableParams p,
+                                                                byte[] pathUtf8, IntPtr callback,
+                                                                IntPtr userData);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int recon_mp4_supported();
 
         // ------------------------------------------------------------------ buffer
 

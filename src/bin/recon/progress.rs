@@ -237,7 +237,7 @@ fn unit(stage: Stage) -> &'static str {
         Stage::Condition => "",
         Stage::SparseStructure | Stage::StructuredLatent => "steps",
         Stage::Decode => "decoder(s)",
-        Stage::Export => "file(s)",
+        Stage::Export => "file(s)/frame(s)",
     }
 }
 
