@@ -117,23 +117,12 @@ fn document_with_mesh(mesh: &CheckedMesh<'_>) -> (Value, Vec<u8>) {
             .collect()
     });
 
-    let mut bin = Vec::new();
-    let mut views = Vec::new();
-    let mut accessors = Vec::new();
-    let mut attributes = serde_json::Map::new();
-
-    let (min, max) = bounds(&positions);
-    let view = push_view(&mut bin, &mut views, vec3_bytes(&positions), ARRAY_BUFFER);
-    attributes.insert("POSITION".into(), json!(accessors.len()));
-    accessors.push(json!({
-        "bufferView": view, "componentType": FLOAT, "count": vertices, "type": "VEC3",
-        "min": min, "max": max,
-    }));
-    let view = push_view(&mut bin, &mut views, vec3_bytes(&normals), ARRAY_BUFFER);
-    attributes.insert("NORMAL".into(), json!(accessors.len()));
-    accessors.push(json!({
-        "bufferView": view, "componentType": FLOAT, "count": vertices, "type": "VEC3",
-    }));
+    let Primitive {
+        mut bin,
+        mut views,
+        mut accessors,
+        mut attributes,
+    } = Primitive::with_positions_and_normals(&positions, &normals);
     if let Some(colors) = &colors {
         let view = push_view(&mut bin, &mut views, vec3_bytes(colors), ARRAY_BUFFER);
         attributes.insert("COLOR_0".into(), json!(accessors.len()));
@@ -387,6 +376,48 @@ fn quaternion_from_columns(axes: &[[f64; 3]; 3]) -> [f64; 4] {
 
 /// Appends `bytes` to the BIN chunk as a new bufferView (4-byte aligned: every view holds
 /// 4-byte components) and returns its index.
+/// The BIN bytes and the glTF bufferViews, accessors and attributes of one triangle
+/// primitive, as the writers build them up.
+pub(super) struct Primitive {
+    pub bin: Vec<u8>,
+    pub views: Vec<Value>,
+    pub accessors: Vec<Value>,
+    pub attributes: serde_json::Map<String, Value>,
+}
+
+impl Primitive {
+    /// A primitive holding `POSITION` (with the bounds glTF requires) and `NORMAL`, one
+    /// entry per vertex each, both already in the Y-up frame.
+    pub(super) fn with_positions_and_normals(positions: &[[f32; 3]], normals: &[[f32; 3]]) -> Self {
+        let mut p = Primitive {
+            bin: Vec::new(),
+            views: Vec::new(),
+            accessors: Vec::new(),
+            attributes: serde_json::Map::new(),
+        };
+        let (min, max) = bounds(positions);
+        let view = push_view(
+            &mut p.bin,
+            &mut p.views,
+            vec3_bytes(positions),
+            ARRAY_BUFFER,
+        );
+        p.attributes
+            .insert("POSITION".into(), json!(p.accessors.len()));
+        p.accessors.push(json!({
+            "bufferView": view, "componentType": FLOAT, "count": positions.len(), "type": "VEC3",
+            "min": min, "max": max,
+        }));
+        let view = push_view(&mut p.bin, &mut p.views, vec3_bytes(normals), ARRAY_BUFFER);
+        p.attributes
+            .insert("NORMAL".into(), json!(p.accessors.len()));
+        p.accessors.push(json!({
+            "bufferView": view, "componentType": FLOAT, "count": normals.len(), "type": "VEC3",
+        }));
+        p
+    }
+}
+
 pub(super) fn push_view(
     bin: &mut Vec<u8>,
     views: &mut Vec<Value>,

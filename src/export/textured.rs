@@ -43,8 +43,8 @@ use crate::pipeline::Camera;
 use crate::postprocessing::TexturedMesh;
 
 use super::glb::{
-    add_cameras, assemble, asset, bounds, pad_to_4, push_view, srgb_to_linear, vec3_bytes,
-    GltfCamera, ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, TRIANGLES, UNSIGNED_INT,
+    add_cameras, assemble, asset, pad_to_4, push_view, srgb_to_linear, vec3_bytes, GltfCamera,
+    Primitive, ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, TRIANGLES, UNSIGNED_INT,
 };
 use super::mesh_frame;
 
@@ -206,22 +206,12 @@ pub fn textured_mesh_to_glb(
     let normals = triples(&mesh.normals);
     let vertices = positions.len();
 
-    let mut bin = Vec::new();
-    let mut views = Vec::new();
-    let mut accessors = Vec::new();
-    let mut attributes = serde_json::Map::new();
-    let (min, max) = bounds(&positions);
-    let view = push_view(&mut bin, &mut views, vec3_bytes(&positions), ARRAY_BUFFER);
-    attributes.insert("POSITION".into(), json!(accessors.len()));
-    accessors.push(json!({
-        "bufferView": view, "componentType": FLOAT, "count": vertices, "type": "VEC3",
-        "min": min, "max": max,
-    }));
-    let view = push_view(&mut bin, &mut views, vec3_bytes(&normals), ARRAY_BUFFER);
-    attributes.insert("NORMAL".into(), json!(accessors.len()));
-    accessors.push(json!({
-        "bufferView": view, "componentType": FLOAT, "count": vertices, "type": "VEC3",
-    }));
+    let Primitive {
+        mut bin,
+        mut views,
+        mut accessors,
+        mut attributes,
+    } = Primitive::with_positions_and_normals(&positions, &normals);
     if mesh.texture.is_some() {
         let bytes = mesh.uvs.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = push_view(&mut bin, &mut views, bytes, ARRAY_BUFFER);

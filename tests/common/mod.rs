@@ -192,3 +192,73 @@ pub fn recon_cli(args: Vec<std::ffi::OsString>) -> std::process::Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// An icosphere of radius `r` centred at the origin, subdivided `levels` times (20·4^levels
+/// faces), wound counter-clockwise seen from outside.
+pub fn icosphere(r: f32, levels: u32) -> recon::pipeline::Mesh {
+    let t = (1.0 + 5f32.sqrt()) / 2.0;
+    let mut v: Vec<[f32; 3]> = vec![
+        [-1.0, t, 0.0],
+        [1.0, t, 0.0],
+        [-1.0, -t, 0.0],
+        [1.0, -t, 0.0],
+        [0.0, -1.0, t],
+        [0.0, 1.0, t],
+        [0.0, -1.0, -t],
+        [0.0, 1.0, -t],
+        [t, 0.0, -1.0],
+        [t, 0.0, 1.0],
+        [-t, 0.0, -1.0],
+        [-t, 0.0, 1.0],
+    ];
+    let mut f: Vec<[u32; 3]> = vec![
+        [0, 11, 5],
+        [0, 5, 1],
+        [0, 1, 7],
+        [0, 7, 10],
+        [0, 10, 11],
+        [1, 5, 9],
+        [5, 11, 4],
+        [11, 10, 2],
+        [10, 7, 6],
+        [7, 1, 8],
+        [3, 9, 4],
+        [3, 4, 2],
+        [3, 2, 6],
+        [3, 6, 8],
+        [3, 8, 9],
+        [4, 9, 5],
+        [2, 4, 11],
+        [6, 2, 10],
+        [8, 6, 7],
+        [9, 8, 1],
+    ];
+    for _ in 0..levels {
+        let mut mid: std::collections::HashMap<(u32, u32), u32> = std::collections::HashMap::new();
+        let mut next = Vec::new();
+        for [a, b, c] in f {
+            let mut m = |i: u32, j: u32| -> u32 {
+                *mid.entry((i.min(j), i.max(j))).or_insert_with(|| {
+                    let (p, q) = (v[i as usize], v[j as usize]);
+                    v.push([0, 1, 2].map(|k| (p[k] + q[k]) / 2.0));
+                    (v.len() - 1) as u32
+                })
+            };
+            let (ab, bc, ca) = (m(a, b), m(b, c), m(c, a));
+            next.extend([[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]);
+        }
+        f = next;
+    }
+    let positions = v
+        .iter()
+        .flat_map(|p| {
+            let n = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+            p.map(|c| c / n * r)
+        })
+        .collect();
+    recon::pipeline::Mesh {
+        positions,
+        colors: vec![],
+        indices: f.into_iter().flatten().collect(),
+    }
+}
