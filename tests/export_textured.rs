@@ -9,42 +9,19 @@ use recon::export::{
     export_textured_to_bytes, export_textured_to_path, mesh_frame, ExportFormat,
     TexturedExportOptions,
 };
-use recon::pipeline::{Gaussians, Output};
+use recon::pipeline::Output;
 use recon::postprocessing::{postprocess, BakeMode, PostprocessOptions, TexturedMesh};
 use recon::ErrorKind;
 use tch::Device;
 
 mod common;
-use common::icosphere;
+use common::{color_at, icosphere, sphere_gaussians};
 
 /// Documented bound on UV triangles of (numerically) zero area: xatlas gives every mapped
 /// triangle a chart area, so this only allows for faces it leaves unmapped.
 const MAX_DEGENERATE_UV_FRACTION: f64 = 0.01;
 
 const R: f32 = 0.35;
-
-fn color_at(p: [f32; 3]) -> [f32; 3] {
-    [0.5 + 0.9 * p[0], 0.5 + 0.9 * p[1], 0.5 + 0.9 * p[2]]
-}
-
-/// Small opaque Gaussians on the sphere, coloured by [`color_at`].
-fn sphere_gaussians(n: usize) -> Gaussians {
-    let mut g = Gaussians::default();
-    let golden = std::f32::consts::PI * (3.0 - 5f32.sqrt());
-    for i in 0..n {
-        let z = 1.0 - 2.0 * (i as f32 + 0.5) / n as f32;
-        let rho = (1.0 - z * z).sqrt();
-        let phi = golden * i as f32;
-        let p = [rho * phi.cos() * R, rho * phi.sin() * R, z * R];
-        g.xyz.extend(p);
-        g.features_dc
-            .extend(color_at(p).map(|c| (c - 0.5) / 0.282_094_8));
-        g.scaling.extend([0.012f32; 3]);
-        g.rotation.extend([1.0, 0.0, 0.0, 0.0]);
-        g.opacity.push(0.95);
-    }
-    g
-}
 
 fn small_options() -> PostprocessOptions {
     PostprocessOptions {
@@ -61,7 +38,7 @@ fn small_options() -> PostprocessOptions {
 
 fn scene_output() -> Output {
     Output {
-        gaussians: Some(sphere_gaussians(4000)),
+        gaussians: Some(sphere_gaussians(R, 4000, 0.012)),
         mesh: Some(icosphere(R, 3)),
         cameras: vec![],
     }

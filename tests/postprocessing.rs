@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use recon::pipeline::{Gaussians, Mesh};
+use recon::pipeline::Mesh;
 use recon::postprocessing::bake::{
     bake_texture, render_observations, BakeMode, BakeOptions, BakedTexture,
 };
@@ -16,35 +16,10 @@ use recon::render::gaussian::GaussianScene;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::icosphere;
+use common::{color_at, icosphere, sphere_gaussians};
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic scenes
-
-/// The known colour field of the synthetic scenes: a smooth function of position.
-fn color_at(p: [f32; 3]) -> [f32; 3] {
-    [0.5 + 0.9 * p[0], 0.5 + 0.9 * p[1], 0.5 + 0.9 * p[2]]
-}
-
-/// Gaussians on the sphere of radius `r` (a Fibonacci lattice of `n` points), small,
-/// nearly opaque and coloured by [`color_at`]: their renders show a sphere with a known texture.
-fn sphere_gaussians(r: f32, n: usize, scale: f32) -> Gaussians {
-    let mut g = Gaussians::default();
-    let golden = std::f32::consts::PI * (3.0 - 5f32.sqrt());
-    for i in 0..n {
-        let z = 1.0 - 2.0 * (i as f32 + 0.5) / n as f32;
-        let rho = (1.0 - z * z).sqrt();
-        let phi = golden * i as f32;
-        let p = [rho * phi.cos() * r, rho * phi.sin() * r, z * r];
-        g.xyz.extend(p);
-        g.features_dc
-            .extend(color_at(p).map(|c| (c - 0.5) / 0.282_094_8));
-        g.scaling.extend([scale; 3]);
-        g.rotation.extend([1.0, 0.0, 0.0, 0.0]);
-        g.opacity.push(0.95);
-    }
-    g
-}
 
 fn vertex(mesh: &Mesh, i: u32) -> [f32; 3] {
     let p = &mesh.positions[3 * i as usize..3 * i as usize + 3];

@@ -138,7 +138,28 @@ fn document_with_mesh(mesh: &CheckedMesh<'_>) -> (Value, Vec<u8>) {
         "type": "SCALAR",
     }));
 
-    let document = json!({
+    let mut document = one_mesh_document(attributes, indices);
+    document["materials"] = json!([{
+            "name": "vertex colours",
+            "pbrMetallicRoughness": {
+                "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
+                "metallicFactor": 0.0,
+                "roughnessFactor": 1.0,
+            },
+    }]);
+    document["accessors"] = json!(accessors);
+    document["bufferViews"] = json!(views);
+    document["buffers"] = json!([{ "byteLength": bin.len() }]);
+    (document, bin)
+}
+
+/// A scene of one node holding one mesh with one triangle primitive using material 0; the
+/// writers add the materials, accessors and buffers.
+pub(super) fn one_mesh_document(
+    attributes: serde_json::Map<String, Value>,
+    indices: usize,
+) -> Value {
+    json!({
         "asset": asset(),
         "scene": 0,
         "scenes": [{ "nodes": [0] }],
@@ -152,19 +173,7 @@ fn document_with_mesh(mesh: &CheckedMesh<'_>) -> (Value, Vec<u8>) {
                 "mode": TRIANGLES,
             }],
         }],
-        "materials": [{
-            "name": "vertex colours",
-            "pbrMetallicRoughness": {
-                "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
-                "metallicFactor": 0.0,
-                "roughnessFactor": 1.0,
-            },
-        }],
-        "accessors": accessors,
-        "bufferViews": views,
-        "buffers": [{ "byteLength": bin.len() }],
-    });
-    (document, bin)
+    })
 }
 
 /// Largest deviation of `RᵀR` from the identity that still counts as a rotation: VGGT's

@@ -43,8 +43,8 @@ use crate::pipeline::Camera;
 use crate::postprocessing::TexturedMesh;
 
 use super::glb::{
-    add_cameras, assemble, asset, pad_to_4, push_view, srgb_to_linear, vec3_bytes, GltfCamera,
-    Primitive, ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, TRIANGLES, UNSIGNED_INT,
+    add_cameras, assemble, one_mesh_document, pad_to_4, push_view, srgb_to_linear, vec3_bytes,
+    GltfCamera, Primitive, ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, UNSIGNED_INT,
 };
 use super::mesh_frame;
 
@@ -244,21 +244,7 @@ pub fn textured_mesh_to_glb(
         "metallicFactor": 0.0,
         "roughnessFactor": 1.0,
     });
-    let mut document = json!({
-        "asset": asset(),
-        "scene": 0,
-        "scenes": [{ "nodes": [0] }],
-        "nodes": [{ "mesh": 0, "name": "recon" }],
-        "meshes": [{
-            "name": "recon",
-            "primitives": [{
-                "attributes": attributes,
-                "indices": indices,
-                "material": 0,
-                "mode": TRIANGLES,
-            }],
-        }],
-    });
+    let mut document = one_mesh_document(attributes, indices);
     if let Some(texture) = &mesh.texture {
         let encoded = encode_image(texture, image_format)?;
         pad_to_4(&mut bin, 0);

@@ -262,3 +262,28 @@ pub fn icosphere(r: f32, levels: u32) -> recon::pipeline::Mesh {
         indices: f.into_iter().flatten().collect(),
     }
 }
+
+/// The known colour field of the synthetic scenes: a smooth function of position.
+pub fn color_at(p: [f32; 3]) -> [f32; 3] {
+    [0.5 + 0.9 * p[0], 0.5 + 0.9 * p[1], 0.5 + 0.9 * p[2]]
+}
+
+/// Gaussians on the sphere of radius `r` (a Fibonacci lattice of `n` points), small,
+/// nearly opaque and coloured by [`color_at`]: their renders show a sphere with a known texture.
+pub fn sphere_gaussians(r: f32, n: usize, scale: f32) -> recon::pipeline::Gaussians {
+    let mut g = recon::pipeline::Gaussians::default();
+    let golden = std::f32::consts::PI * (3.0 - 5f32.sqrt());
+    for i in 0..n {
+        let z = 1.0 - 2.0 * (i as f32 + 0.5) / n as f32;
+        let rho = (1.0 - z * z).sqrt();
+        let phi = golden * i as f32;
+        let p = [rho * phi.cos() * r, rho * phi.sin() * r, z * r];
+        g.xyz.extend(p);
+        g.features_dc
+            .extend(color_at(p).map(|c| (c - 0.5) / 0.282_094_8));
+        g.scaling.extend([scale; 3]);
+        g.rotation.extend([1.0, 0.0, 0.0, 0.0]);
+        g.opacity.push(0.95);
+    }
+    g
+}
