@@ -13,7 +13,7 @@
 #                 .bench/export/ref_site.tar.xz .bench/export/bin
 # each time: bash benches/run_export_bench.sh (it keeps what arrives in /tmp and runs once all is
 # there). Settings (environment): STAGES ("check export ab"), MESH_LEVEL (7), GAUSSIAN_LEVEL (8),
-# RUNS (1), MODES ("opt fast").
+# RUNS (1), MODES ("opt fast"), BAKE_AB (1: recon's opt bake again on its tensor path).
 set -euo pipefail
 site=/tmp/glb_site
 parts=/tmp/glb_parts
@@ -65,7 +65,7 @@ export PYTHONPATH=$src/nvdiffrast:$src/diff-gaussian-rasterization:$site PYTHONU
 
 bin=/tmp/glb_bin
 if [[ $stages == *" check "* ]]; then
-for test in render_gaussian_cuda render_mesh_cuda fused_cuda; do
+for test in render_gaussian_cuda render_mesh_cuda fused_cuda bake_cuda; do
   "$bin/$test" --include-ignored --nocapture --test-threads 1 2>&1 | grep -v '^$' || echo "$test FAILED"
 done
 if [ -f benches/render_reference.py ]; then
@@ -86,6 +86,14 @@ for mode in ${MODES:-opt fast}; do
     --runs "${RUNS:-1}" --json "$out/reference_$mode.json" 2>&1 | grep -v -e 'it/s]' -e '%|' \
     || echo "reference to_glb ($mode) FAILED"
 done
+# The optimisation bake's fused kernels against the tensor path (RECON_FUSED_KERNELS=0), recon
+# only: the A/B of benches/RESULTS.md.
+if [ "${BAKE_AB:-1}" = 1 ] && [ -x "$bin/export_bench" ]; then
+  echo "== recon opt with RECON_FUSED_KERNELS=0 (the bake's tensor path)"
+  RECON_FUSED_KERNELS=0 "$bin/export_bench" "$asset" --device cuda --bake opt --runs "${RUNS:-1}" \
+    --warmup 1 --out "$out/tensor_bake" --json "$out/recon_opt_tensor_bake.json" 2>&1 \
+    || echo "recon export (opt, tensor bake) FAILED"
+fi
 fi
 
 # Issue 8's A/B of the FeedForwardNet GEMM epilogue (RECON_GEMM_EPILOGUE=0 turns it off alone),

@@ -70,16 +70,30 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 /// The entry points the host launches are in the compiled PTX (a renamed kernel fails here,
 /// not at run time on a GPU).
 #[test]
-fn sparse_conv_exports_the_launched_kernels() {
-    let source = nvrtc::SPARSE_CONV;
-    let compiled = nvrtc::compile(source.name, source.code, Target::Ptx(Arch::new(8, 0))).unwrap();
-    let ptx = String::from_utf8_lossy(&compiled.image);
-    for name in recon::cuda::sparse::KERNEL_NAMES {
-        assert!(
-            ptx.contains(&format!(".entry {name}(")),
-            "{} has no kernel {name}",
-            source.name
-        );
+fn every_kernel_file_exports_the_launched_kernels() {
+    let launched: [(nvrtc::KernelSource, &[&str]); 4] = [
+        (nvrtc::SPARSE_CONV, recon::cuda::sparse::KERNEL_NAMES),
+        (
+            nvrtc::MESH_RASTER,
+            &recon::render::mesh_raster::KERNEL_NAMES,
+        ),
+        (nvrtc::GAUSSIAN_SPLAT, recon::render::gaussian::CUDA_KERNELS),
+        (
+            nvrtc::TEXTURE_BAKE,
+            &recon::postprocessing::bake::CUDA_KERNELS,
+        ),
+    ];
+    for (source, names) in launched {
+        let compiled =
+            nvrtc::compile(source.name, source.code, Target::Ptx(Arch::new(8, 0))).unwrap();
+        let ptx = String::from_utf8_lossy(&compiled.image);
+        for name in names {
+            assert!(
+                ptx.contains(&format!(".entry {name}(")),
+                "{} has no kernel {name}",
+                source.name
+            );
+        }
     }
 }
 

@@ -86,7 +86,7 @@ for line in sys.stdin:
 ' "$2"
 }
 cp "$(executable bench export)" .bench/export/bin/export_bench
-for test in render_gaussian_cuda render_mesh_cuda fused_cuda; do
+for test in render_gaussian_cuda render_mesh_cuda fused_cuda bake_cuda; do
   cp "$(executable test "$test")" ".bench/export/bin/$test"
 done
 cargo build --release --bin recon

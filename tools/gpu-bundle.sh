@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda bake_cuda"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins

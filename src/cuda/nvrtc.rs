@@ -49,7 +49,20 @@ pub const GAUSSIAN_SPLAT: KernelSource = KernelSource {
     code: include_str!("../../kernels/gaussian_splat.cu"),
 };
 
-pub const KERNEL_SOURCES: &[KernelSource] = &[SPARSE_CONV, FUSED_NORM, MESH_RASTER, GAUSSIAN_SPLAT];
+/// The optimisation bake's step: masked-L1 gradient through trilinear sampling, Adam + TV, mip
+/// chain (src/postprocessing/bake/cuda.rs).
+pub const TEXTURE_BAKE: KernelSource = KernelSource {
+    name: "texture_bake.cu",
+    code: include_str!("../../kernels/texture_bake.cu"),
+};
+
+pub const KERNEL_SOURCES: &[KernelSource] = &[
+    SPARSE_CONV,
+    FUSED_NORM,
+    MESH_RASTER,
+    GAUSSIAN_SPLAT,
+    TEXTURE_BAKE,
+];
 
 /// A compute capability, e.g. 9.0 for the H100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -29,6 +29,10 @@
 //!   times the texture's total variation (mean absolute difference of neighbouring texels,
 //!   vertically plus horizontally). The result is clamped to [0, 1] and texels outside every
 //!   chart (texel centres not covered by a UV triangle) are filled by [`push_pull_fill`].
+//!   On a GPU a step is three kinds of fused kernel (`kernels/texture_bake.cu`: L1 gradient
+//!   through the trilinear lookups, Adam + TV, the mip chain) instead of ~40 tensor kernels
+//!   and autograd; `RECON_FUSED_KERNELS=0` runs the tensor path there too. The two agree to
+//!   float rounding (the kernels accumulate the gradient with atomics, in no fixed order).
 //!
 //! # Differences from the reference
 //!
@@ -50,7 +54,11 @@
 //! - Texture sampling clamps at the border (nvdiffrast's default wraps); xatlas keeps charts
 //!   off the border, so only texels no chart uses see the difference.
 
+mod cuda;
+
 use tch::{Device, Kind, Tensor};
+
+pub use cuda::KERNEL_NAMES as CUDA_KERNELS;
 
 use crate::error::{Error, Result};
 use crate::render::camera::{multiview, View, DEFAULT_FOV_DEGREES, DEFAULT_RADIUS};
@@ -212,7 +220,7 @@ pub fn bake_texture(
         BakeMode::Optimize { steps, lambda_tv } => {
             let chart = chart_mask(uvs, indices, options.texture_size)?.f_to_device(device)?;
             bake_optimize(
-                &samples,
+                samples,
                 &chart,
                 size,
                 steps,
@@ -326,9 +334,23 @@ fn cosine_lr(step: usize, total: usize) -> f64 {
     LR_END + 0.5 * (LR_START - LR_END) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-/// Optimize mode (see the module documentation).
+/// The view and the learning rate of each optimisation step: a seeded view order, and the
+/// cosine schedule applied after each step (step 0 at the start rate).
+fn step_plan(steps: usize, views: usize, seed: u64) -> impl ExactSizeIterator<Item = (usize, f64)> {
+    let mut rng = SplitMix64(seed);
+    (0..steps).map(move |step| {
+        let lr = match step {
+            0 => LR_START,
+            _ => cosine_lr(step - 1, steps),
+        };
+        (rng.below(views), lr)
+    })
+}
+
+/// Optimize mode (see the module documentation): the fused CUDA kernels on a GPU (unless
+/// `RECON_FUSED_KERNELS=0`), the tensor path elsewhere; then clamping and filling.
 fn bake_optimize(
-    samples: &[ViewSamples],
+    samples: Vec<ViewSamples>,
     chart: &Tensor,
     size: i64,
     steps: usize,
@@ -336,15 +358,41 @@ fn bake_optimize(
     seed: u64,
     device: Device,
 ) -> Result<BakedTexture> {
+    let plan = step_plan(steps, samples.len(), seed);
+    let (texture, final_loss) = match device {
+        Device::Cuda(ordinal) if crate::cuda::fused::enabled() => {
+            let views = cuda::prepare(samples, size)?;
+            cuda::optimize(&views, size, lambda_tv, plan, ordinal)?
+        }
+        _ => optimize_with_tensors(&samples, size, lambda_tv, plan, device)?,
+    };
+    let texture = texture.f_clamp(0.0, 1.0)?;
+    let covered_texels = chart.f_sum(Kind::Int64)?.f_int64_value(&[])? as usize;
+    let texture = push_pull_fill(&texture, chart)?;
+    Ok(BakedTexture {
+        texture,
+        covered_texels,
+        final_loss,
+    })
+}
+
+/// The optimisation with libtorch tensors and autograd, from a zero texture →
+/// (`[size, size, 3]` texture, the loss of the last step).
+fn optimize_with_tensors(
+    samples: &[ViewSamples],
+    size: i64,
+    lambda_tv: f32,
+    plan: impl ExactSizeIterator<Item = (usize, f64)>,
+    device: Device,
+) -> Result<(Tensor, f64)> {
     let mut texture =
         Tensor::f_zeros([size, size, 3], (Kind::Float, device))?.set_requires_grad(true);
     let mut m = Tensor::f_zeros([size, size, 3], (Kind::Float, device))?;
     let mut v = Tensor::f_zeros([size, size, 3], (Kind::Float, device))?;
-    let mut rng = SplitMix64(seed);
-    let mut lr = LR_START;
+    let steps = plan.len();
     let mut final_loss = 0.0;
-    for step in 0..steps {
-        let s = &samples[rng.below(samples.len())];
+    for (step, (view, lr)) in plan.enumerate() {
+        let s = &samples[view];
         let mut loss = Tensor::f_zeros([], (Kind::Float, device))?;
         if s.len() > 0 {
             let mips = Texture::new(&texture, None)?;
@@ -384,16 +432,8 @@ fn bake_optimize(
             // Read back once: a read per step would synchronise the device every step.
             final_loss = loss.f_double_value(&[])?;
         }
-        lr = cosine_lr(step, steps);
     }
-    let texture = texture.f_detach()?.f_clamp(0.0, 1.0)?;
-    let covered_texels = chart.f_sum(Kind::Int64)?.f_int64_value(&[])? as usize;
-    let texture = push_pull_fill(&texture, chart)?;
-    Ok(BakedTexture {
-        texture,
-        covered_texels,
-        final_loss,
-    })
+    Ok((texture.f_detach()?, final_loss))
 }
 
 /// The reference's TV-L1: mean |t[i+1, j] − t[i, j]| + mean |t[i, j+1] − t[i, j]|.

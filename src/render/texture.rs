@@ -194,36 +194,16 @@ impl Texture {
         Ok(out.f_reshape(out_shape)?)
     }
 
-    /// nvdiffrast's level of detail from the footprint in level-0 texels: with
-    /// `J = [[ds/dx, ds/dy], [dt/dx, dt/dy]]` (texels per pixel), the squared major axis is
-    /// the larger eigenvalue of `JᵀJ`, and the level is half its `log2`, clamped to the chain.
-    /// Returns (lower level, upper level, blend weight of the upper one).
+    /// The two mip levels each lookup blends ([`level_of_detail`]): (lower level, upper level,
+    /// blend weight of the upper one).
     fn mip_levels(&self, uv_da: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let base = self.levels[0].size();
-        let (th, tw) = (base[0] as f64, base[1] as f64);
-        let d = |k: i64, scale: f64| -> Result<Tensor> {
-            Ok(uv_da.f_select(1, k)?.f_mul_scalar(scale)?)
-        };
-        let (dsdx, dsdy, dtdx, dtdy) = (d(0, tw)?, d(1, tw)?, d(2, th)?, d(3, th)?);
-        let a = dsdx.f_square()?.f_add(&dtdx.f_square()?)?;
-        let b = dsdy.f_square()?.f_add(&dtdy.f_square()?)?;
-        let c = dsdx.f_mul(&dsdy)?.f_add(&dtdx.f_mul(&dtdy)?)?;
-        let mean = a.f_add(&b)?.f_mul_scalar(0.5)?;
-        let half_diff = a.f_sub(&b)?.f_mul_scalar(0.5)?;
-        let radius = half_diff.f_square()?.f_add(&c.f_square()?)?.f_sqrt()?;
-        let major_sq = mean.f_add(&radius)?;
-        let last = (self.levels.len() - 1) as f64;
-        // log2(0) = −inf and NaN footprints both mean "no minification": level 0.
-        let level = major_sq
-            .f_log2()?
-            .f_mul_scalar(0.5)?
-            .f_nan_to_num(0.0, last, 0.0)?
-            .f_clamp(0.0, last)?
-            .f_detach()?;
+        let last = (self.levels.len() - 1) as i64;
+        let level = level_of_detail(uv_da, base[0], base[1], last)?;
         let level0 = level.f_floor()?;
         let frac = level.f_sub(&level0)?;
         let level0 = level0.f_to_kind(Kind::Int64)?;
-        let level1 = level0.f_add_scalar(1)?.f_clamp_max(last as i64)?;
+        let level1 = level0.f_add_scalar(1)?.f_clamp_max(last)?;
         Ok((level0, level1, frac))
     }
 
@@ -303,15 +283,57 @@ fn fract(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_sub(&t.f_floor()?)?)
 }
 
-/// The base texture and its 2×2-box-filtered reductions, at most `max_levels` below the base.
-fn mip_chain(texture: &Tensor, max_levels: usize) -> Result<Vec<Tensor>> {
-    let mut levels = vec![texture.shallow_clone()];
-    let (mut h, mut w) = (texture.size()[0], texture.size()[1]);
-    while (h > 1 || w > 1) && levels.len() <= max_levels {
+/// nvdiffrast's level of detail of lookups with UV derivatives `uv_da` (`[N, 4]`, see the
+/// module documentation) on a `height × width` base texture whose chain has `last_level`
+/// levels below the base: with `J = [[ds/dx, ds/dy], [dt/dx, dt/dy]]` (texels per pixel), the
+/// squared major axis of the footprint is the larger eigenvalue of `JᵀJ`, and the level is
+/// half its `log2`, clamped to `[0, last_level]` → `[N]`, detached.
+pub fn level_of_detail(uv_da: &Tensor, height: i64, width: i64, last_level: i64) -> Result<Tensor> {
+    let (th, tw) = (height as f64, width as f64);
+    let d =
+        |k: i64, scale: f64| -> Result<Tensor> { Ok(uv_da.f_select(1, k)?.f_mul_scalar(scale)?) };
+    let (dsdx, dsdy, dtdx, dtdy) = (d(0, tw)?, d(1, tw)?, d(2, th)?, d(3, th)?);
+    let a = dsdx.f_square()?.f_add(&dtdx.f_square()?)?;
+    let b = dsdy.f_square()?.f_add(&dtdy.f_square()?)?;
+    let c = dsdx.f_mul(&dsdy)?.f_add(&dtdx.f_mul(&dtdy)?)?;
+    let mean = a.f_add(&b)?.f_mul_scalar(0.5)?;
+    let half_diff = a.f_sub(&b)?.f_mul_scalar(0.5)?;
+    let radius = half_diff.f_square()?.f_add(&c.f_square()?)?.f_sqrt()?;
+    let major_sq = mean.f_add(&radius)?;
+    let last = last_level as f64;
+    // log2(0) = −inf and NaN footprints both mean "no minification": level 0.
+    Ok(major_sq
+        .f_log2()?
+        .f_mul_scalar(0.5)?
+        .f_nan_to_num(0.0, last, 0.0)?
+        .f_clamp(0.0, last)?
+        .f_detach()?)
+}
+
+/// The `(height, width)` of every level of the mip chain of a `height × width` texture, the base
+/// first: halved (a side of 1 stays 1) down to 1×1, stopping before a level with an odd side
+/// above 1, at most `max_levels` levels below the base.
+pub fn mip_sizes(height: i64, width: i64, max_levels: usize) -> Vec<(i64, i64)> {
+    let mut sizes = vec![(height, width)];
+    let (mut h, mut w) = (height, width);
+    while (h > 1 || w > 1) && sizes.len() <= max_levels {
         if (h > 1 && h % 2 == 1) || (w > 1 && w % 2 == 1) {
             break;
         }
-        let (kh, kw) = (if h > 1 { 2 } else { 1 }, if w > 1 { 2 } else { 1 });
+        h = if h > 1 { h / 2 } else { 1 };
+        w = if w > 1 { w / 2 } else { 1 };
+        sizes.push((h, w));
+    }
+    sizes
+}
+
+/// The base texture and its 2×2-box-filtered reductions, at most `max_levels` below the base.
+fn mip_chain(texture: &Tensor, max_levels: usize) -> Result<Vec<Tensor>> {
+    let mut levels = vec![texture.shallow_clone()];
+    let sizes = mip_sizes(texture.size()[0], texture.size()[1], max_levels);
+    for pair in sizes.windows(2) {
+        let ((h, w), (next_h, next_w)) = (pair[0], pair[1]);
+        let (kh, kw) = (h / next_h, w / next_w);
         let previous = levels
             .last()
             .map(Tensor::shallow_clone)
@@ -324,8 +346,6 @@ fn mip_chain(texture: &Tensor, max_levels: usize) -> Result<Vec<Tensor>> {
                 .f_permute([1, 2, 0])?
                 .f_contiguous()?,
         );
-        h /= kh;
-        w /= kw;
     }
     Ok(levels)
 }
