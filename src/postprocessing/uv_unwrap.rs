@@ -33,6 +33,14 @@
 //! `max_chart_area`): more, smaller charts than the reference gets (more seams), in a
 //! fraction of the time. Everything else is xatlas's defaults, as the reference.
 //!
+//! xatlas computes and flattens the charts of separate meshes on its worker threads (one job
+//! per connected group of faces; a single connected surface is one job). So a mesh above
+//! [`PIECE_FACES`] faces is first cut into up to [`MAX_PIECES`] compact pieces (recursive
+//! median splits of the face centroids, [`partition`]), each handed to xatlas as a mesh of
+//! its own, and xatlas packs all their charts into one atlas. A piece's border is a seam, so
+//! there are a few more charts than one mesh would get; the pieces depend only on the
+//! geometry, never on the machine's core count, so the result is the same everywhere.
+//!
 //! Faces xatlas leaves out of every chart (it does so for faces it cannot parameterise, e.g.
 //! zero-area ones) get UV (0, 0) at all corners: [`UvLayout::unmapped_faces`] counts them.
 
@@ -94,6 +102,109 @@ pub fn unwrap(positions: &[f32], indices: &[u32]) -> Result<UvLayout> {
     Ok(layout)
 }
 
+/// Meshes up to this many faces go to xatlas whole; larger ones in pieces of about this size.
+const PIECE_FACES: usize = 1024;
+/// At most this many pieces (xatlas runs one job per piece on its worker threads).
+const MAX_PIECES: usize = 16;
+
+/// A part of the input mesh, re-indexed: `faces` and `vertices` name the input's faces and
+/// vertices, `positions`/`indices` are the piece as a mesh of its own.
+struct Piece {
+    faces: Vec<u32>,
+    vertices: Vec<u32>,
+    positions: Vec<f32>,
+    indices: Vec<u32>,
+}
+
+/// Cuts the mesh into compact pieces of about [`PIECE_FACES`] faces (at most [`MAX_PIECES`]):
+/// the face set is split at the median of its centroids along the longest side of their
+/// bounding box, recursively. Deterministic (ties keep the input order). One piece for small
+/// meshes.
+fn partition(positions: &[f32], indices: &[u32]) -> Vec<Piece> {
+    let faces = indices.len() / 3;
+    let mut count = 1;
+    while count < MAX_PIECES && faces > count * PIECE_FACES {
+        count *= 2;
+    }
+    let centroid = |f: u32| -> [f32; 3] {
+        let corner =
+            |k: usize, axis: usize| positions[3 * indices[3 * f as usize + k] as usize + axis];
+        [0, 1, 2].map(|axis| (corner(0, axis) + corner(1, axis) + corner(2, axis)) / 3.0)
+    };
+    let centroids: Vec<[f32; 3]> = (0..faces as u32).map(centroid).collect();
+    let mut groups = vec![(0..faces as u32).collect::<Vec<u32>>()];
+    while groups.len() < count {
+        groups = groups
+            .into_iter()
+            .flat_map(|group| split_at_median(group, &centroids))
+            .collect();
+    }
+    groups
+        .into_iter()
+        .map(|mut faces| {
+            faces.sort_unstable();
+            piece(positions, indices, faces)
+        })
+        .collect()
+}
+
+/// The two halves of `group` at the median centroid along its bounding box's longest side.
+fn split_at_median(mut group: Vec<u32>, centroids: &[[f32; 3]]) -> [Vec<u32>; 2] {
+    let mut lo = [f32::INFINITY; 3];
+    let mut hi = [f32::NEG_INFINITY; 3];
+    for &f in &group {
+        for axis in 0..3 {
+            lo[axis] = lo[axis].min(centroids[f as usize][axis]);
+            hi[axis] = hi[axis].max(centroids[f as usize][axis]);
+        }
+    }
+    let axis = (0..3)
+        .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])))
+        .unwrap_or(0);
+    let half = group.len() / 2;
+    if half > 0 {
+        group.select_nth_unstable_by(half, |&a, &b| {
+            centroids[a as usize][axis]
+                .total_cmp(&centroids[b as usize][axis])
+                .then(a.cmp(&b))
+        });
+    }
+    let upper = group.split_off(half);
+    [group, upper]
+}
+
+/// The faces `faces` of the mesh as a mesh of their own.
+fn piece(positions: &[f32], indices: &[u32], faces: Vec<u32>) -> Piece {
+    let mut local = std::collections::HashMap::new();
+    let mut vertices = Vec::new();
+    let mut piece_indices = Vec::with_capacity(3 * faces.len());
+    for &f in &faces {
+        for k in 0..3 {
+            let v = indices[3 * f as usize + k];
+            let next = vertices.len() as u32;
+            let id = *local.entry(v).or_insert_with(|| {
+                vertices.push(v);
+                next
+            });
+            piece_indices.push(id);
+        }
+    }
+    let piece_positions = vertices
+        .iter()
+        .flat_map(|&v| {
+            positions[3 * v as usize..3 * v as usize + 3]
+                .iter()
+                .copied()
+        })
+        .collect();
+    Piece {
+        faces,
+        vertices,
+        positions: piece_positions,
+        indices: piece_indices,
+    }
+}
+
 /// Defends against a misbehaving unwrapper: every output index and `xref` in range, the
 /// triangle count unchanged, UVs finite in [0, 1].
 fn check_layout(layout: &UvLayout, vertices: usize, index_count: usize) -> Result<()> {
@@ -137,7 +248,7 @@ mod xatlas {
     use std::ffi::{c_int, c_void};
     use std::sync::Mutex;
 
-    use super::UvLayout;
+    use super::{partition, Piece, UvLayout};
     use crate::error::{Error, Result};
 
     // Link the static library xatlas-rs compiles (its Rust items are not used, see above).
@@ -427,26 +538,9 @@ mod xatlas {
         if atlas.0.is_null() {
             return Err(Error::internal("uv unwrap: xatlas::Create failed"));
         }
-        let decl = MeshDecl {
-            vertex_count: (positions.len() / 3) as u32,
-            vertex_position_data: positions.as_ptr().cast(),
-            vertex_position_stride: 12,
-            vertex_normal_data: std::ptr::null(),
-            vertex_normal_stride: 0,
-            vertex_uv_data: std::ptr::null(),
-            vertex_uv_stride: 0,
-            index_count: indices.len() as u32,
-            index_data: indices.as_ptr().cast(),
-            index_offset: 0,
-            index_format: INDEX_FORMAT_UINT32,
-            face_ignore_data: std::ptr::null(),
-        };
-        // SAFETY: `decl` points into slices that outlive the call; xatlas copies the data.
-        let status = unsafe { xatlas_add_mesh(atlas.0, &decl) };
-        if status != ADD_MESH_SUCCESS {
-            return Err(Error::invalid_argument(format!(
-                "uv unwrap: xatlas refused the mesh (AddMesh error {status})"
-            )));
+        let pieces = partition(positions, indices);
+        for piece in &pieces {
+            add_mesh(&atlas, piece)?;
         }
         let chart_options = ChartOptions {
             max_chart_area: max_chart_area(positions, indices),
@@ -466,17 +560,95 @@ mod xatlas {
         // SAFETY: after Generate the atlas owns `mesh_count` output meshes, each with
         // `vertex_count` vertices, `index_count` indices and `chart_count` charts, valid until
         // the atlas is destroyed (at the end of this function, after copying them out).
-        unsafe { read_output(&*atlas.0) }
+        unsafe { read_output(&*atlas.0, &pieces, indices.len() / 3) }
     }
 
-    unsafe fn read_output(atlas: &Atlas) -> Result<UvLayout> {
-        if atlas.mesh_count != 1 || atlas.meshes.is_null() {
-            return Err(Error::internal(format!(
-                "uv unwrap: xatlas produced {} meshes for one input",
-                atlas.mesh_count
+    /// Hands one piece to xatlas.
+    fn add_mesh(atlas: &Handle, piece: &Piece) -> Result<()> {
+        let decl = MeshDecl {
+            vertex_count: (piece.positions.len() / 3) as u32,
+            vertex_position_data: piece.positions.as_ptr().cast(),
+            vertex_position_stride: 12,
+            vertex_normal_data: std::ptr::null(),
+            vertex_normal_stride: 0,
+            vertex_uv_data: std::ptr::null(),
+            vertex_uv_stride: 0,
+            index_count: piece.indices.len() as u32,
+            index_data: piece.indices.as_ptr().cast(),
+            index_offset: 0,
+            index_format: INDEX_FORMAT_UINT32,
+            face_ignore_data: std::ptr::null(),
+        };
+        // SAFETY: `decl` points into vectors that outlive the call; xatlas copies the data.
+        let status = unsafe { xatlas_add_mesh(atlas.0, &decl) };
+        if status != ADD_MESH_SUCCESS {
+            return Err(Error::invalid_argument(format!(
+                "uv unwrap: xatlas refused the mesh (AddMesh error {status})"
             )));
         }
-        let mesh = unsafe { &*atlas.meshes };
+        Ok(())
+    }
+
+    /// Gathers xatlas's output meshes (one per piece) back into one layout over the input's
+    /// vertices and faces (face `f` of the input is face `f` of the output).
+    ///
+    /// # Safety
+    /// `atlas` must be a generated atlas whose output meshes are valid (see `parametrize`).
+    unsafe fn read_output(atlas: &Atlas, pieces: &[Piece], faces: usize) -> Result<UvLayout> {
+        if atlas.mesh_count as usize != pieces.len() || atlas.meshes.is_null() {
+            return Err(Error::internal(format!(
+                "uv unwrap: xatlas produced {} meshes for {} inputs",
+                atlas.mesh_count,
+                pieces.len()
+            )));
+        }
+        // SAFETY: `meshes` holds `mesh_count` meshes (checked above) while the atlas lives.
+        let meshes = unsafe { std::slice::from_raw_parts(atlas.meshes, pieces.len()) };
+        let (width, height) = (atlas.width.max(1), atlas.height.max(1));
+        let mut layout = UvLayout {
+            vertex_map: Vec::new(),
+            indices: vec![0; 3 * faces],
+            uvs: Vec::new(),
+            atlas_width: width,
+            atlas_height: height,
+            charts: 0,
+            unmapped_faces: 0,
+        };
+        for (mesh, piece) in meshes.iter().zip(pieces) {
+            // SAFETY: as for `meshes`.
+            let part = unsafe { read_mesh(mesh, width, height) }?;
+            if part.indices.len() != piece.indices.len()
+                || part
+                    .vertex_map
+                    .iter()
+                    .any(|&v| v as usize >= piece.vertices.len())
+            {
+                return Err(Error::internal(
+                    "uv unwrap: xatlas's output does not match its input mesh",
+                ));
+            }
+            let base = layout.vertex_map.len() as u32;
+            layout
+                .vertex_map
+                .extend(part.vertex_map.iter().map(|&v| piece.vertices[v as usize]));
+            layout.uvs.extend_from_slice(&part.uvs);
+            for (k, &face) in piece.faces.iter().enumerate() {
+                let (from, to) = (3 * k, 3 * face as usize);
+                for corner in 0..3 {
+                    layout.indices[to + corner] = base + part.indices[from + corner];
+                }
+            }
+            layout.charts += part.charts;
+            layout.unmapped_faces += part.unmapped_faces;
+        }
+        Ok(layout)
+    }
+
+    /// One output mesh of the atlas, over its own input mesh's vertices.
+    ///
+    /// # Safety
+    /// `mesh` must be an output mesh of a generated atlas that is still alive.
+    unsafe fn read_mesh(mesh: &Mesh, width: u32, height: u32) -> Result<UvLayout> {
         let slice = |ptr: *const u8, len: u32| ptr.is_null() && len > 0;
         if slice(mesh.vertex_array.cast(), mesh.vertex_count)
             || slice(mesh.index_array.cast(), mesh.index_count)
@@ -493,7 +665,6 @@ mod xatlas {
         } else {
             unsafe { std::slice::from_raw_parts(mesh.index_array, mesh.index_count as usize) }
         };
-        let (width, height) = (atlas.width.max(1), atlas.height.max(1));
         let mut uvs = Vec::with_capacity(2 * vertices.len());
         for v in vertices {
             let (u, w) = if v.atlas_index < 0 {
@@ -565,6 +736,89 @@ mod tests {
                 assert_eq!(layout.vertex_map[t_out[k] as usize], t_in[k]);
             }
         }
+    }
+
+    /// A latitude/longitude sphere: `rings × segments` quads as triangles (poles included as
+    /// degenerate-free fans), shared vertices.
+    fn sphere(rings: u32, segments: u32) -> (Vec<f32>, Vec<u32>) {
+        let mut positions = vec![0.0, 0.0, 1.0];
+        for r in 1..rings {
+            let theta = std::f32::consts::PI * r as f32 / rings as f32;
+            for s in 0..segments {
+                let phi = std::f32::consts::TAU * s as f32 / segments as f32;
+                positions.extend([
+                    theta.sin() * phi.cos(),
+                    theta.sin() * phi.sin(),
+                    theta.cos(),
+                ]);
+            }
+        }
+        positions.extend([0.0, 0.0, -1.0]);
+        let ring = |r: u32, s: u32| 1 + (r - 1) * segments + s % segments;
+        let south = 1 + (rings - 1) * segments;
+        let mut indices = Vec::new();
+        for s in 0..segments {
+            indices.extend([0, ring(1, s), ring(1, s + 1)]);
+            indices.extend([south, ring(rings - 1, s + 1), ring(rings - 1, s)]);
+            for r in 1..rings - 1 {
+                let (a, b, c, d) = (
+                    ring(r, s),
+                    ring(r, s + 1),
+                    ring(r + 1, s),
+                    ring(r + 1, s + 1),
+                );
+                indices.extend([a, c, d, a, d, b]);
+            }
+        }
+        (positions, indices)
+    }
+
+    #[test]
+    fn large_meshes_are_cut_into_balanced_pieces_covering_every_face_once() {
+        let (positions, indices) = sphere(48, 96);
+        let faces = indices.len() / 3;
+        let pieces = partition(&positions, &indices);
+        // 9024 faces: more than 8 × 1024, so the most pieces.
+        assert_eq!(pieces.len(), MAX_PIECES, "{faces} faces");
+        let mut seen = vec![0u32; faces];
+        for piece in &pieces {
+            let size = piece.faces.len();
+            assert!(
+                size.abs_diff(faces / pieces.len()) <= 1,
+                "piece of {size} faces"
+            );
+            for (k, &f) in piece.faces.iter().enumerate() {
+                seen[f as usize] += 1;
+                for corner in 0..3 {
+                    let local = piece.indices[3 * k + corner] as usize;
+                    let original = piece.vertices[local];
+                    assert_eq!(original, indices[3 * f as usize + corner]);
+                    assert_eq!(
+                        &piece.positions[3 * local..3 * local + 3],
+                        &positions[3 * original as usize..3 * original as usize + 3]
+                    );
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+        // Small meshes stay whole.
+        let (positions, indices) = cube();
+        assert_eq!(partition(&positions, &indices).len(), 1);
+    }
+
+    #[test]
+    fn a_mesh_unwrapped_in_pieces_keeps_its_faces_in_order() {
+        let (positions, indices) = sphere(32, 64);
+        let layout = unwrap(&positions, &indices).unwrap();
+        assert_eq!(layout.indices.len(), indices.len());
+        assert_eq!(layout.unmapped_faces, 0);
+        assert!(layout.charts >= 4, "{} charts", layout.charts);
+        for (t_out, t_in) in layout.indices.chunks(3).zip(indices.chunks(3)) {
+            for k in 0..3 {
+                assert_eq!(layout.vertex_map[t_out[k] as usize], t_in[k]);
+            }
+        }
+        assert!(layout.uvs.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
     #[test]
