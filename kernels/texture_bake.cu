@@ -20,14 +20,14 @@
 // sqrt(v) / sqrt(c2) + eps) with separately rounded operations; only the order of the
 // gradient's atomic accumulation differs (float sums, not bit-reproducible run to run).
 //
-// Layout: every level of a texture buffer is stored row-major, RGB interleaved, the levels one
-// after the other (`Levels.offset` in texels), level 0 first. Host side:
-// src/postprocessing/bake/cuda.rs.
+// Layout: every level of a texture buffer is stored row-major as RGBA float4 texels (A unused,
+// kept 0) so that a texel is one 16-byte load and, on sm_90+, its gradient one vector atomic
+// instead of three; the levels follow one another (`Levels.offset` in texels), level 0 first.
+// Host side: src/postprocessing/bake/cuda.rs.
 
 typedef long long i64;
 
 #define MAX_LEVELS 16
-#define CHANNELS 3
 
 // Must match `Levels` in src/postprocessing/bake/cuda.rs (repr(C)).
 struct Levels {
@@ -42,6 +42,31 @@ __device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b);
 __device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ float lerp(float a, float b, float t) { return add(a, mul(sub(b, a), t)); }
 __device__ __forceinline__ float sign_of(float x) { return x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f); }
+
+__device__ __forceinline__ float4 lerp4(float4 a, float4 b, float t) {
+  return make_float4(lerp(a.x, b.x, t), lerp(a.y, b.y, t), lerp(a.z, b.z, t), 0.f);
+}
+__device__ __forceinline__ float4 scale4(float4 a, float s) {
+  return make_float4(mul(a.x, s), mul(a.y, s), mul(a.z, s), 0.f);
+}
+__device__ __forceinline__ float4 sub4(float4 a, float4 b) {
+  return make_float4(sub(a.x, b.x), sub(a.y, b.y), sub(a.z, b.z), 0.f);
+}
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return make_float4(add(a.x, b.x), add(a.y, b.y), add(a.z, b.z), 0.f);
+}
+
+// Adds the RGB of `g` to a texel's gradient: one vector atomic where the GPU has them (sm_90).
+__device__ __forceinline__ void atomic_add_rgb(float4* texel, float4 g) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(texel, g);
+#else
+  float* f = reinterpret_cast<float*>(texel);
+  atomicAdd(f, g.x);
+  atomicAdd(f + 1, g.y);
+  atomicAdd(f + 2, g.z);
+#endif
+}
 
 // One axis of a clamped bilinear lookup: the two texel indices and the weight of the second.
 struct Axis {
@@ -81,25 +106,25 @@ __device__ __forceinline__ Taps taps_at(const Levels& lv, int level, float u, fl
   return t;
 }
 
-__device__ __forceinline__ float bilinear(const float* texels, const Taps& t, int c) {
-  float top = lerp(texels[t.index[0] * CHANNELS + c], texels[t.index[1] * CHANNELS + c], t.fx);
-  float bottom = lerp(texels[t.index[2] * CHANNELS + c], texels[t.index[3] * CHANNELS + c], t.fx);
-  return lerp(top, bottom, t.fy);
+__device__ __forceinline__ float4 bilinear(const float4* texels, const Taps& t) {
+  float4 top = lerp4(texels[t.index[0]], texels[t.index[1]], t.fx);
+  float4 bottom = lerp4(texels[t.index[2]], texels[t.index[3]], t.fx);
+  return lerp4(top, bottom, t.fy);
 }
 
 // The gradient `g` of a bilinear result, sent back to its four taps (as autograd splits
 // a + (b - a) t: g - g t to a, g t to b).
-__device__ __forceinline__ void scatter_bilinear(float* grad, const Taps& t, int c, float g) {
-  if (g == 0.f) return;
-  float g_bottom = mul(g, t.fy);
-  float g_top = sub(g, g_bottom);
-  float parts[4];
-  parts[1] = mul(g_top, t.fx);
-  parts[0] = sub(g_top, parts[1]);
-  parts[3] = mul(g_bottom, t.fx);
-  parts[2] = sub(g_bottom, parts[3]);
+__device__ __forceinline__ void scatter_bilinear(float4* grad, const Taps& t, float4 g) {
+  if (g.x == 0.f && g.y == 0.f && g.z == 0.f) return;
+  float4 g_bottom = scale4(g, t.fy);
+  float4 g_top = sub4(g, g_bottom);
+  float4 parts[4];
+  parts[1] = scale4(g_top, t.fx);
+  parts[0] = sub4(g_top, parts[1]);
+  parts[3] = scale4(g_bottom, t.fx);
+  parts[2] = sub4(g_bottom, parts[3]);
   for (int k = 0; k < 4; ++k) {
-    if (parts[k] != 0.f) atomicAdd(&grad[t.index[k] * CHANNELS + c], parts[k]);
+    if (parts[k].x != 0.f || parts[k].y != 0.f || parts[k].z != 0.f) atomic_add_rgb(&grad[t.index[k]], parts[k]);
   }
 }
 
@@ -119,32 +144,40 @@ __device__ void block_sum_into(float value, float* total) {
 }
 
 // Masked L1 of one view: N samples with uv [N, 2], level of detail lod [N] (already clamped to
-// [0, last level]) and colour [N, 3]; `scale` = 1 / (3N). Adds dLoss/dtexel into `grad` (same
-// layout as `texels`) and, when `loss` is non-null, the L1 term into *loss.
-extern "C" __global__ void bake_l1_backward(const float* texels, Levels lv, const float* uv,
-                                            const float* lod, const float* color, i64 n,
-                                            float scale, float* grad, float* loss) {
+// [0, last level]) and colour [N, 4] (RGB, A unused); `scale` = 1 / (3N). Adds dLoss/dtexel into
+// `grad` (same layout as `texels`) and, when `loss` is non-null, the L1 term into *loss.
+extern "C" __global__ void bake_l1_backward(const float4* texels, Levels lv, const float2* uv,
+                                            const float* lod, const float4* color, i64 n,
+                                            float scale, float4* grad, float* loss) {
   float local = 0.f;
   int last = lv.count - 1;
   i64 stride = (i64)gridDim.x * blockDim.x;
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float u = uv[2 * i], v = uv[2 * i + 1];
+    float2 p = uv[i];
     float level = lod[i];
     float fl = floorf(level);
     float frac = sub(level, fl);
     int l0 = (int)fl;
-    int l1 = min(l0 + 1, last);
-    Taps a = taps_at(lv, l0, u, v);
-    Taps b = taps_at(lv, l1, u, v);
-    for (int c = 0; c < CHANNELS; ++c) {
-      float va = bilinear(texels, a, c);
-      float vb = bilinear(texels, b, c);
-      float diff = sub(lerp(va, vb, frac), color[i * CHANNELS + c]);
-      if (loss) local = add(local, fabsf(diff));
-      float g = mul(sign_of(diff), scale);
-      float g_b = mul(g, frac);
-      scatter_bilinear(grad, a, c, sub(g, g_b));
-      scatter_bilinear(grad, b, c, g_b);
+    Taps a = taps_at(lv, l0, p.x, p.y);
+    float4 render = bilinear(texels, a);
+    // With no weight on the upper level (magnification, or the last level) its lookup cannot
+    // change the result (a + (b - a)·0 = a) and gets no gradient: skip it.
+    bool upper = frac != 0.f;
+    Taps b;
+    if (upper) {
+      b = taps_at(lv, min(l0 + 1, last), p.x, p.y);
+      render = lerp4(render, bilinear(texels, b), frac);
+    }
+    float4 diff = sub4(render, color[i]);
+    if (loss) local = add(local, add(add(fabsf(diff.x), fabsf(diff.y)), fabsf(diff.z)));
+    float4 g = make_float4(mul(sign_of(diff.x), scale), mul(sign_of(diff.y), scale),
+                           mul(sign_of(diff.z), scale), 0.f);
+    if (upper) {
+      float4 g_b = scale4(g, frac);
+      scatter_bilinear(grad, a, sub4(g, g_b));
+      scatter_bilinear(grad, b, g_b);
+    } else {
+      scatter_bilinear(grad, a, g);
     }
   }
   if (loss) block_sum_into(mul(local, scale), loss);
@@ -157,81 +190,102 @@ struct AdamStep {
   float tv_y, tv_x;   // lambda_tv / (number of vertical / horizontal differences), 0 = off
 };
 
+__device__ __forceinline__ float adam_update(float t, float g, float* m, float* v, const AdamStep& s) {
+  float mi = add(mul(*m, s.beta1), mul(g, s.one_minus_beta1));
+  float vi = add(mul(*v, s.beta2), mul(mul(g, g), s.one_minus_beta2));
+  *m = mi;
+  *v = vi;
+  float denom = add(__fsqrt_rn(vi) / s.sqrt_c2, s.eps);
+  return sub(t, mul(mi / denom, s.lr_over_c1));
+}
+
+// The TV term's gradient at `t` from one neighbour pair direction: `next` follows t, `prev`
+// precedes it (either may be absent); adds weight·|next - t| to *loss_sum when asked.
+__device__ __forceinline__ float tv_gradient(float t, float prev, bool has_prev, float next, bool has_next,
+                                             float weight, float* loss_sum) {
+  float g = 0.f;
+  if (has_next) {
+    float d = sub(next, t);
+    g = sub(g, mul(sign_of(d), weight));
+    if (loss_sum) *loss_sum = add(*loss_sum, mul(fabsf(d), weight));
+  }
+  if (has_prev) g = add(g, mul(sign_of(sub(t, prev)), weight));
+  return g;
+}
+
 // One Adam step per base texel (see the file comment). `old_texels` and `new_texels` are the two
 // texture buffers; `grad` holds every level's gradient.
-extern "C" __global__ void bake_adam_tv(const float* old_texels, float* new_texels, float* grad,
-                                        Levels lv, float* m, float* v, AdamStep s, float* loss) {
+extern "C" __global__ void bake_adam_tv(const float4* old_texels, float4* new_texels, float4* grad,
+                                        Levels lv, float4* m, float4* v, AdamStep s, float* loss) {
   int w = lv.width[0], h = lv.height[0];
-  i64 texels = (i64)w * h;
+  int texels = w * h;
   float local = 0.f;
-  i64 stride = (i64)gridDim.x * blockDim.x;
-  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < texels; i += stride) {
-    int y = (int)(i / w), x = (int)(i % w);
-    for (int c = 0; c < CHANNELS; ++c) {
-      float g = grad[i * CHANNELS + c];
-      grad[i * CHANNELS + c] = 0.f;
-      // The parent on every coarser level passes down its gradient divided by the texels
-      // each level's average spans.
-      int py = y, px = x;
-      float divisor = 1.f;
-      for (int l = 1; l < lv.count; ++l) {
-        int ky = lv.height[l - 1] / lv.height[l], kx = lv.width[l - 1] / lv.width[l];
-        py /= ky;
-        px /= kx;
-        divisor = mul(divisor, (float)(ky * kx));
-        float share = grad[(lv.offset[l] + (i64)py * lv.width[l] + px) * CHANNELS + c];
-        g = add(g, share / divisor);
-      }
-      float t = old_texels[i * CHANNELS + c];
-      if (s.tv_y != 0.f) {
-        if (y + 1 < h) {
-          float d = sub(old_texels[(i + w) * CHANNELS + c], t);
-          g = sub(g, mul(sign_of(d), s.tv_y));
-          if (loss) local = add(local, mul(fabsf(d), s.tv_y));
-        }
-        if (y > 0) g = add(g, mul(sign_of(sub(t, old_texels[(i - w) * CHANNELS + c])), s.tv_y));
-      }
-      if (s.tv_x != 0.f) {
-        if (x + 1 < w) {
-          float d = sub(old_texels[(i + 1) * CHANNELS + c], t);
-          g = sub(g, mul(sign_of(d), s.tv_x));
-          if (loss) local = add(local, mul(fabsf(d), s.tv_x));
-        }
-        if (x > 0) g = add(g, mul(sign_of(sub(t, old_texels[(i - 1) * CHANNELS + c])), s.tv_x));
-      }
-      float mi = add(mul(m[i * CHANNELS + c], s.beta1), mul(g, s.one_minus_beta1));
-      float vi = add(mul(v[i * CHANNELS + c], s.beta2), mul(mul(g, g), s.one_minus_beta2));
-      m[i * CHANNELS + c] = mi;
-      v[i * CHANNELS + c] = vi;
-      float denom = add(__fsqrt_rn(vi) / s.sqrt_c2, s.eps);
-      new_texels[i * CHANNELS + c] = sub(t, mul(mi / denom, s.lr_over_c1));
+  float* loss_sum = loss ? &local : nullptr;
+  int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < texels; i += stride) {
+    int y = i / w, x = i - y * w;
+    float4 g = grad[i];
+    grad[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // Every coarser level's texel above this one passes its gradient down, divided by the
+    // texels each average spans (powers of two, so multiplying by the inverse is exact).
+    int py = y, px = x;
+    float divisor = 1.f;
+    for (int l = 1; l < lv.count; ++l) {
+      int ky = lv.height[l - 1] != lv.height[l], kx = lv.width[l - 1] != lv.width[l];
+      py >>= ky;
+      px >>= kx;
+      divisor = mul(divisor, (float)((1 + ky) * (1 + kx)));
+      float4 share = grad[lv.offset[l] + (i64)py * lv.width[l] + px];
+      g = add4(g, scale4(share, 1.f / divisor));
     }
+    float4 t = old_texels[i];
+    if (s.tv_y != 0.f) {
+      bool up = y > 0, down = y + 1 < h;
+      float4 prev = up ? old_texels[i - w] : t, next = down ? old_texels[i + w] : t;
+      g.x = add(g.x, tv_gradient(t.x, prev.x, up, next.x, down, s.tv_y, loss_sum));
+      g.y = add(g.y, tv_gradient(t.y, prev.y, up, next.y, down, s.tv_y, loss_sum));
+      g.z = add(g.z, tv_gradient(t.z, prev.z, up, next.z, down, s.tv_y, loss_sum));
+    }
+    if (s.tv_x != 0.f) {
+      bool left = x > 0, right = x + 1 < w;
+      float4 prev = left ? old_texels[i - 1] : t, next = right ? old_texels[i + 1] : t;
+      g.x = add(g.x, tv_gradient(t.x, prev.x, left, next.x, right, s.tv_x, loss_sum));
+      g.y = add(g.y, tv_gradient(t.y, prev.y, left, next.y, right, s.tv_x, loss_sum));
+      g.z = add(g.z, tv_gradient(t.z, prev.z, left, next.z, right, s.tv_x, loss_sum));
+    }
+    float4 mi = m[i], vi = v[i];
+    float4 out;
+    out.x = adam_update(t.x, g.x, &mi.x, &vi.x, s);
+    out.y = adam_update(t.y, g.y, &mi.y, &vi.y, s);
+    out.z = adam_update(t.z, g.z, &mi.z, &vi.z, s);
+    out.w = 0.f;
+    m[i] = mi;
+    v[i] = vi;
+    new_texels[i] = out;
   }
   if (loss) block_sum_into(local, loss);
 }
 
 // Level `level` of `texels` as the box average of the level above; zeroes its gradient.
-extern "C" __global__ void bake_mip_down(float* texels, float* grad, Levels lv, int level) {
+extern "C" __global__ void bake_mip_down(float4* texels, float4* grad, Levels lv, int level) {
   int w = lv.width[level], h = lv.height[level];
   int sw = lv.width[level - 1];
-  int ky = lv.height[level - 1] / h, kx = sw / w;
+  int ky = lv.height[level - 1] != h ? 2 : 1, kx = sw != w ? 2 : 1;
   float count = (float)(ky * kx);
-  const float* src = texels + lv.offset[level - 1] * CHANNELS;
-  float* dst = texels + lv.offset[level] * CHANNELS;
-  float* dst_grad = grad + lv.offset[level] * CHANNELS;
-  i64 n = (i64)w * h;
-  i64 stride = (i64)gridDim.x * blockDim.x;
-  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    int y = (int)(i / w), x = (int)(i % w);
-    for (int c = 0; c < CHANNELS; ++c) {
-      float sum = 0.f;
-      for (int dy = 0; dy < ky; ++dy) {
-        for (int dx = 0; dx < kx; ++dx) {
-          sum = add(sum, src[((i64)(y * ky + dy) * sw + (x * kx + dx)) * CHANNELS + c]);
-        }
+  const float4* src = texels + lv.offset[level - 1];
+  float4* dst = texels + lv.offset[level];
+  float4* dst_grad = grad + lv.offset[level];
+  int n = w * h;
+  int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int y = i / w, x = i - y * w;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int dy = 0; dy < ky; ++dy) {
+      for (int dx = 0; dx < kx; ++dx) {
+        sum = add4(sum, src[(i64)(y * ky + dy) * sw + (x * kx + dx)]);
       }
-      dst[i * CHANNELS + c] = sum / count;
-      dst_grad[i * CHANNELS + c] = 0.f;
     }
+    dst[i] = make_float4(sum.x / count, sum.y / count, sum.z / count, 0.f);
+    dst_grad[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 }

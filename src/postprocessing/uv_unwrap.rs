@@ -245,8 +245,8 @@ fn check_layout(layout: &UvLayout, vertices: usize, index_count: usize) -> Resul
 /// The xatlas backend: declarations matching the vendored `xatlas.h` of xatlas-rs 0.1.3.
 mod xatlas {
     use std::collections::HashSet;
-    use std::hash::{BuildHasherDefault, Hasher};
     use std::ffi::{c_int, c_void};
+    use std::hash::{BuildHasherDefault, Hasher};
     use std::sync::Mutex;
 
     use super::{partition, Piece, UvLayout};
@@ -509,7 +509,9 @@ mod xatlas {
     /// Frees the blocks xatlas left allocated after its atlas was destroyed.
     fn free_leftovers() {
         for shard in &LIVE {
-            let mut guard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(set) = guard.as_mut() {
                 for block in set.drain() {
                     // SAFETY: every recorded block is live and owned by no one after `Destroy`.

@@ -100,7 +100,7 @@ impl AdamStep {
 }
 
 /// One view's samples as the kernels read them: UV `[N, 2]`, level of detail `[N]` and colour
-/// `[N, 3]`, contiguous f32 on the device.
+/// `[N, 4]` (RGB and an unused 0, one 16-byte load), contiguous f32 on the device.
 pub(super) struct KernelView {
     uv: Tensor,
     lod: Tensor,
@@ -124,7 +124,11 @@ pub(super) fn prepare(samples: Vec<ViewSamples>, size: i64) -> Result<Vec<Kernel
             Ok(KernelView {
                 uv: s.uv.f_to_kind(Kind::Float)?.f_contiguous()?,
                 lod: lod.f_to_kind(Kind::Float)?,
-                color: s.color.f_to_kind(Kind::Float)?.f_contiguous()?,
+                color: s
+                    .color
+                    .f_to_kind(Kind::Float)?
+                    .f_constant_pad_nd([0, 1])?
+                    .f_contiguous()?,
                 count,
             })
         })
@@ -146,7 +150,8 @@ pub(super) fn optimize(
 ) -> Result<(Tensor, f64)> {
     let device = Device::Cuda(ordinal);
     let (levels, total) = Levels::square(size)?;
-    let zeros = |rows: i64| Tensor::f_zeros([rows, 3], (Kind::Float, device));
+    // RGBA texels (A unused): see the kernel file.
+    let zeros = |rows: i64| Tensor::f_zeros([rows, 4], (Kind::Float, device));
     let (mut current, mut next, grad) = (zeros(total)?, zeros(total)?, zeros(total)?);
     let (m, v) = (zeros(size * size)?, zeros(size * size)?);
     let loss = Tensor::f_zeros([1], (Kind::Float, device))?;
@@ -183,6 +188,7 @@ pub(super) fn optimize(
     let final_loss = loss.f_double_value(&[0])?;
     let texture = current
         .f_narrow(0, 0, size * size)?
+        .f_narrow(1, 0, 3)?
         .f_reshape([size, size, 3])?;
     Ok((texture, final_loss))
 }
@@ -225,8 +231,8 @@ fn launch_step(
             .arg(&grad)
             .arg(&b.loss);
         let config = device::grid(samples.count, THREADS, MAX_BLOCKS)?;
-        // SAFETY: uv [N,2], lod [N] (within the chain) and color [N,3] are contiguous f32;
-        // `current` and `grad` hold every level's texels ([total, 3] f32) as `levels` lays out.
+        // SAFETY: uv [N,2], lod [N] (within the chain) and color [N,4] are contiguous f32;
+        // `current` and `grad` hold every level's texels ([total, 4] f32) as `levels` lays out.
         unsafe { device::launch(&mut args, config, name) }?;
     }
     let name = KERNEL_NAMES[1];
@@ -242,7 +248,7 @@ fn launch_step(
         .arg(adam)
         .arg(&b.loss);
     let base = i64::from(levels.width[0]) * i64::from(levels.height[0]);
-    // SAFETY: the two texture buffers and `grad` are [total, 3] f32; m and v are [base, 3].
+    // SAFETY: the two texture buffers and `grad` are [total, 4] f32; m and v are [base, 4].
     unsafe { device::launch(&mut args, device::grid(base, THREADS, MAX_BLOCKS)?, name) }?;
     let name = KERNEL_NAMES[2];
     let function = gpu.function(&TEXTURE_BAKE, name)?;
@@ -252,7 +258,7 @@ fn launch_step(
         let mut args = stream.builder(&function);
         args.arg(&next).arg(&grad).arg(levels).arg(&level);
         let config: LaunchConfig = device::grid(texels, THREADS, MAX_BLOCKS)?;
-        // SAFETY: level `level` and the one above it lie inside the [total, 3] buffers.
+        // SAFETY: level `level` and the one above it lie inside the [total, 4] buffers.
         unsafe { device::launch(&mut args, config, name) }?;
     }
     Ok(())
