@@ -14,7 +14,7 @@ use recon::render::gaussian::GaussianScene;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{icosphere, sphere_gaussians};
+use common::{cuda, icosphere, sphere_gaussians};
 
 const R: f32 = 0.35;
 
@@ -79,15 +79,6 @@ fn bake(case: &Case, size: u32, steps: usize, lambda_tv: f32, device: Device) ->
     BakedTexture {
         texture: baked.texture.to_device(Device::Cpu),
         ..baked
-    }
-}
-
-fn cuda() -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA");
-        None
     }
 }
 

@@ -14,18 +14,10 @@ mod render_gaussian_common;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::cuda;
 use recon::render::gaussian::{GaussianScene, SplatImage};
 use render_gaussian_common::{comparison_cases, psnr, write_case, write_render};
 use tch::{Device, Kind, Tensor};
-
-fn cuda() -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA");
-        None
-    }
-}
 
 fn export_dir() -> Option<PathBuf> {
     std::env::var_os("RECON_SPLAT_EXPORT_DIR").map(PathBuf::from)

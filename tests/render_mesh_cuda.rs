@@ -6,20 +6,14 @@
 //!
 //! That the kernel file exports what the host launches is checked in tests/kernels_compile.rs.
 
+mod common;
+
 use std::time::Instant;
 
+use common::cuda;
 use recon::render::mesh_raster::{MeshRenderSettings, MeshScene, Rasterization};
 use recon::render::View;
 use tch::{Device, Kind, Tensor};
-
-fn cuda() -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA");
-        None
-    }
-}
 
 /// An icosphere-like closed mesh: a latitude/longitude sphere of `rings × segments` quads
 /// (plus pole fans) with a smooth random radial displacement, about `2·rings·segments`

@@ -287,3 +287,14 @@ pub fn sphere_gaussians(r: f32, n: usize, scale: f32) -> recon::pipeline::Gaussi
     }
     g
 }
+
+/// CUDA device 0 for the GPU tests, or `None` after printing "skipped: no CUDA" (the tests pass
+/// without a GPU and run on the GPU machine through the GPU bundle).
+pub fn cuda() -> Option<tch::Device> {
+    if tch::Cuda::is_available() {
+        Some(tch::Device::Cuda(0))
+    } else {
+        println!("skipped: no CUDA");
+        None
+    }
+}
