@@ -43,6 +43,7 @@ fn main() {
     }
 
     build_sparse_engine(lib_dir.as_deref());
+    build_profiler(lib_dir.as_deref());
     build_cuda_graph(lib_dir.as_deref());
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("include");
@@ -127,6 +128,27 @@ fn build_cuda_graph(libtorch_lib: Option<&Path>) {
     println!("cargo:rustc-link-lib=dylib=torch_cuda");
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-cfg=recon_cuda_graph");
+}
+
+/// Compiles the cxx bridge of `src/profiler.rs` and `cpp/profiler.cpp` (libtorch's Kineto
+/// profiler, for `recon bench`).
+fn build_profiler(libtorch_lib: Option<&Path>) {
+    for path in ["src/profiler.rs", "cpp/profiler.h", "cpp/profiler.cpp"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let lib = libtorch_lib.expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB");
+    let include = lib
+        .parent()
+        .expect("libtorch's lib directory has a parent")
+        .join("include");
+    let cxx11_abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    cxx_build::bridge("src/profiler.rs")
+        .file("cpp/profiler.cpp")
+        .std("c++17")
+        .flag(format!("-isystem{}", include.display()))
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .compile("recon_profiler");
 }
 
 /// Compiles the cxx bridge of `src/sparse/engine.rs` and `cpp/sparse_engine.cpp` (two

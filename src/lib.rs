@@ -18,6 +18,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod pipelines;
 pub mod postprocessing;
+pub mod profiler;
 pub mod render;
 pub mod representations;
 pub mod samplers;

@@ -46,6 +46,8 @@ pub const SPEC: Spec = Spec {
         "--vggt-model",
         "--voxels",
         "--dump",
+        "--profile",
+        "--profile-stage",
     ],
     switches: &["--no-preprocess", "--offline", "--verbose", "--low-vram"],
     aliases: &[],
@@ -76,6 +78,11 @@ runs:
   --dump FILE             write the last run's intermediate tensors as safetensors (condition,
                           noises, latents, voxels, decoded tensors) for comparison with the
                           reference (benches/reference_pipeline.py)
+  --profile FILE          profile the first timed run with libtorch's Kineto profiler (host
+                          ops and GPU kernels) and write a Chrome trace; summarise it with
+                          benches/profile_summary.py
+  --profile-stage NAME    profile only this stage (preprocess, condition, sparse_structure,
+                          structured_latent, decode); default the whole generation
 generation (as recon generate):
   --seed N, --steps N, --ss-steps N, --slat-steps N, --cfg X, --ss-cfg X, --slat-cfg X,
   --mode stochastic|multidiffusion, --guidance trellis|reconviagen, --no-preprocess
@@ -223,7 +230,13 @@ pub fn bench(args: &Args) -> Result<()> {
     let warmup = count(args, "--warmup", DEFAULT_WARMUP, 0)?;
     let json_path = args.optional("--json")?.map(PathBuf::from);
     let dump_path = args.optional("--dump")?.map(PathBuf::from);
-    for (flag, path) in [("--json", &json_path), ("--dump", &dump_path)] {
+    let profile = profile_request(args)?;
+    let profile_path = profile.as_ref().map(|p| p.path.clone());
+    for (flag, path) in [
+        ("--json", &json_path),
+        ("--dump", &dump_path),
+        ("--profile", &profile_path),
+    ] {
         if let Some(path) = path {
             crate::generate::check_output_path(flag, path)?;
         }
@@ -259,7 +272,10 @@ pub fn bench(args: &Args) -> Result<()> {
     for run in 0..warmup + runs {
         let last = run + 1 == warmup + runs;
         let dump = dump_path.as_deref().filter(|_| last);
-        let (times, facts) = run_once(&pipeline, &views, &params, &overrides, &products, dump)?;
+        let profile = profile.as_ref().filter(|_| run == warmup);
+        let (times, facts) = run_once(
+            &pipeline, &views, &params, &overrides, &products, dump, profile,
+        )?;
         let (kind, index, of) = if run < warmup {
             ("warm-up", run + 1, warmup)
         } else {
@@ -297,6 +313,104 @@ pub fn bench(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `--profile FILE [--profile-stage NAME]`.
+struct ProfileRequest {
+    path: PathBuf,
+    /// Profile only this stage (else the whole generation).
+    stage: Option<Stage>,
+}
+
+fn profile_request(args: &Args) -> Result<Option<ProfileRequest>> {
+    let stage = match args.optional("--profile-stage")? {
+        None => None,
+        Some(name) => Some(
+            [
+                Stage::Preprocess,
+                Stage::Condition,
+                Stage::SparseStructure,
+                Stage::StructuredLatent,
+                Stage::Decode,
+            ]
+            .into_iter()
+            .find(|&s| stage_key(s) == name)
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "--profile-stage: unknown stage {name:?} (preprocess, condition, \
+                     sparse_structure, structured_latent, decode)"
+                ))
+            })?,
+        ),
+    };
+    match (args.optional("--profile")?, stage) {
+        (Some(path), stage) => Ok(Some(ProfileRequest {
+            path: PathBuf::from(path),
+            stage,
+        })),
+        (None, Some(_)) => Err(Error::invalid_argument(
+            "--profile-stage needs --profile FILE",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Starts the profiler when the requested stage begins (or [`StageProfiler::begin`] for the
+/// whole run) and writes the trace when it ends.
+struct StageProfiler<'a> {
+    request: Option<&'a ProfileRequest>,
+    cuda: bool,
+    running: std::cell::RefCell<Option<recon::profiler::Profile>>,
+    /// An error from inside the progress callback, reported by [`StageProfiler::end`].
+    failed: std::cell::RefCell<Option<Error>>,
+}
+
+impl<'a> StageProfiler<'a> {
+    fn new(request: Option<&'a ProfileRequest>, cuda: bool) -> Self {
+        Self {
+            request,
+            cuda,
+            running: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    fn begin(&self) -> Result<()> {
+        if self.request.is_some() && self.running.borrow().is_none() {
+            *self.running.borrow_mut() = Some(recon::profiler::Profile::start(self.cuda)?);
+        }
+        Ok(())
+    }
+
+    /// Called on every progress report: starts at the requested stage, stops after it.
+    fn observe(&self, stage: Stage) {
+        let Some(wanted) = self.request.and_then(|r| r.stage) else {
+            return;
+        };
+        let result = if stage == wanted {
+            self.begin()
+        } else {
+            self.end()
+        };
+        if let Err(e) = result {
+            self.failed.borrow_mut().get_or_insert(e);
+        }
+    }
+
+    /// Stops and writes the trace if a profile runs; reports an earlier failure.
+    fn end(&self) -> Result<()> {
+        if let Some(error) = self.failed.borrow_mut().take() {
+            return Err(error);
+        }
+        let (Some(request), Some(profile)) = (self.request, self.running.borrow_mut().take())
+        else {
+            return Ok(());
+        };
+        let path = request.path.to_string_lossy();
+        profile.save(&path)?;
+        eprintln!("  profile written to {path}");
+        Ok(())
+    }
+}
+
 /// One generation, timed: stages, copy to host, each file's encoding; its intermediate
 /// tensors written to `dump` (after the timings) when given.
 fn run_once(
@@ -306,6 +420,7 @@ fn run_once(
     overrides: &GenerationOverrides,
     products: &[Product],
     dump: Option<&Path>,
+    profile: Option<&ProfileRequest>,
 ) -> Result<(RunTimes, RunFacts)> {
     let device = pipeline.device();
     synchronize(device);
@@ -313,7 +428,16 @@ fn run_once(
         recon::cuda::memory::reset_peak(device)?;
     }
     let progress = Progress::silent(Box::new(move || synchronize(device)));
-    let report = |stage: Stage, step: usize, total: usize| progress.report(stage, step, total);
+    let profiler = StageProfiler::new(profile, device.is_cuda());
+    if profile.is_some_and(|p| p.stage.is_none()) {
+        profiler.begin()?;
+    }
+    let report = |stage: Stage, step: usize, total: usize| {
+        let go_on = progress.report(stage, step, total);
+        // After the report, which synchronised the device at a stage boundary.
+        profiler.observe(stage);
+        go_on
+    };
     let control = RunControl {
         cancel: None,
         progress: Some(&report),
@@ -328,6 +452,7 @@ fn run_once(
     )?;
     progress.finish();
     let generate = started.elapsed();
+    profiler.end()?;
     let peak_gpu_bytes = if device.is_cuda() {
         Some(recon::cuda::memory::stats(device)?.peak_allocated)
     } else {

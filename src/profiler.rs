@@ -1,0 +1,47 @@
+//! libtorch's Kineto profiler (host ops, and GPU kernels through CUPTI — ours launched
+//! through cudarc included), for finding where a pipeline stage spends its time: `recon bench`
+//! profiles one stage of its first timed run when `RECON_PROFILE` names a trace file (see
+//! `benches/profile_summary.py`). Not part of the C ABI.
+
+use crate::error::{Error, Result};
+
+#[cxx::bridge(namespace = "recon::profiler")]
+mod ffi {
+    unsafe extern "C++" {
+        include!("recon/cpp/profiler.h");
+
+        fn start(cuda: bool) -> Result<()>;
+        fn stop() -> Result<()>;
+        fn stop_and_save(path: &str) -> Result<()>;
+    }
+}
+
+/// A running profile; [`Profile::save`] stops it and writes the trace.
+#[must_use = "a profile runs until saved"]
+pub struct Profile {
+    saved: bool,
+}
+
+impl Profile {
+    /// Starts profiling libtorch's host ops, and the GPU's kernels when `cuda`. One profile at
+    /// a time per process (libtorch's rule).
+    pub fn start(cuda: bool) -> Result<Self> {
+        ffi::start(cuda).map_err(|e| Error::internal(format!("starting the profiler: {e}")))?;
+        Ok(Self { saved: false })
+    }
+
+    /// Stops the profile and writes it to `path` as a Chrome trace (JSON).
+    pub fn save(mut self, path: &str) -> Result<()> {
+        self.saved = true;
+        ffi::stop_and_save(path).map_err(|e| Error::io(format!("writing the profile {path}: {e}")))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if !self.saved {
+            // Dropped unsaved (an error on the way): stop, keep nothing.
+            let _ = ffi::stop();
+        }
+    }
+}
