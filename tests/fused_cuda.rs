@@ -62,8 +62,12 @@ fn modulation(groups: i64, c: i64, kind: Kind) -> Vec<Tensor> {
 #[ignore = "needs a CUDA device"]
 fn cuda_layer_norm_modulate_matches_unfused_dense_and_indexed() {
     tch::manual_seed(0);
-    let (b, l, c) = (2, 300, 1024);
-    for kind in KINDS {
+    // 1024 channels take the vectorised kernel, 100 (not a whole number of 16-byte packs in
+    // 16-bit types) the scalar one, 4100 (more than a warp's registers hold) the scalar one too.
+    for (kind, (b, l, c)) in KINDS
+        .into_iter()
+        .flat_map(|k| [(2, 300, 1024), (2, 33, 100), (1, 40, 4100)].map(|s| (k, s)))
+    {
         let x = (Tensor::randn([b, l, c], (Kind::Float, cuda())) * 3.0 + 1.0).to_kind(kind);
         let m = modulation(b, c, kind);
         let (shift, scale) = (&m[0], &m[1]);
@@ -78,7 +82,12 @@ fn cuda_layer_norm_modulate_matches_unfused_dense_and_indexed() {
         .expect("the fused kernel applies");
         let reference =
             layer_norm32(&x, None, None, 1e-6) * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1);
-        assert_close("dense norm+modulate", kind, &fused, &reference);
+        assert_close(
+            &format!("dense norm+modulate C={c}"),
+            kind,
+            &fused,
+            &reference,
+        );
 
         // Affine, no modulation (norm2 of the cross-attention).
         let w = Tensor::randn([c], (Kind::Float, cuda())) * 0.1 + 1.0;
@@ -87,7 +96,7 @@ fn cuda_layer_norm_modulate_matches_unfused_dense_and_indexed() {
             .unwrap()
             .unwrap();
         assert_close(
-            "affine norm",
+            &format!("affine norm C={c}"),
             kind,
             &fused,
             &layer_norm32(&x, Some(&w), Some(&bias), 1e-6),
@@ -120,8 +129,12 @@ fn cuda_layer_norm_modulate_matches_unfused_dense_and_indexed() {
 #[ignore = "needs a CUDA device"]
 fn cuda_rms_norm_heads_matches_unfused_on_a_strided_qkv_slice() {
     tch::manual_seed(1);
-    let (rows, heads, dim) = (600, 16, 64);
-    for kind in KINDS {
+    // Head size 64: vectorised (8 or 16 lanes a head); 12: scalar in 16-bit types (not whole
+    // packs), 3 lanes of 4 in fp32 (not a divisor of the warp): scalar too; 128 in fp32: 32 lanes.
+    for (kind, (rows, heads, dim)) in KINDS
+        .into_iter()
+        .flat_map(|k| [(600, 16, 64), (77, 5, 12), (50, 4, 128)].map(|s| (k, s)))
+    {
         let qkv = Tensor::randn([rows, 3, heads, dim], (Kind::Float, cuda())).to_kind(kind);
         let k = qkv.select(1, 1); // rows strided by 3·H·D
         let gamma = Tensor::randn([heads, dim], (Kind::Float, cuda())) * 0.2 + 1.0;
@@ -132,7 +145,7 @@ fn cuda_rms_norm_heads_matches_unfused_on_a_strided_qkv_slice() {
         let h = k.to_kind(Kind::Float);
         let norm = h.norm_scalaropt_dim(2.0, [-1i64], true).clamp_min(1e-12);
         let reference = (h / norm * &gamma * scale).to_kind(kind);
-        assert_close("rms norm", kind, &fused, &reference);
+        assert_close(&format!("rms norm D={dim}"), kind, &fused, &reference);
     }
 }
 
@@ -140,8 +153,10 @@ fn cuda_rms_norm_heads_matches_unfused_on_a_strided_qkv_slice() {
 #[ignore = "needs a CUDA device"]
 fn cuda_gated_residual_matches_unfused() {
     tch::manual_seed(2);
-    let (b, l, c) = (2, 257, 1024);
-    for kind in KINDS {
+    for (kind, (b, l, c)) in KINDS
+        .into_iter()
+        .flat_map(|k| [(2, 257, 1024), (3, 17, 100)].map(|s| (k, s)))
+    {
         let x = Tensor::randn([b, l, c], (Kind::Float, cuda())).to_kind(kind);
         let h = Tensor::randn([b, l, c], (Kind::Float, cuda())).to_kind(kind);
         let m = modulation(b, c, kind);
@@ -150,7 +165,10 @@ fn cuda_gated_residual_matches_unfused() {
             .unwrap();
         let reference = &x + &h * m[2].unsqueeze(1);
         // Element-wise with the same two roundings: bit-identical.
-        assert!(fused.equal(&reference), "gated residual {kind:?} differs");
+        assert!(
+            fused.equal(&reference),
+            "gated residual {kind:?} C={c} differs"
+        );
     }
 }
 

@@ -71,7 +71,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 /// not at run time on a GPU).
 #[test]
 fn every_kernel_file_exports_the_launched_kernels() {
-    let launched: [(nvrtc::KernelSource, &[&str]); 4] = [
+    let launched: [(nvrtc::KernelSource, &[&str]); 5] = [
+        (nvrtc::FUSED_NORM, &recon::cuda::fused::KERNEL_NAMES),
         (nvrtc::SPARSE_CONV, recon::cuda::sparse::KERNEL_NAMES),
         (
             nvrtc::MESH_RASTER,

@@ -147,7 +147,18 @@ pub fn layer_norm_modulate(
         }
     };
     let y = Tensor::f_empty_like(x)?;
-    let name = LAYER_NORM_MODULATE[dtype];
+    let n = pack_elements(x.kind());
+    let vectorised = channels % n == 0
+        && channels / n <= 32 * LN_PACKS
+        && mod_stride % n == 0
+        && [ptr(x), ptr(&y), optional_ptr(shift), optional_ptr(scale)]
+            .into_iter()
+            .all(aligned);
+    let name = if vectorised {
+        LAYER_NORM_MODULATE_VEC[dtype]
+    } else {
+        LAYER_NORM_MODULATE[dtype]
+    };
     let gpu = cuda_device(ordinal)?;
     let function = gpu.function(&FUSED_NORM, name)?;
     let stream = gpu.torch_stream()?;
@@ -169,13 +180,18 @@ pub fn layer_norm_modulate(
         .arg(&groups.0)
         .arg(&groups.1)
         .arg(&eps);
-    let threads = block_threads(channels);
-    let config = cudarc::driver::LaunchConfig {
-        grid_dim: (rows.clamp(1, MAX_BLOCKS) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+    let config = if vectorised {
+        // One warp per row.
+        device::grid(rows * 32, THREADS, MAX_BLOCKS)?
+    } else {
+        cudarc::driver::LaunchConfig {
+            grid_dim: (rows.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            block_dim: (block_threads(channels), 1, 1),
+            shared_mem_bytes: 0,
+        }
     };
-    // SAFETY: the arguments follow the kernel's parameter list; x and y are contiguous
+    // SAFETY: (the vectorised kernel also needs its 16-byte alignment and divisibility, checked
+    // above) the arguments follow the kernel's parameter list; x and y are contiguous
     // [rows, channels] of the kernel's dtype, weight/bias [channels] fp32 or null, shift/scale
     // rows of `mod_stride` elements covering every group the row mapping yields (checked above).
     unsafe { device::launch(&mut args, config, name) }?;
@@ -211,7 +227,19 @@ pub fn rms_norm_heads(x: &Tensor, gamma: &Tensor, scale: f64) -> Result<Option<T
         return Ok(None);
     }
     let y = Tensor::f_empty([rows, heads, head_dim], (x.kind(), x.device()))?;
-    let name = RMS_NORM_HEADS[dtype];
+    let n = pack_elements(x.kind());
+    let lanes = head_dim / n;
+    let vectorised = head_dim % n == 0
+        && (1..=32).contains(&lanes)
+        && 32 % lanes == 0
+        && stride[0] % n == 0
+        && aligned(ptr(x))
+        && aligned(ptr(&y));
+    let name = if vectorised {
+        RMS_NORM_HEADS_VEC[dtype]
+    } else {
+        RMS_NORM_HEADS[dtype]
+    };
     let gpu = cuda_device(ordinal)?;
     let function = gpu.function(&FUSED_NORM, name)?;
     let stream = gpu.torch_stream()?;
@@ -228,9 +256,11 @@ pub fn rms_norm_heads(x: &Tensor, gamma: &Tensor, scale: f64) -> Result<Option<T
         .arg(&head_dim_i32)
         .arg(&gamma_ptr)
         .arg(&scale);
-    // One warp per (row, head).
-    let config = device::grid(rows * heads * 32, THREADS, MAX_BLOCKS)?;
-    // SAFETY: x covers rows × row_stride with heads × head_dim contiguous per row (checked), y
+    // One warp (scalar) or `lanes` lanes (vectorised) per (row, head).
+    let per_pair = if vectorised { lanes } else { 32 };
+    let config = device::grid(rows * heads * per_pair, THREADS, MAX_BLOCKS)?;
+    // SAFETY: (vectorised: alignment and pack divisibility checked above) x covers
+    // rows × row_stride with heads × head_dim contiguous per row (checked), y
     // is a fresh contiguous [rows, heads, head_dim], gamma fp32 [heads, head_dim].
     unsafe { device::launch(&mut args, config, name) }?;
     Ok(Some(y))
@@ -260,7 +290,17 @@ pub fn gated_residual(
         return Ok(None);
     };
     let out = Tensor::f_empty_like(x)?;
-    let name = GATED_RESIDUAL[dtype];
+    let n = pack_elements(x.kind());
+    let vectorised = channels % n == 0
+        && gate_stride % n == 0
+        && [ptr(x), ptr(h), ptr(gate), ptr(&out)]
+            .into_iter()
+            .all(aligned);
+    let name = if vectorised {
+        GATED_RESIDUAL_VEC[dtype]
+    } else {
+        GATED_RESIDUAL[dtype]
+    };
     let gpu = cuda_device(ordinal)?;
     let function = gpu.function(&FUSED_NORM, name)?;
     let stream = gpu.torch_stream()?;
@@ -276,8 +316,10 @@ pub fn gated_residual(
         .arg(&channels)
         .arg(&groups.0)
         .arg(&groups.1);
-    let config = device::grid(rows * channels as i64, THREADS, MAX_BLOCKS)?;
-    // SAFETY: x, h and out are contiguous [rows, channels] of the kernel's dtype; gate rows of
+    let per_thread = if vectorised { n } else { 1 };
+    let config = device::grid(rows * channels as i64 / per_thread, THREADS, MAX_BLOCKS)?;
+    // SAFETY: (vectorised: alignment and pack divisibility checked above) x, h and out are
+    // contiguous [rows, channels] of the kernel's dtype; gate rows of
     // `gate_stride` elements cover every group the row mapping yields (checked above).
     unsafe { device::launch(&mut args, config, name) }?;
     Ok(Some(out))
@@ -299,3 +341,56 @@ const GATED_RESIDUAL: [&str; 3] = [
     "gated_residual_bf16",
     "gated_residual_f32",
 ];
+/// The vectorised variants (16-byte packs, a warp per row), same order.
+const LAYER_NORM_MODULATE_VEC: [&str; 3] = [
+    "layer_norm_modulate_vec_f16",
+    "layer_norm_modulate_vec_bf16",
+    "layer_norm_modulate_vec_f32",
+];
+const RMS_NORM_HEADS_VEC: [&str; 3] = [
+    "rms_norm_heads_vec_f16",
+    "rms_norm_heads_vec_bf16",
+    "rms_norm_heads_vec_f32",
+];
+const GATED_RESIDUAL_VEC: [&str; 3] = [
+    "gated_residual_vec_f16",
+    "gated_residual_vec_bf16",
+    "gated_residual_vec_f32",
+];
+
+/// Every kernel the host launches (the compile test checks they exist).
+pub const KERNEL_NAMES: [&str; 18] = [
+    LAYER_NORM_MODULATE[0],
+    LAYER_NORM_MODULATE[1],
+    LAYER_NORM_MODULATE[2],
+    RMS_NORM_HEADS[0],
+    RMS_NORM_HEADS[1],
+    RMS_NORM_HEADS[2],
+    GATED_RESIDUAL[0],
+    GATED_RESIDUAL[1],
+    GATED_RESIDUAL[2],
+    LAYER_NORM_MODULATE_VEC[0],
+    LAYER_NORM_MODULATE_VEC[1],
+    LAYER_NORM_MODULATE_VEC[2],
+    RMS_NORM_HEADS_VEC[0],
+    RMS_NORM_HEADS_VEC[1],
+    RMS_NORM_HEADS_VEC[2],
+    GATED_RESIDUAL_VEC[0],
+    GATED_RESIDUAL_VEC[1],
+    GATED_RESIDUAL_VEC[2],
+];
+
+/// Bytes of one vector load or store of the `_vec` kernels.
+const PACK_BYTES: i64 = 16;
+/// Packs of one row a lane of `layer_norm_modulate_vec` holds (`LN_PACKS` in the kernel).
+const LN_PACKS: i64 = 8;
+
+/// Elements of `kind` in one 16-byte pack.
+fn pack_elements(kind: Kind) -> i64 {
+    PACK_BYTES / kind.elt_size_in_bytes() as i64
+}
+
+/// Whether the pointer of `t` is 16-byte aligned (null counts as aligned: an absent operand).
+fn aligned(pointer: u64) -> bool {
+    pointer.is_multiple_of(PACK_BYTES as u64)
+}
