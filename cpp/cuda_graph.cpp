@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <optional>
+#include <unordered_map>
 
 namespace recon::cuda_graph {
 
@@ -20,6 +21,15 @@ void wait_for(const c10::cuda::CUDAStream &waiter, const c10::cuda::CUDAStream &
   event.block(waiter.unwrap());
 }
 }  // namespace
+
+c10::cuda::CUDAStream capture_stream(int8_t device_index) {
+  thread_local std::unordered_map<int8_t, c10::cuda::CUDAStream> streams;
+  auto found = streams.find(device_index);
+  if (found == streams.end()) {
+    found = streams.emplace(device_index, c10::cuda::getStreamFromPool(false, device_index)).first;
+  }
+  return found->second;
+}
 
 std::unique_ptr<Graph> new_graph(int8_t device_index) {
   c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, device_index));

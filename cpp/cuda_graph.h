@@ -12,6 +12,13 @@
 
 namespace recon::cuda_graph {
 
+// The side stream this thread captures graphs of `device_index` on: the same one for every
+// graph of the thread. cuBLAS and cuBLASLt keep a workspace (33 MiB on the H100) per (handle,
+// stream) for the life of the process, so a fresh pool stream per capture (one a generation)
+// grew memory by a workspace per generation until the pool's 32 streams came round. Per
+// thread, so that concurrent captures (two pipelines in two threads) never share a stream.
+c10::cuda::CUDAStream capture_stream(int8_t device_index);
+
 // One graph, its private memory pool (libtorch's caching allocator serves every allocation
 // made during capture from it, and keeps it for the replays) and the side stream it is
 // captured on.
@@ -19,7 +26,7 @@ class Graph {
  public:
   explicit Graph(int8_t device_index)
       : device(device_index),
-        side(c10::cuda::getStreamFromPool(false, device_index)),
+        side(capture_stream(device_index)),
         previous(c10::cuda::getCurrentCUDAStream(device_index)) {}
 
   c10::DeviceIndex device;

@@ -1,7 +1,7 @@
 //! CUDA graphs of the sparse-structure flow (src/samplers/graphed.rs, src/cuda/graph.rs) on
 //! the GPU (ignored without one: run on the GPU machine): replayed forwards must equal eager
 //! forwards bit for bit, for the conditional and unconditional inputs of CFG alike, and other
-//! shapes must fall back to eager forwards.
+//! shapes must fall back to eager forwards; capturing once per generation must not grow memory.
 
 use std::path::Path;
 
@@ -65,6 +65,44 @@ fn cuda_graphed_flow_replays_equal_eager_forwards() {
     let c2 = Tensor::randn([2, 1374, 32], (Kind::Float, device));
     let want = eager.predict(&x2, &t2, &c2).unwrap();
     assert!(graphed.predict(&x2, &t2, &c2).unwrap().equal(&want));
+}
+
+/// Each generation captures its own graph. GEMMs on a new stream get cuBLAS / cuBLASLt
+/// workspaces that live as long as the process, so captures must reuse their thread's stream:
+/// repeated capture-and-drop leaves the allocated bytes where they were.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn repeated_captures_do_not_grow_memory() {
+    assert!(tch::Cuda::is_available(), "needs a CUDA device");
+    let device = Device::Cuda(0);
+    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
+    let (network, _weights) = load_network(
+        &stem.with_extension("json"),
+        &stem.with_extension("safetensors"),
+        device,
+    )
+    .unwrap();
+    tch::manual_seed(4);
+    let cond = Tensor::randn([1, 1374, 32], (Kind::Float, device));
+    let x = Tensor::randn([1, 8, 16, 16, 16], (Kind::Float, device));
+    let t = Tensor::from_slice(&[500.0f32]).to_device(device);
+    let mut allocated = Vec::new();
+    for _ in 0..6 {
+        let graphed = GraphedFlow::new(Named(network.as_ref()));
+        // The capture, then a replay.
+        let _captured = graphed.predict(&x, &t, &cond).unwrap();
+        let _replayed = graphed.predict(&x, &t, &cond).unwrap();
+        assert!(graphed.is_graphed());
+        drop(graphed);
+        tch::Cuda::synchronize(0);
+        allocated.push(recon::cuda::memory::stats(device).unwrap().allocated);
+    }
+    println!("allocated after each capture: {allocated:?}");
+    assert!(
+        allocated[1..].iter().all(|&a| a == allocated[1]),
+        "memory grows with captures: {allocated:?}"
+    );
 }
 
 #[test]
