@@ -52,8 +52,9 @@ split -n 2 -a 2 .bench/bundle/spconv_site.tar.xz .bench/spconv-part-
 
 cargo build --release --bin recon
 cp target/release/recon "$out/bin/recon"
-# The GPU checks of the optimisations (fused kernels, CUDA graphs), run before the timings.
-for test in fused_cuda graphs_cuda; do
+# The GPU check of the fused kernels, run before the timings (graphs_cuda runs from the GPU
+# bundle: with it the second call's carry would pass 64 MiB).
+for test in fused_cuda; do
   exe=$(cargo test --release --test "$test" --no-run --message-format=json \
     | python3 -c '
 import json, sys
