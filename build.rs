@@ -133,32 +133,29 @@ fn build_cuda_graph(libtorch_lib: Option<&Path>) {
 /// Compiles the cxx bridge of `src/profiler.rs` and `cpp/profiler.cpp` (libtorch's Kineto
 /// profiler, for `recon bench`).
 fn build_profiler(libtorch_lib: Option<&Path>) {
-    for path in ["src/profiler.rs", "cpp/profiler.h", "cpp/profiler.cpp"] {
-        println!("cargo:rerun-if-changed={path}");
-    }
-    let lib = libtorch_lib.expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB");
-    let include = lib
-        .parent()
-        .expect("libtorch's lib directory has a parent")
-        .join("include");
-    let cxx11_abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    cxx_build::bridge("src/profiler.rs")
-        .file("cpp/profiler.cpp")
-        .std("c++17")
-        .flag(format!("-isystem{}", include.display()))
-        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
-        .define("GLOG_USE_GLOG_EXPORT", None)
-        .compile("recon_profiler");
+    build_libtorch_bridge(
+        libtorch_lib,
+        "src/profiler.rs",
+        &["cpp/profiler.h", "cpp/profiler.cpp"],
+        "recon_profiler",
+    );
 }
 
 /// Compiles the cxx bridge of `src/sparse/engine.rs` and `cpp/sparse_engine.cpp` (two
 /// translation units, built in parallel) into a static library linked into recon.
 fn build_sparse_engine(libtorch_lib: Option<&Path>) {
-    for path in [
+    build_libtorch_bridge(
+        libtorch_lib,
         "src/sparse/engine.rs",
-        "cpp/sparse_engine.h",
-        "cpp/sparse_engine.cpp",
-    ] {
+        &["cpp/sparse_engine.h", "cpp/sparse_engine.cpp"],
+        "recon_sparse_engine",
+    );
+}
+
+/// Compiles the cxx bridge `bridge` with the C++ sources among `cpp` (headers are listed for
+/// rebuilds only) against libtorch's headers into the static library `name`.
+fn build_libtorch_bridge(libtorch_lib: Option<&Path>, bridge: &str, cpp: &[&str], name: &str) {
+    for path in std::iter::once(&bridge).chain(cpp) {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
@@ -168,12 +165,12 @@ fn build_sparse_engine(libtorch_lib: Option<&Path>) {
         .expect("libtorch's lib directory has a parent")
         .join("include");
     let cxx11_abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    cxx_build::bridge("src/sparse/engine.rs")
-        .file("cpp/sparse_engine.cpp")
+    cxx_build::bridge(bridge)
+        .files(cpp.iter().filter(|path| path.ends_with(".cpp")))
         .std("c++17")
         // -isystem: libtorch's headers are not ours to keep warning-free.
         .flag(format!("-isystem{}", include.display()))
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
         .define("GLOG_USE_GLOG_EXPORT", None)
-        .compile("recon_sparse_engine");
+        .compile(name);
 }

@@ -25,19 +25,24 @@ impl FlowModel<Tensor> for Named<'_> {
     }
 }
 
+/// The tiny fixture model's sparse-structure flow on `device` (and the weights it came from).
+fn tiny_flow(device: Device) -> (Box<dyn Network>, recon::weights::Weights) {
+    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
+    load_network(
+        &stem.with_extension("json"),
+        &stem.with_extension("safetensors"),
+        device,
+    )
+    .unwrap()
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_graphed_flow_replays_equal_eager_forwards() {
     assert!(tch::Cuda::is_available(), "needs a CUDA device");
     let device = Device::Cuda(0);
-    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
-    let (network, _weights) = load_network(
-        &stem.with_extension("json"),
-        &stem.with_extension("safetensors"),
-        device,
-    )
-    .unwrap();
+    let (network, _weights) = tiny_flow(device);
     let eager = Named(network.as_ref());
     let graphed = GraphedFlow::new(Named(network.as_ref()));
     tch::manual_seed(3);
@@ -75,14 +80,7 @@ fn cuda_graphed_flow_replays_equal_eager_forwards() {
 fn repeated_captures_do_not_grow_memory() {
     assert!(tch::Cuda::is_available(), "needs a CUDA device");
     let device = Device::Cuda(0);
-    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model_tiny/ckpts/ss_flow_img_dit_tiny_fp16");
-    let (network, _weights) = load_network(
-        &stem.with_extension("json"),
-        &stem.with_extension("safetensors"),
-        device,
-    )
-    .unwrap();
+    let (network, _weights) = tiny_flow(device);
     tch::manual_seed(4);
     let cond = Tensor::randn([1, 1374, 32], (Kind::Float, device));
     let x = Tensor::randn([1, 8, 16, 16, 16], (Kind::Float, device));
