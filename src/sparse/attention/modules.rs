@@ -308,10 +308,9 @@ impl SparseMultiHeadAttention {
         ])?;
         let part = |i: i64| qkv.f_select(1, i);
         let normed = match &self.qk_norms {
-            Some((q_norm, k_norm)) => Some((
-                q_norm.forward(&part(0)?)?,
-                k_norm.forward(&part(1)?)?,
-            )),
+            Some((q_norm, k_norm)) => {
+                Some((q_norm.forward(&part(0)?)?, k_norm.forward(&part(1)?)?))
+            }
             None => None,
         };
         match self.config.mode {
