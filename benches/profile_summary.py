@@ -4,13 +4,15 @@ stage's wall time goes on the GPU and on the host.
 
 Prints the profiled window, the GPU's busy time (union of kernel and copy intervals) and idle
 time, the kernels grouped by name (total, count, mean), the host's libtorch op count, the CUDA
-runtime/driver calls that wait for the device (synchronisations, blocking copies) and the
+runtime/driver calls that wait for the device (synchronisations, blocking copies) with the
+libtorch ops they happen in (to find what keeps a forward from being graph-captured) and the
 launches. Standard library only.
 
 usage: profile_summary.py TRACE.json [--top N] [--json OUT.json]
 """
 
 import argparse
+import bisect
 import collections
 import json
 import sys
@@ -33,6 +35,31 @@ def union_length(intervals):
     return total
 
 
+def enclosing_ops(waits, cpu_ops, depth=4):
+    """For each wait event, the chain of libtorch ops (outermost first, at most `depth`) on the
+    same host thread whose interval contains it, counted per chain."""
+    by_thread = collections.defaultdict(list)
+    for op in cpu_ops:
+        by_thread[op.get("tid")].append(op)
+    starts = {}
+    for tid, ops in by_thread.items():
+        ops.sort(key=lambda o: o["ts"])
+        starts[tid] = [o["ts"] for o in ops]
+    chains = collections.Counter()
+    for w in waits:
+        ops = by_thread.get(w.get("tid"), [])
+        i = bisect.bisect_right(starts.get(w.get("tid"), []), w["ts"])
+        around = []
+        # Ops start before the wait; nested ones are short, so a bounded look back suffices.
+        for op in reversed(ops[max(0, i - 20000):i]):
+            if op["ts"] + op["dur"] >= w["ts"] + w["dur"]:
+                around.append(op)
+        around.sort(key=lambda o: (o["ts"], -o["dur"]))
+        names = [o["name"] for o in around][:depth]
+        chains[" > ".join(names) if names else "(no libtorch op: our own code)"] += 1
+    return chains.most_common()
+
+
 def summarise(events, top):
     """The numbers `main` prints, from the trace's events."""
     timed = [e for e in events if e.get("ph") == "X" and "dur" in e]
@@ -50,6 +77,7 @@ def summarise(events, top):
         entry[1] += 1
     runtime = [e for e in timed if e.get("cat") in ("cuda_runtime", "cuda_driver")]
     waits = collections.defaultdict(lambda: [0.0, 0])
+    wait_events = []
     launches = 0
     for e in runtime:
         name = e["name"]
@@ -57,9 +85,11 @@ def summarise(events, top):
             entry = waits[name]
             entry[0] += e["dur"]
             entry[1] += 1
+            wait_events.append(e)
         if any(name.startswith(l) for l in LAUNCHES):
             launches += 1
-    ops = collections.Counter(e["name"] for e in timed if e.get("cat") == "cpu_op")
+    cpu_ops = [e for e in timed if e.get("cat") == "cpu_op"]
+    ops = collections.Counter(e["name"] for e in cpu_ops)
     return {
         "window_ms": (end - start) / 1e3,
         "gpu_busy_ms": busy / 1e3,
@@ -76,6 +106,7 @@ def summarise(events, top):
             {"name": name, "ms": total / 1e3, "count": count}
             for name, (total, count) in sorted(waits.items(), key=lambda kv: -kv[1][0])
         ],
+        "wait_sites": enclosing_ops(wait_events, cpu_ops)[:top],
         "top_host_ops": ops.most_common(top),
     }
 
@@ -100,6 +131,9 @@ def main():
     print("\nhost waits for the device:")
     for w in s["waits"]:
         print(f"  {w['ms']:9.2f} ms {w['count']:7d} ×  {w['name']}")
+    print("\nhost waits by the libtorch ops they happen in (outermost first):")
+    for chain, count in s["wait_sites"]:
+        print(f"  {count:7d} ×  {chain[:150]}")
     print("\nmost frequent host ops:")
     for name, count in s["top_host_ops"]:
         print(f"  {count:7d}  {name}")

@@ -77,6 +77,11 @@ fn bench_reports_every_stage_as_json() {
     assert_eq!(report["runs"], 1);
     assert_eq!(report["warmup"], 0);
     assert!(report["peak_gpu_bytes"].is_null(), "no GPU peak on the CPU");
+    assert_eq!(
+        report["stage_peak_gpu_bytes"],
+        serde_json::json!({}),
+        "no per-stage GPU peaks on the CPU"
+    );
     let stages = report["stages"].as_object().unwrap();
     let keys = [
         "preprocess",
@@ -128,6 +133,51 @@ fn bench_reports_every_stage_as_json() {
 }
 
 /// Mistakes are refused before the model loads, each naming the option.
+/// On CUDA: a peak for every generation stage, the largest being the run's peak.
+#[test]
+fn bench_reports_peak_memory_per_stage_on_cuda() {
+    if common::cuda().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let out = recon(args![
+        "bench",
+        "--model",
+        &tiny_model(),
+        "--device",
+        "cuda",
+        "--formats",
+        "gaussians,mesh",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--json",
+        &json_path,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("peak GPU memory by stage"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let stages = report["stage_peak_gpu_bytes"].as_object().unwrap();
+    for key in [
+        "preprocess",
+        "condition",
+        "sparse_structure",
+        "structured_latent",
+        "decode",
+    ] {
+        positive(&stages[key], &format!("peak of {key}"));
+    }
+    // One timed run: its peak is exactly its largest stage peak.
+    let largest = stages.values().map(|v| v.as_u64().unwrap()).max().unwrap();
+    assert_eq!(report["peak_gpu_bytes"].as_u64(), Some(largest));
+}
+
 #[test]
 fn bench_refuses_bad_options() {
     let model = tiny_model();

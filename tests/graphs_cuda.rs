@@ -1,13 +1,20 @@
-//! CUDA graphs of the sparse-structure flow (src/samplers/graphed.rs, src/cuda/graph.rs) on
-//! the GPU (ignored without one: run on the GPU machine): replayed forwards must equal eager
-//! forwards bit for bit, for the conditional and unconditional inputs of CFG alike, and other
-//! shapes must fall back to eager forwards; capturing once per generation must not grow memory.
+//! CUDA graphs of the flows (src/samplers/graphed.rs, src/cuda/graph.rs) on the GPU (ignored
+//! without one: run on the GPU machine): replayed forwards must equal eager forwards bit for
+//! bit, for the conditional and unconditional inputs of CFG alike, and other shapes must fall
+//! back to eager forwards; capturing once per generation must not grow memory. The
+//! structured-latent flow (sparse convolutions, down/upsampling, varlen attention) must
+//! capture at all: nothing in its forward may wait on the device once its voxels' bookkeeping
+//! is cached.
 
 use std::path::Path;
 
 use recon::error::{Error, Result};
+use recon::hub::read_checkpoint_config;
+use recon::models::structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
 use recon::models::{load_network, NamedTensors, Network};
 use recon::samplers::{FlowModel, GraphedFlow};
+use recon::sparse::SparseTensor;
+use recon::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 /// The flow network as a sampler's velocity model (inputs x, t, cond; output v).
@@ -120,4 +127,120 @@ fn cpu_forwards_are_never_graphed() {
     let want = Named(network.as_ref()).predict(&x, &t, &cond).unwrap();
     assert!(graphed.predict(&x, &t, &cond).unwrap().equal(&want));
     assert!(!graphed.is_graphed());
+}
+
+/// The structured-latent flow over fixed voxels, as the pipeline's sampler runs it: each
+/// step's features on the same spatial level.
+struct SparseVelocity<'a> {
+    flow: &'a SLatFlowModel,
+    voxels: &'a SparseTensor,
+}
+
+impl FlowModel<Tensor> for SparseVelocity<'_> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let v = tch::no_grad(|| self.flow.forward(&x, t, cond))?;
+        Ok(v.feats().shallow_clone())
+    }
+}
+
+impl FlowModel<Vec<Tensor>> for SparseVelocity<'_> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, views: &Vec<Tensor>) -> Result<Tensor> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let v = tch::no_grad(|| self.flow.forward_views(&x, t, views))?;
+        Ok(v.feats().shallow_clone())
+    }
+}
+
+/// The tiny fixture model's structured-latent flow (one downsampling IO stage) on `device`.
+fn tiny_slat_flow(device: Device) -> SLatFlowModel {
+    let stem = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny/ckpts/slat_flow_img_dit_tiny_fp16");
+    let config = read_checkpoint_config(&stem.with_extension("json")).unwrap();
+    let args: SLatFlowConfig = serde_json::from_value(config.args).unwrap();
+    let weights = Weights::open(&stem.with_extension("safetensors"), Kind::Float, device).unwrap();
+    SLatFlowModel::new(args, &weights).unwrap()
+}
+
+/// `n` distinct voxels of a 64³ grid in batch 0, sorted, int32 `[n, 4]`.
+fn random_voxels(n: i64, device: Device) -> Tensor {
+    let cells = Tensor::randperm(64 * 64 * 64, (Kind::Int64, Device::Cpu))
+        .narrow(0, 0, n)
+        .sort(0, false)
+        .0;
+    let coords = Tensor::stack(
+        &[
+            cells.zeros_like(),
+            cells.divide_scalar_mode(64 * 64, "floor"),
+            cells.divide_scalar_mode(64, "floor").remainder(64),
+            cells.remainder(64),
+        ],
+        1,
+    );
+    coords.to_kind(Kind::Int).to_device(device)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_graphed_sparse_flow_replays_equal_eager_forwards() {
+    assert!(tch::Cuda::is_available(), "needs a CUDA device");
+    let device = Device::Cuda(0);
+    let flow = tiny_slat_flow(device);
+    tch::manual_seed(5);
+    let n = 3000;
+    let voxels = SparseTensor::new(
+        Tensor::zeros([n, 8], (Kind::Float, device)),
+        random_voxels(n, device),
+    )
+    .unwrap();
+    let velocity = SparseVelocity {
+        flow: &flow,
+        voxels: &voxels,
+    };
+    let graphed = GraphedFlow::new(SparseVelocity {
+        flow: &flow,
+        voxels: &voxels,
+    });
+    let cond = Tensor::randn([1, 1374, 32], (Kind::Float, device));
+    let neg = Tensor::zeros([1, 1374, 32], (Kind::Float, device));
+    for (step, t) in [1000.0f32, 640.0, 3.0].into_iter().enumerate() {
+        let x = Tensor::randn([n, 8], (Kind::Float, device));
+        let t = Tensor::from_slice(&[t]).to_device(device);
+        for c in [&cond, &neg] {
+            let want = velocity.predict(&x, &t, c).unwrap();
+            let got = graphed.predict(&x, &t, c).unwrap();
+            assert!(
+                graphed.is_graphed(),
+                "the structured-latent forward did not capture (a host wait inside it?)"
+            );
+            assert!(
+                got.equal(&want),
+                "step {step}: replay differs from the eager forward"
+            );
+        }
+    }
+
+    // ReconViaGen's list condition: the views are input buffers too.
+    let views = vec![
+        Tensor::randn([1, 1374, 32], (Kind::Float, device)),
+        Tensor::randn([1, 1374, 32], (Kind::Float, device)),
+    ];
+    let graphed_views = GraphedFlow::new(SparseVelocity {
+        flow: &flow,
+        voxels: &voxels,
+    });
+    for t in [900.0f32, 10.0] {
+        let x = Tensor::randn([n, 8], (Kind::Float, device));
+        let t = Tensor::from_slice(&[t]).to_device(device);
+        let want = velocity.predict(&x, &t, &views).unwrap();
+        let got = graphed_views.predict(&x, &t, &views).unwrap();
+        assert!(graphed_views.is_graphed());
+        assert!(got.equal(&want), "multi-view replay differs");
+    }
+    // A different number of views: eager, still correct.
+    let three = vec![views[0].shallow_clone(), views[1].shallow_clone(), neg];
+    let x = Tensor::randn([n, 8], (Kind::Float, device));
+    let t = Tensor::from_slice(&[300.0f32]).to_device(device);
+    let want = velocity.predict(&x, &t, &three).unwrap();
+    assert!(graphed_views.predict(&x, &t, &three).unwrap().equal(&want));
 }

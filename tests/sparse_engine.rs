@@ -205,6 +205,23 @@ fn kernel_maps_are_shared_per_level() {
     assert!(up.coords().equal(x.coords()));
     assert_eq!(up.batch_offsets().unwrap(), x.batch_offsets().unwrap());
 
+    // Downsampling the same voxels again (the next sampler step) returns to the same coarse
+    // level, its kernel maps included, and pools the new features alike.
+    let conv_c = SparseConv3d::new(&conv_checkpoint(dir.path(), 6, 6, 3), 6, 6, 3).unwrap();
+    conv_c.forward(&down).unwrap();
+    let coarse_map = down
+        .cache_get::<KernelMap>(&key)
+        .unwrap()
+        .expect("map cached");
+    let next = h2.replace(h2.feats() * 3.0).unwrap();
+    let down_again = SparseDownsample::new(2).unwrap().forward(&next).unwrap();
+    assert!(down_again.same_level(&down), "the coarse level is reused");
+    assert!(down_again.coords().equal(down.coords()));
+    let reused = down_again.cache_get::<KernelMap>(&key).unwrap().unwrap();
+    assert_eq!(reused.pairs.data_ptr(), coarse_map.pairs.data_ptr());
+    let (rel, _) = rel_l2(down_again.feats(), &(down.feats() * 3.0));
+    assert!(rel < 1e-6, "pooling on the reused level, rel L2 {rel}");
+
     // Subdivision is a new level with the layout scaled by 8.
     let sub = SparseSubdivide::new().forward(&x).unwrap();
     assert!(!sub.same_level(&x));
@@ -214,6 +231,18 @@ fn kernel_maps_are_shared_per_level() {
     // An upsample without its downsample is an error, not a panic.
     let err = SparseUpsample::new(2).unwrap().forward(&x).unwrap_err();
     assert!(err.message().contains("SparseDownsample"), "{err}");
+
+    // The coarse level does not keep the fine one alive (no reference cycle): once every fine
+    // tensor is gone, upsampling still restores the fine coordinates, on a fresh level.
+    let fine_coords = x.coords().shallow_clone();
+    let coarse_only = down_again.shallow_clone();
+    drop((x, h, h2, up, next, down, down_again));
+    let up_again = SparseUpsample::new(2)
+        .unwrap()
+        .forward(&coarse_only)
+        .unwrap();
+    assert!(up_again.coords().equal(&fine_coords));
+    assert_eq!(up_again.batch_offsets().unwrap(), &[0, 120, 180]);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda bake_cuda"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda bake_cuda graphs_cuda cli_bench"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins
@@ -60,6 +60,11 @@ fi
 "$here"/bin/sparse_attention --include-ignored --nocapture --test-threads 1
 "$here"/bin/sparse_structure_flow --include-ignored --nocapture --test-threads 1
 "$here"/bin/structured_latent_flow --include-ignored --nocapture --test-threads 1
+# CUDA graphs of both flows: replays bit-identical to eager forwards, the structured-latent
+# forward captured at all (no host wait inside it), no memory growth across captures.
+"$here"/bin/graphs_cuda --include-ignored --nocapture --test-threads 1
+# `recon bench` on CUDA: peak memory per stage.
+RECON_CLI="$here"/bin/recon "$here"/bin/cli_bench --nocapture --test-threads 1
 # Stage 2 end to end on CUDA (fp16 torsos, FlexiCubes on the GPU) against the reference.
 "$here"/bin/stage2 --include-ignored --nocapture --test-threads 1 cuda
 # TRELLIS-VGGT: VGGT in bf16 against the golden data, the pipeline on CUDA against the

@@ -611,8 +611,17 @@ impl SLatFlowModel {
             skips.push(h.feats().shallow_clone());
         }
         if let Some(ape) = &self.pos_embedder {
-            let code = ape.forward(&h.coords().f_narrow(1, 1, 3)?)?;
-            h = h.replace(h.feats().f_add(&code.f_to_kind(self.torso_kind)?)?)?;
+            // The code depends on the coordinates alone: cached on their level, it is built
+            // once per sampling run (its frequencies come from host memory, a copy that would
+            // also keep the forward out of a CUDA graph).
+            let kind = self.torso_kind;
+            let key = format!("absolute_position_code_{}_{kind:?}", ape.channels());
+            let code = h.cached(&key, || {
+                Ok(ape
+                    .forward(&h.coords().f_narrow(1, 1, 3)?)?
+                    .f_to_kind(kind)?)
+            })?;
+            h = h.replace(h.feats().f_add(&code)?)?;
         }
         for (i, block) in self.blocks.iter().enumerate() {
             h = block

@@ -128,6 +128,11 @@ impl AbsolutePositionEmbedder {
         })
     }
 
+    /// Width of the code (`channels` of the constructor).
+    pub fn channels(&self) -> i64 {
+        self.channels
+    }
+
     fn freq_dim(&self) -> i64 {
         self.channels / self.in_channels / 2
     }

@@ -4,7 +4,7 @@
 //! Scalar factors are computed in float64 and applied to the tensors as scalars, in the
 //! reference's order of operations, so results match it to float32 rounding.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::{
     Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, SampleOptions, SamplerConfig,
@@ -227,8 +227,13 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
     /// One network evaluation, as the reference's `FlowEulerSampler._inference_model`: the
     /// timestep `[1000·t] * B` in float32, a batch-1 condition repeated to the batch.
     fn call(&self, x: &Tensor, t: f64, cond: &C) -> Result<Tensor> {
-        let timestep = vec![(1000.0 * t) as f32; self.batch as usize];
-        let timestep = Tensor::f_from_slice(&timestep)?.f_to(x.device())?;
+        // Filled on the device: a copy from host memory would make the host wait for the
+        // device's queue to drain before every forward.
+        let timestep = Tensor::f_full(
+            [self.batch],
+            f64::from((1000.0 * t) as f32),
+            (Kind::Float, x.device()),
+        )?;
         let cond = cond.for_batch(self.batch)?;
         let v = self.model.predict(x, &timestep, &cond)?;
         if v.size() != x.size() {

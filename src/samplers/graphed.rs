@@ -1,13 +1,17 @@
-//! [`GraphedFlow`]: a dense flow model whose forwards are replayed from a CUDA graph (issue 8).
+//! [`GraphedFlow`]: a flow model whose forwards are replayed from a CUDA graph (issue 8).
 //!
-//! The sparse-structure flow runs 44 forwards of identical shapes per generation (25 steps,
-//! CFG inside the guidance interval), each ~600 kernels. Issued one by one from the host they
-//! keep the GPU waiting between kernels; captured once into a CUDA graph they replay with one
-//! launch. The first call of a generation runs the forward eagerly once (loading kernels,
+//! A flow sampler runs ~44 forwards of identical shapes per generation (25 steps, CFG inside
+//! the guidance interval), each hundreds of kernels: the dense sparse-structure flow over its
+//! fixed grid, and the structured-latent flow over the same voxels at every step (its
+//! coordinate bookkeeping — kernel maps, down/upsampling maps, batch layouts — is cached on the
+//! voxels' spatial levels by the first forward, so later forwards only compute). Issued one
+//! by one from the host they keep the GPU waiting between kernels; captured once into a CUDA
+//! graph they replay with one launch. The first call of a generation runs the forward eagerly once (loading kernels,
 //! library handles, caches; that output is its result), then captures it over static input
 //! buffers; later calls
 //! copy their inputs into the buffers and replay. The graph serves every call with the same
-//! shapes (conditional and unconditional passes alike: the condition is an input buffer too);
+//! shapes (conditional and unconditional passes alike: the condition, one tensor or a list of
+//! per-view tensors, is an input buffer too);
 //! anything else runs eagerly. Outputs are bit-identical to the eager forward (same kernels,
 //! same order). `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
 //! synchronisation inside the forward, a build without graph support) logs a warning once
@@ -17,7 +21,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::FlowModel;
 use crate::cuda::graph::CudaGraph;
@@ -32,46 +36,90 @@ pub fn graphs_enabled() -> bool {
 /// Set once a capture failed in this process, so the warning is logged once.
 static CAPTURE_FAILED: AtomicBool = AtomicBool::new(false);
 
-/// `inner` with its CUDA forwards replayed from a graph (see the module docs).
-pub struct GraphedFlow<M> {
-    inner: M,
-    state: RefCell<State>,
+/// A condition a captured graph reads from a static buffer: one tensor, or a list of them.
+pub trait GraphInput: Sized {
+    /// A new buffer holding the same values (a copy, not a view).
+    fn duplicate(&self) -> Result<Self>;
+    /// Whether `self` can be copied into `buffer`: same shapes and dtypes, all on `device`.
+    fn fits(&self, buffer: &Self, device: Device) -> bool;
+    /// Copies the values into `buffer` (which `fits`).
+    fn copy_into(&self, buffer: &mut Self) -> Result<()>;
 }
 
-enum State {
+impl GraphInput for Tensor {
+    fn duplicate(&self) -> Result<Self> {
+        duplicate(self)
+    }
+
+    fn fits(&self, buffer: &Self, device: Device) -> bool {
+        self.device() == device && self.size() == buffer.size() && self.kind() == buffer.kind()
+    }
+
+    fn copy_into(&self, buffer: &mut Self) -> Result<()> {
+        buffer.f_copy_(self)?;
+        Ok(())
+    }
+}
+
+impl GraphInput for Vec<Tensor> {
+    fn duplicate(&self) -> Result<Self> {
+        self.iter().map(duplicate).collect()
+    }
+
+    fn fits(&self, buffer: &Self, device: Device) -> bool {
+        self.len() == buffer.len()
+            && self
+                .iter()
+                .zip(buffer)
+                .all(|(value, slot)| value.fits(slot, device))
+    }
+
+    fn copy_into(&self, buffer: &mut Self) -> Result<()> {
+        self.iter()
+            .zip(buffer.iter_mut())
+            .try_for_each(|(value, slot)| value.copy_into(slot))
+    }
+}
+
+/// `inner` with its CUDA forwards replayed from a graph (see the module docs); `C` is the
+/// condition the forwards take.
+pub struct GraphedFlow<M, C = Tensor> {
+    inner: M,
+    state: RefCell<State<C>>,
+}
+
+enum State<C> {
     /// No call yet.
     Fresh,
     /// Captured for these input shapes.
-    Ready(Box<Captured>),
+    Ready(Box<Captured<C>>),
     /// Not graphed (CPU, disabled, or the capture failed): every call runs eagerly.
     Eager,
 }
 
 /// The graph and the buffers it reads (`x`, `t`, `cond`) and writes (`out`).
-struct Captured {
+struct Captured<C> {
     graph: CudaGraph,
     x: Tensor,
     t: Tensor,
-    cond: Tensor,
+    cond: C,
     out: Tensor,
 }
 
-impl Captured {
-    fn serves(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> bool {
-        let same = |a: &Tensor, b: &Tensor| a.size() == b.size() && a.kind() == b.kind();
-        x.device() == self.x.device()
-            && cond.device() == self.x.device()
-            && same(x, &self.x)
-            && same(t, &self.t)
-            && same(cond, &self.cond)
+impl<C: GraphInput> Captured<C> {
+    fn serves(&self, x: &Tensor, t: &Tensor, cond: &C) -> bool {
+        let device = self.x.device();
+        // `t` may come from the host: the copy into its buffer moves it.
+        let t_fits = t.size() == self.t.size() && t.kind() == self.t.kind();
+        x.fits(&self.x, device) && t_fits && cond.fits(&self.cond, device)
     }
 
     /// Copies the inputs into the buffers, replays, and returns a copy of the output (the
     /// buffer is overwritten by the next replay, e.g. the unconditional pass of CFG).
-    fn run(&mut self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+    fn run(&mut self, x: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
         self.x.f_copy_(x)?;
         self.t.f_copy_(t)?;
-        self.cond.f_copy_(cond)?;
+        cond.copy_into(&mut self.cond)?;
         self.graph.replay()?;
         duplicate(&self.out)
     }
@@ -84,7 +132,7 @@ fn duplicate(t: &Tensor) -> Result<Tensor> {
     Ok(copy)
 }
 
-impl<M: FlowModel<Tensor>> GraphedFlow<M> {
+impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
     pub fn new(inner: M) -> Self {
         Self {
             inner,
@@ -100,12 +148,12 @@ impl<M: FlowModel<Tensor>> GraphedFlow<M> {
 
     /// Warm-up, then capture of one forward over copies of the inputs. Returns the warm-up's
     /// output too: it is this call's velocity, so the first call needs no replay.
-    fn capture(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<(Captured, Tensor)> {
+    fn capture(&self, x: &Tensor, t: &Tensor, cond: &C) -> Result<(Captured<C>, Tensor)> {
         let device = x.device();
         let (x, t, cond) = (
             duplicate(x)?,
             duplicate(&t.f_to_device(device)?)?,
-            duplicate(cond)?,
+            cond.duplicate()?,
         );
         let mut graph = CudaGraph::new(device)?;
         let mut first = None;
@@ -128,8 +176,8 @@ impl<M: FlowModel<Tensor>> GraphedFlow<M> {
     }
 }
 
-impl<M: FlowModel<Tensor>> FlowModel<Tensor> for GraphedFlow<M> {
-    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+impl<M: FlowModel<C>, C: GraphInput> FlowModel<C> for GraphedFlow<M, C> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
         let mut state = self.state.borrow_mut();
         if matches!(*state, State::Fresh) {
             if !(x_t.device().is_cuda() && graphs_enabled()) {

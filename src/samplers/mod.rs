@@ -20,7 +20,7 @@ mod graphed;
 
 pub use config::{time_grid, GuidanceFormula, SamplerConfig, SamplerKind, MAX_STEPS};
 pub use flow_euler::{SampleOutput, Trajectory};
-pub use graphed::{graphs_enabled, GraphedFlow};
+pub use graphed::{graphs_enabled, GraphInput, GraphedFlow};
 
 use tch::{Kind, Tensor};
 

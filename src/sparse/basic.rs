@@ -60,12 +60,17 @@ impl SpatialLevel {
 
     /// A level of `batch_size` items whose layout is read from the coordinates when first
     /// needed.
-    fn with_pending_layout(batch_size: usize) -> Arc<Self> {
+    pub(crate) fn with_pending_layout(batch_size: usize) -> Arc<Self> {
         Arc::new(Self {
             batch_size,
             offsets: OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Stores `value` under `key` in this level's cache, replacing any previous entry.
+    pub(crate) fn cache_insert<T: CacheEntry>(&self, key: &str, value: T) {
+        self.cache().insert(key.to_string(), Box::new(value));
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<String, Box<dyn Any + Send>>> {
@@ -309,7 +314,7 @@ impl SparseTensor {
 
     /// Stores `value` under `key`, replacing any previous entry.
     pub fn cache_insert<T: CacheEntry>(&self, key: &str, value: T) {
-        self.level.cache().insert(key.to_string(), Box::new(value));
+        self.level.cache_insert(key, value);
     }
 
     // ---------------------------------------------------------------- element-wise ops

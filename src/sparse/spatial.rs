@@ -3,7 +3,7 @@
 //! [`SparseUpsample`] (its nearest-neighbour inverse) and [`SparseSubdivide`] (each voxel
 //! into its 2×2×2 children).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tch::{Device, Kind, Tensor};
 
@@ -12,9 +12,14 @@ use crate::error::{Error, Result};
 
 /// What a [`SparseDownsample`] leaves on the coarse level for the paired
 /// [`SparseUpsample`]: the fine coordinates and level, and each fine row's coarse row.
+///
+/// The fine level is held weakly: the fine level holds the coarse one (its
+/// [`DownsampleRecord`]), and a strong handle back would make the pair a cycle that is never
+/// freed. An upsample after the fine tensors are all gone gets a fresh level for the same
+/// coordinates (same values, an empty cache).
 struct UpsampleRecord {
     fine_coords: Tensor,
-    fine_level: Arc<SpatialLevel>,
+    fine_level: Weak<SpatialLevel>,
     coarse_row: Tensor,
 }
 
@@ -28,8 +33,36 @@ impl CacheEntry for UpsampleRecord {
     }
 }
 
+/// What a [`SparseDownsample`] leaves on the fine level, so that downsampling the same voxels
+/// again (every step of a flow sampler) is only the pooling: no extents read back, no
+/// `unique`, and the coarse level, with everything cached on it (kernel maps, batch layout),
+/// is reused.
+struct DownsampleRecord {
+    coarse_coords: Tensor,
+    coarse_level: Arc<SpatialLevel>,
+    /// Each fine row's coarse row, int64 `[N_fine]`.
+    coarse_row: Tensor,
+    /// `1 + children` of every coarse row, int64 `[N_coarse]`: the pooling's divisor.
+    divisor: Tensor,
+}
+
+impl CacheEntry for DownsampleRecord {
+    fn share(&self) -> Self {
+        Self {
+            coarse_coords: self.coarse_coords.shallow_clone(),
+            coarse_level: self.coarse_level.clone(),
+            coarse_row: self.coarse_row.shallow_clone(),
+            divisor: self.divisor.shallow_clone(),
+        }
+    }
+}
+
 fn upsample_key(factor: [i64; 3]) -> String {
     format!("upsample_{factor:?}")
+}
+
+fn downsample_key(factor: [i64; 3]) -> String {
+    format!("downsample_{factor:?}")
 }
 
 fn check_factor(factor: [i64; 3]) -> Result<[i64; 3]> {
@@ -67,6 +100,26 @@ impl SparseDownsample {
                 "SparseDownsample of an empty tensor",
             ));
         }
+        let key = downsample_key(self.factor);
+        let record = match x.cache_get::<DownsampleRecord>(&key)? {
+            Some(record) => record,
+            None => {
+                let record = self.coarsen(x)?;
+                x.cache_insert(&key, record.share());
+                record
+            }
+        };
+        let feats = mean_including_zero(x.feats(), &record.coarse_row, &record.divisor)?;
+        Ok(SparseTensor::on_level(
+            feats,
+            record.coarse_coords,
+            record.coarse_level,
+        ))
+    }
+
+    /// The coarse voxels of `x` and its rows' map onto them, on a new level that carries the
+    /// record the paired [`SparseUpsample`] needs.
+    fn coarsen(&self, x: &SparseTensor) -> Result<DownsampleRecord> {
         let coords = x.coords().f_to_kind(Kind::Int64)?;
         let batch = coords.f_select(1, 0)?;
         let factor = Tensor::f_from_slice(&[1i64, self.factor[0], self.factor[1], self.factor[2]])?
@@ -96,36 +149,42 @@ impl SparseDownsample {
             1,
         )?
         .f_to_kind(Kind::Int)?;
-
-        let feats = mean_including_zero(x.feats(), &coarse_row, code.size()[0])?;
-        let out = SparseTensor::with_batch_size(feats, coarse_coords, x.batch_size())?;
-        out.cache_insert(
+        let divisor = coarse_row
+            .f_bincount::<Tensor>(None, code.size()[0])?
+            .f_add_scalar(1)?;
+        // The batch layout of the coarse voxels is read from them when first needed.
+        let coarse_level = SpatialLevel::with_pending_layout(x.batch_size());
+        coarse_level.cache_insert(
             &upsample_key(self.factor),
             UpsampleRecord {
                 fine_coords: x.coords().shallow_clone(),
-                fine_level: x.level().clone(),
-                coarse_row,
+                fine_level: Arc::downgrade(x.level()),
+                coarse_row: coarse_row.shallow_clone(),
             },
         );
-        Ok(out)
+        Ok(DownsampleRecord {
+            coarse_coords,
+            coarse_level,
+            coarse_row,
+            divisor,
+        })
     }
 }
 
-/// Per coarse row r: `sum(feats[i] for coarse_row[i] == r) / (count + 1)`, in the features'
-/// dtype, summing rows in order from zero as `scatter_reduce` does.
-fn mean_including_zero(feats: &Tensor, coarse_row: &Tensor, rows: i64) -> Result<Tensor> {
+/// Per coarse row r: `sum(feats[i] for coarse_row[i] == r) / divisor[r]` (`divisor` = count
+/// + 1), in the features' dtype, summing rows in order from zero as `scatter_reduce` does.
+fn mean_including_zero(feats: &Tensor, coarse_row: &Tensor, divisor: &Tensor) -> Result<Tensor> {
+    let rows = divisor.size()[0];
     let mut shape = feats.size();
     shape[0] = rows;
     let sums = Tensor::f_zeros(shape.as_slice(), (feats.kind(), feats.device()))?
         .f_index_add(0, coarse_row, feats)?;
-    let mut count_shape = vec![rows];
-    count_shape.resize(shape.len(), 1);
-    let counts = coarse_row
-        .f_bincount::<Tensor>(None, rows)?
-        .f_add_scalar(1)?
+    let mut divisor_shape = vec![rows];
+    divisor_shape.resize(shape.len(), 1);
+    let divisor = divisor
         .f_to_kind(feats.kind())?
-        .f_reshape(count_shape.as_slice())?;
-    Ok(sums.f_div(&counts)?)
+        .f_reshape(divisor_shape.as_slice())?;
+    Ok(sums.f_div(&divisor)?)
 }
 
 /// `SparseUpsample(factor)`: back to the fine voxels of the paired [`SparseDownsample`] (same
@@ -156,10 +215,14 @@ impl SparseUpsample {
                 ))
             })?;
         let feats = x.feats().f_index_select(0, &record.coarse_row)?;
+        let fine_level = match record.fine_level.upgrade() {
+            Some(level) => level,
+            None => SpatialLevel::with_pending_layout(x.batch_size()),
+        };
         Ok(SparseTensor::on_level(
             feats,
             record.fine_coords,
-            record.fine_level,
+            fine_level,
         ))
     }
 }
@@ -198,5 +261,28 @@ impl SparseSubdivide {
             coords,
             SpatialLevel::with_offsets(offsets),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fine_and_coarse_levels_are_freed_together() {
+        let coords = Tensor::f_from_slice(&[0i32, 0, 0, 0, 0, 1, 0, 0, 0, 2, 3, 1])
+            .unwrap()
+            .reshape([3, 4]);
+        let fine =
+            SparseTensor::new(Tensor::ones([3, 2], (Kind::Float, Device::Cpu)), coords).unwrap();
+        let coarse = SparseDownsample::new(2).unwrap().forward(&fine).unwrap();
+        let (fine_level, coarse_level) =
+            (Arc::downgrade(fine.level()), Arc::downgrade(coarse.level()));
+        // The fine level keeps the coarse one for the next downsample of the same voxels.
+        drop(coarse);
+        assert!(coarse_level.upgrade().is_some());
+        drop(fine);
+        assert!(fine_level.upgrade().is_none(), "the fine level leaked");
+        assert!(coarse_level.upgrade().is_none(), "the coarse level leaked");
     }
 }

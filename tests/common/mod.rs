@@ -180,8 +180,13 @@ pub fn assert_layout_is_published(layout: &[recon::nn::layout::TensorSpec], list
 
 /// Runs the `recon` binary with one libtorch thread (CLI tests run in parallel: two runs of two
 /// threads on a 2-core machine spin against each other many times over).
+///
+/// `RECON_CLI` names another binary: the GPU bundle runs the test binaries on a machine where
+/// cargo's build path does not exist.
 pub fn recon_cli(args: Vec<std::ffi::OsString>) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_recon"))
+    let binary = std::env::var_os("RECON_CLI")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_recon")));
+    std::process::Command::new(binary)
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .output()

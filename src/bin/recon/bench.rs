@@ -6,7 +6,7 @@
 //! device is synchronised before every stage boundary, so asynchronous GPU work is charged to
 //! the stage that queued it rather than to the next one that waits. Each timed run also
 //! measures the copy to host memory, the encoding of every requested file (in memory, nothing
-//! is written) and libtorch's peak allocated GPU bytes. The summary gives median, min and max
+//! is written) and libtorch's peak allocated GPU bytes, for the run and within each stage. The summary gives median, min and max
 //! over the timed runs, as a table and optionally as JSON with stable keys.
 
 use std::path::{Path, PathBuf};
@@ -61,7 +61,8 @@ Times a whole pipeline per stage: one load, W warm-up runs, then R timed runs of
 generation. Per stage: median, min and max milliseconds over the timed runs (the GPU is
 synchronised at every stage boundary), ms per sampler step, then the copy to host memory, each
 file's encoding (in memory, nothing is written) and the whole run; peak GPU memory per run
-(libtorch's peak allocated bytes, weights included, reset before each run).
+(libtorch's peak allocated bytes, weights included, reset before each run) and within each
+stage.
 
 inputs:
   IMAGE..., --image FILE  the views (default: the bundled tests/fixtures/images/example.png)
@@ -145,6 +146,8 @@ struct Row {
 /// What one run measured besides the time rows.
 struct RunFacts {
     peak_gpu_bytes: Option<u64>,
+    /// Peak allocated bytes within each stage, in stage order (CUDA only).
+    stage_peaks: Vec<(Stage, u64)>,
     voxels: i64,
     gaussians: usize,
     mesh: Option<(usize, usize)>,
@@ -156,6 +159,8 @@ struct RunFacts {
 struct Measurements {
     rows: Vec<Row>,
     peaks: Vec<u64>,
+    /// Per stage (first-seen order): its key, label and peak bytes of every run.
+    stage_peaks: Vec<(String, &'static str, Vec<u64>)>,
     facts: Option<RunFacts>,
 }
 
@@ -206,6 +211,13 @@ impl Measurements {
         self.add("generate", "generate (all stages)", run.generate, None);
         self.add("total", "total", run.total, None);
         self.peaks.extend(facts.peak_gpu_bytes);
+        for &(stage, bytes) in &facts.stage_peaks {
+            let key = stage_key(stage);
+            match self.stage_peaks.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, _, runs)) => runs.push(bytes),
+                None => self.stage_peaks.push((key, label(stage), vec![bytes])),
+            }
+        }
         self.facts = Some(facts);
     }
 }
@@ -411,6 +423,63 @@ impl<'a> StageProfiler<'a> {
     }
 }
 
+/// Peak GPU memory per stage: at each stage boundary (where the progress report has
+/// synchronised the device) the peak since the last boundary goes to the stage that ended and
+/// the peak counter restarts. What runs before the first report counts to the first stage.
+struct StageMemory {
+    device: Device,
+    current: std::cell::RefCell<Option<Stage>>,
+    peaks: std::cell::RefCell<Vec<(Stage, u64)>>,
+    /// An error from inside the progress callback, reported by [`StageMemory::finish`].
+    failed: std::cell::RefCell<Option<Error>>,
+}
+
+impl StageMemory {
+    fn new(device: Device) -> Self {
+        Self {
+            device,
+            current: Default::default(),
+            peaks: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    /// Called on every progress report (CUDA only).
+    fn observe(&self, stage: Stage) {
+        if !self.device.is_cuda() || *self.current.borrow() == Some(stage) {
+            return;
+        }
+        let ended = self.current.replace(Some(stage));
+        if let Err(e) = self.close(ended) {
+            self.failed.borrow_mut().get_or_insert(e);
+        }
+    }
+
+    /// Attributes the peak since the last boundary to `ended` (nothing yet: kept for the
+    /// first stage) and restarts the counter.
+    fn close(&self, ended: Option<Stage>) -> Result<()> {
+        let Some(ended) = ended else {
+            return Ok(());
+        };
+        let peak = recon::cuda::memory::stats(self.device)?.peak_allocated;
+        let mut peaks = self.peaks.borrow_mut();
+        match peaks.iter_mut().find(|(s, _)| *s == ended) {
+            Some((_, bytes)) => *bytes = (*bytes).max(peak),
+            None => peaks.push((ended, peak)),
+        }
+        recon::cuda::memory::reset_peak(self.device)
+    }
+
+    /// The per-stage peaks once the generation is done (the device synchronised).
+    fn finish(self) -> Result<Vec<(Stage, u64)>> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        self.close(self.current.take())?;
+        Ok(self.peaks.take())
+    }
+}
+
 /// One generation, timed: stages, copy to host, each file's encoding; its intermediate
 /// tensors written to `dump` (after the timings) when given.
 fn run_once(
@@ -432,10 +501,12 @@ fn run_once(
     if profile.is_some_and(|p| p.stage.is_none()) {
         profiler.begin()?;
     }
+    let memory = StageMemory::new(device);
     let report = |stage: Stage, step: usize, total: usize| {
         let go_on = progress.report(stage, step, total);
         // After the report, which synchronised the device at a stage boundary.
         profiler.observe(stage);
+        memory.observe(stage);
         go_on
     };
     let control = RunControl {
@@ -453,8 +524,11 @@ fn run_once(
     progress.finish();
     let generate = started.elapsed();
     profiler.end()?;
+    synchronize(device);
+    let stage_peaks = memory.finish()?;
+    // The run's peak is the largest stage peak (the counter restarts at each stage).
     let peak_gpu_bytes = if device.is_cuda() {
-        Some(recon::cuda::memory::stats(device)?.peak_allocated)
+        stage_peaks.iter().map(|&(_, bytes)| bytes).max()
     } else {
         None
     };
@@ -494,6 +568,7 @@ fn run_once(
     }
     let facts = RunFacts {
         peak_gpu_bytes,
+        stage_peaks,
         voxels,
         gaussians: output.gaussians.as_ref().map_or(0, |g| g.len()),
         mesh: output
@@ -649,6 +724,16 @@ fn print_facts(measured: &Measurements) {
             human_size(max)
         );
     }
+    if !measured.stage_peaks.is_empty() {
+        let stages: Vec<String> = measured
+            .stage_peaks
+            .iter()
+            .filter_map(|(_, label, runs)| {
+                Some(format!("{label} {}", human_size(median_bytes(runs)?)))
+            })
+            .collect();
+        println!("peak GPU memory by stage (median): {}", stages.join(", "));
+    }
     let Some(facts) = &measured.facts else {
         return;
     };
@@ -680,7 +765,8 @@ struct JsonHeader<'a> {
 
 /// The JSON report. Keys are stable: `stages` maps each row's key to `median_ms`, `min_ms`,
 /// `max_ms`, `per_step_ms` (null outside sampler stages), `steps` (idem) and `runs_ms`;
-/// `stage_order` lists them in the table's order.
+/// `stage_order` lists them in the table's order; `stage_peak_gpu_bytes` maps each generation
+/// stage's key to its median peak allocated bytes (empty off CUDA).
 fn json_report(header: &JsonHeader<'_>, measured: &Measurements) -> Value {
     let mut stages = Map::new();
     for row in &measured.rows {
@@ -723,6 +809,11 @@ fn json_report(header: &JsonHeader<'_>, measured: &Measurements) -> Value {
         "peak_gpu_bytes": median_bytes(&measured.peaks),
         "peak_gpu_bytes_max": measured.peaks.iter().copied().max(),
         "peak_gpu_bytes_runs": measured.peaks,
+        "stage_peak_gpu_bytes": measured
+            .stage_peaks
+            .iter()
+            .map(|(key, _, runs)| (key.clone(), json!(median_bytes(runs))))
+            .collect::<Map<String, Value>>(),
         "voxels": facts.map(|f| f.voxels),
         "gaussians": facts.map(|f| f.gaussians),
         "mesh_vertices": facts.and_then(|f| f.mesh.map(|m| m.0)),

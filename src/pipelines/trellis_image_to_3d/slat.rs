@@ -28,7 +28,8 @@ use crate::representations::gaussian::Gaussian;
 use crate::representations::mesh::{MeshExtractResult, SparseFeatures2Mesh};
 use crate::representations::radiance_field::Strivec;
 use crate::samplers::{
-    Condition, Conditioning, FlowModel, LatentLayout, SampleOptions, SamplerConfig,
+    Condition, Conditioning, FlowModel, GraphInput, GraphedFlow, LatentLayout, SampleOptions,
+    SamplerConfig,
 };
 use crate::sparse::SparseTensor;
 
@@ -144,15 +145,17 @@ pub fn sample_slat_conditioned<C>(
     control: &RunControl<'_>,
 ) -> Result<Tensor>
 where
-    C: Condition,
+    C: Condition + GraphInput,
     for<'a> SparseFlow<'a>: FlowModel<C>,
 {
     let batch_index = voxels.batch_index()?;
-    let model = SparseFlow {
+    // The same voxels at every step: after the first forward has cached their bookkeeping,
+    // the forwards replay from a CUDA graph on CUDA (bit-identical to eager ones).
+    let model = GraphedFlow::new(SparseFlow {
         flow,
         voxels,
         batch_index: &batch_index,
-    };
+    });
     let options = SampleOptions::new(Stage::StructuredLatent, control);
     let output = sampler
         .sample(
