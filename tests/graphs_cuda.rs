@@ -4,9 +4,15 @@
 //! back to eager forwards; capturing once per generation must not grow memory. The
 //! structured-latent flow (sparse convolutions, down/upsampling, varlen attention) must
 //! capture at all: nothing in its forward may wait on the device once its voxels' bookkeeping
-//! is cached.
+//! is cached. Its downsampling pools with atomic adds (as the reference's `scatter_reduce`
+//! does), so two eager forwards already differ in the last fp16 bits: its replays are compared
+//! within a tolerance that any stale input buffer would exceed by orders of magnitude.
+
+mod common;
 
 use std::path::Path;
+
+use common::rel_l2;
 
 use recon::error::{Error, Result};
 use recon::hub::read_checkpoint_config;
@@ -208,13 +214,20 @@ fn cuda_graphed_sparse_flow_replays_equal_eager_forwards() {
         let t = Tensor::from_slice(&[t]).to_device(device);
         for c in [&cond, &neg] {
             let want = velocity.predict(&x, &t, c).unwrap();
+            let again = velocity.predict(&x, &t, c).unwrap();
             let got = graphed.predict(&x, &t, c).unwrap();
             assert!(
                 graphed.is_graphed(),
                 "the structured-latent forward did not capture (a host wait inside it?)"
             );
+            let (eager_rel, _) = rel_l2(&again, &want);
+            let (rel, max_abs) = rel_l2(&got, &want);
+            println!(
+                "step {step}: replay vs eager rel L2 {rel:.3e} (max abs {max_abs:.3e}); \
+                 eager vs eager {eager_rel:.3e}"
+            );
             assert!(
-                got.equal(&want),
+                rel < 1e-2,
                 "step {step}: replay differs from the eager forward"
             );
         }
@@ -235,12 +248,15 @@ fn cuda_graphed_sparse_flow_replays_equal_eager_forwards() {
         let want = velocity.predict(&x, &t, &views).unwrap();
         let got = graphed_views.predict(&x, &t, &views).unwrap();
         assert!(graphed_views.is_graphed());
-        assert!(got.equal(&want), "multi-view replay differs");
+        let (rel, _) = rel_l2(&got, &want);
+        println!("views: replay vs eager rel L2 {rel:.3e}");
+        assert!(rel < 1e-2, "multi-view replay differs");
     }
     // A different number of views: eager, still correct.
     let three = vec![views[0].shallow_clone(), views[1].shallow_clone(), neg];
     let x = Tensor::randn([n, 8], (Kind::Float, device));
     let t = Tensor::from_slice(&[300.0f32]).to_device(device);
     let want = velocity.predict(&x, &t, &three).unwrap();
-    assert!(graphed_views.predict(&x, &t, &three).unwrap().equal(&want));
+    let (rel, _) = rel_l2(&graphed_views.predict(&x, &t, &three).unwrap(), &want);
+    assert!(rel < 1e-2, "eager fallback differs: {rel:.3e}");
 }

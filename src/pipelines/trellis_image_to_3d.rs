@@ -339,7 +339,8 @@ pub fn sample_sparse_structure(
 ) -> Result<Tensor> {
     let views = condition.views()?;
     let conditioning = condition.conditioning(&views, mode, "sparse-structure sampling")?;
-    // Fixed shapes for all steps: replayed from a CUDA graph on CUDA (bit-identical).
+    // Fixed shapes for all steps: replayed from a CUDA graph on CUDA (bit-identical: the
+    // dense flow is deterministic).
     let model = GraphedFlow::new(NamedFlow(flow));
     let options = SampleOptions::new(Stage::SparseStructure, control);
     let output = sampler

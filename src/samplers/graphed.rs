@@ -12,8 +12,10 @@
 //! copy their inputs into the buffers and replay. The graph serves every call with the same
 //! shapes (conditional and unconditional passes alike: the condition, one tensor or a list of
 //! per-view tensors, is an input buffer too);
-//! anything else runs eagerly. Outputs are bit-identical to the eager forward (same kernels,
-//! same order). `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
+//! anything else runs eagerly. A replay runs the eager forward's kernels in the same order:
+//! outputs are bit-identical wherever the forward is deterministic (the dense flow); the
+//! sparse flow's pooling sums with atomic adds, whose order varies from run to run in eager
+//! forwards too. `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
 //! synchronisation inside the forward, a build without graph support) logs a warning once
 //! and falls back to eager forwards.
 

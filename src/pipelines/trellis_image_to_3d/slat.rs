@@ -150,7 +150,7 @@ where
 {
     let batch_index = voxels.batch_index()?;
     // The same voxels at every step: after the first forward has cached their bookkeeping,
-    // the forwards replay from a CUDA graph on CUDA (bit-identical to eager ones).
+    // the forwards replay from a CUDA graph on CUDA (the eager forward's kernels, in order).
     let model = GraphedFlow::new(SparseFlow {
         flow,
         voxels,
