@@ -153,8 +153,28 @@ impl SparseFeatures2Mesh {
     /// reference, `feats` is not modified (it adds the sdf bias in place).
     pub fn forward(&self, coords: &Tensor, feats: &Tensor) -> Result<MeshExtractResult> {
         let (coords, feats) = self.check_inputs(coords, feats)?;
-        let verts = self.vertex_attrs_checked(&coords, &feats)?;
-        self.extract(&coords, &feats, &verts)
+        let inputs = {
+            let verts = self.vertex_attrs_checked(&coords, &feats)?;
+            self.flexicubes_inputs(&coords, &feats, &verts)?
+        };
+        // The per-vertex attributes and the lookups that built the inputs are freed before
+        // FlexiCubes runs: its peak is the mesh decode's.
+        let Some(inputs) = inputs else {
+            let attr_channels = self.use_color.then_some(COLOR_DIM);
+            return MeshExtractResult::empty(self.res, attr_channels, feats.device());
+        };
+        let out = FlexiCubes::new(feats.device())?.extract(&FlexiCubesInput {
+            vertices: &inputs.vertices,
+            scalar_field: &inputs.sdf,
+            cube_idx: &inputs.cube_idx,
+            cube_coords: Some(&inputs.cube_pos),
+            resolution: self.res,
+            beta: Some(&inputs.weights.f_narrow(1, 0, 12)?),
+            alpha: Some(&inputs.weights.f_narrow(1, 12, 8)?),
+            gamma_f: Some(&inputs.weights.f_select(1, 20)?),
+            voxelgrid_colors: inputs.colors.as_ref(),
+        })?;
+        MeshExtractResult::new(out.vertices, out.faces, out.vertex_colors, self.res)
     }
 
     /// The per-vertex attributes the reference computes before FlexiCubes (`v_pos`, `v_attrs`
@@ -222,23 +242,23 @@ impl SparseFeatures2Mesh {
         sparse_cube2verts(coords, &Tensor::f_cat(&parts, -1)?, self.res)
     }
 
-    /// The FlexiCubes call on the surface cubes, in increasing dense id, with their corner
+    /// FlexiCubes' inputs on the surface cubes, in increasing dense id, with their corner
     /// vertices numbered in increasing dense id: FlexiCubes then gives the dense call's mesh.
     /// Grid vertices that no voxel touches take the dense defaults (sdf 1, deform 0, colour 0)
-    /// and cubes outside the voxels raw weights 0, as in the reference.
-    fn extract(
+    /// and cubes outside the voxels raw weights 0, as in the reference. None when no vertex is
+    /// inside (an empty mesh).
+    fn flexicubes_inputs(
         &self,
         coords: &Tensor,
         feats: &Tensor,
         verts: &VertexAttrs,
-    ) -> Result<MeshExtractResult> {
+    ) -> Result<Option<FlexiCubesInputs>> {
         let r = self.res;
         let device = feats.device();
-        let attr_channels = self.use_color.then_some(COLOR_DIM);
         let inside_vertex = verts.attrs.f_select(1, 0)?.f_lt(0.0)?;
         let inside = nonzero_1d(&inside_vertex)?;
         if inside.size()[0] == 0 {
-            return MeshExtractResult::empty(r, attr_channels, device);
+            return Ok(None);
         }
         let corners = cube_corners(device)?.f_unsqueeze(0)?;
         let (cube_keys, corner_keys) = surface_cubes(verts, &inside_vertex, &inside, &corners, r)?;
@@ -269,24 +289,32 @@ impl SparseFeatures2Mesh {
             false => None,
         };
 
-        let weights = cube_weights(coords, feats, &cube_keys, r)?;
-        let beta = weights.f_narrow(1, 0, 12)?;
-        let alpha = weights.f_narrow(1, 12, 8)?;
-        let gamma = weights.f_select(1, 20)?;
-
-        let out = FlexiCubes::new(device)?.extract(&FlexiCubesInput {
-            vertices: &vertices,
-            scalar_field: &sdf,
-            cube_idx: &cube_idx,
-            cube_coords: Some(&cube_pos),
-            resolution: r,
-            beta: Some(&beta),
-            alpha: Some(&alpha),
-            gamma_f: Some(&gamma),
-            voxelgrid_colors: colors.as_ref(),
-        })?;
-        MeshExtractResult::new(out.vertices, out.faces, out.vertex_colors, r)
+        Ok(Some(FlexiCubesInputs {
+            vertices,
+            sdf,
+            cube_idx,
+            cube_pos,
+            weights: cube_weights(coords, feats, &cube_keys, r)?,
+            colors,
+        }))
     }
+}
+
+/// What [`SparseFeatures2Mesh`] hands FlexiCubes (owned, so that everything else it computed is
+/// freed first).
+struct FlexiCubesInputs {
+    /// Deformed grid vertices `[V, 3]`.
+    vertices: Tensor,
+    /// Their sdf `[V]`.
+    sdf: Tensor,
+    /// Corner vertex rows of each surface cube `[S, 8]`.
+    cube_idx: Tensor,
+    /// Surface cube grid positions `[S, 3]`.
+    cube_pos: Tensor,
+    /// Per surface cube: beta (12), alpha (8), gamma (1).
+    weights: Tensor,
+    /// Per-vertex colours `[V, 6]` when the decoder predicts them.
+    colors: Option<Tensor>,
 }
 
 /// The surface cubes of the field: `[S]` int64 cube keys (increasing) and `[S, 8]` int64 keys of
