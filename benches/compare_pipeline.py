@@ -8,7 +8,7 @@ import sys
 # (row label, recon key, reference key, reference per-step source)
 STAGES = [
     ("preprocess", "preprocess", "preprocess", None),
-    ("condition (DINOv2)", "condition", "condition", None),
+    ("condition (image encoders, condition networks)", "condition", "condition", None),
     ("sparse structure (flow + decoder)", "sparse_structure", "sparse_structure", "ss_sampling"),
     ("structured latent (flow)", "structured_latent", "structured_latent", "slat_sampling"),
     ("decode (decoders + extraction)", "decode", "decode", None),

@@ -11,6 +11,9 @@
 # /tmp survives between calls while the machine stays warm.
 # Settings (environment): VOXELS (default shell:28), FORMATS (gaussians,mesh), RUNS (5),
 # WARMUP (1), SEED (42), IMAGE (tests/fixtures/images/example.png).
+# PIPELINE=trellis-vggt benchmarks TRELLIS-VGGT instead, against ReconViaGen's own pipeline
+# (benches/reference_vggt_pipeline.py; its sources in .bench/pipeline/reconviagen.tar.xz, see
+# tools/pipeline-bench-bundle.sh), for each view count in VIEWS (default 4), RUNS default 3.
 set -euo pipefail
 site=/tmp/ref_site
 fallback=/tmp/ref_fallback
@@ -38,6 +41,33 @@ recon=.bench/pipeline/bin/recon
 
 voxels=${VOXELS:-shell:28}
 formats=${FORMATS:-gaussians,mesh}
+if [ "${PIPELINE:-trellis-image-large}" = trellis-vggt ]; then
+  [ -f .bench/pipeline/reconviagen.tar.xz ] || { echo "no .bench/pipeline/reconviagen.tar.xz"; exit 1; }
+  rvg=/tmp/reconviagen
+  mkdir -p "$rvg" && tar -xJf .bench/pipeline/reconviagen.tar.xz -C "$rvg"
+  vggt_model=/tmp/bench_vggt
+  [ -f "$vggt_model/pipeline.json" ] || "$recon" synth --pipeline trellis-vggt --out "$vggt_model" --seed 0
+  export HF_HOME=$vggt_model/hf HF_HUB_OFFLINE=1
+  runs=${RUNS:-3}
+  warmup=${WARMUP:-1}
+  seed=${SEED:-42}
+  image=${IMAGE:-tests/fixtures/images/example.png}
+  for views in ${VIEWS:-4}; do
+    "$recon" bench --model "$vggt_model" --offline --device cuda --image "$image" --views "$views" \
+      --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+      --json "$out/recon_vggt_$views.json" --dump "$out/recon_vggt_dump.safetensors" 2>&1
+    REF_SITE=$site REF_FALLBACK_SITE=$fallback DINOV2_HUB_CODE=$site/extra/dinov2 \
+    RECONVIAGEN_DIR=$rvg PYTHONUNBUFFERED=1 \
+      "$python" benches/reference_vggt_pipeline.py --model "$vggt_model" --image "$image" \
+      --views "$views" --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" \
+      --warmup "$warmup" --recon-dump "$out/recon_vggt_dump.safetensors" \
+      --json "$out/reference_vggt_$views.json" 2>&1 | grep -v -e 'it/s]' -e is_fx_tracing
+    rm -f "$out/recon_vggt_dump.safetensors"
+    "$python" benches/compare_pipeline.py "$out/recon_vggt_$views.json" \
+      "$out/reference_vggt_$views.json" | tee "$out/compare_vggt_$views.md"
+  done
+  exit 0
+fi
 runs=${RUNS:-5}
 warmup=${WARMUP:-1}
 seed=${SEED:-42}

@@ -7,8 +7,11 @@
 #   .bench/pipeline/ref_site.tar.xz    trellis-3d-ms 0.1.0, the torch.hub DINOv2 code (from
 #                                      trellis-3d-python), FlexiCubes at TRELLIS's pinned commit
 #   .bench/pipeline/fallback_site.tar.xz  packages used only where the GPU image lacks them
-#                                      (Pillow, safetensors, easydict, tqdm)
+#                                      (Pillow, safetensors, easydict, tqdm, einops)
 #   .bench/pipeline/bin/recon          the stripped recon binary (synth + bench)
+#   .bench/pipeline/reconviagen.tar.xz ReconViaGen's trellis/ fork and vendored VGGT (the
+#                                      TRELLIS-VGGT reference, GitHub only) when
+#                                      RECONVIAGEN_GIT_DIR names a git copy of it
 # then two calls of bash benches/run_pipeline_bench.sh (carry part aa; then part ab + .bench/pipeline).
 # Reference sources come from the golden-fixture tooling's pinned, hash-checked copies
 # (tools/golden/setup.sh makes its venv; nothing here is committed).
@@ -32,7 +35,7 @@ print(hub_code_dir(), flexicubes_dir())')
 source tools/wheels.sh
 
 ref_pins=(trellis-3d-ms==0.1.0)
-fallback_pins=(pillow==13.0.0 safetensors==0.8.0 easydict==1.14 tqdm==4.70.1)
+fallback_pins=(pillow==13.0.0 safetensors==0.8.0 easydict==1.14 tqdm==4.70.1 einops==0.8.2)
 download_wheels "$wheels" "${ref_pins[@]}" "${fallback_pins[@]}"
 
 tmp=$(mktemp -d)
@@ -46,6 +49,15 @@ find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 tar -C "$tmp/ref" -cf - . | xz -9 -T0 > "$out/ref_site.tar.xz"
 unpack_wheels "$wheels" "$tmp/fallback" "${fallback_pins[@]}"
 tar -C "$tmp/fallback" -cf - . | xz -9 -T0 > "$out/fallback_site.tar.xz"
+
+# TRELLIS-VGGT's reference is on no registry: its sources at the commit research/reconviagen.md
+# describes, from a local git copy (a clone or mirror of GAP-LAB-CUHK-SZ/ReconViaGen).
+reconviagen_commit=f6720923260927333e22761fa722144d214733d9
+if [ -n "${RECONVIAGEN_GIT_DIR:-}" ]; then
+  git --git-dir="$RECONVIAGEN_GIT_DIR" archive --format=tar "$reconviagen_commit" trellis wheels/vggt \
+    > "$tmp/reconviagen.tar"
+  xz -9 -T0 < "$tmp/reconviagen.tar" > "$out/reconviagen.tar.xz"
+fi
 
 rm -f .bench/spconv-part-*
 split -n 2 -a 2 .bench/bundle/spconv_site.tar.xz .bench/spconv-part-
