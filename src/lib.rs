@@ -15,6 +15,7 @@ pub mod image;
 pub mod logging;
 pub mod models;
 pub mod nn;
+pub(crate) mod parallel;
 pub mod pipeline;
 pub mod pipelines;
 pub mod postprocessing;

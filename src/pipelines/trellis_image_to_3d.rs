@@ -208,14 +208,20 @@ pub fn prepare_views_with_alpha(
     variant: Variant,
     control: &RunControl<'_>,
 ) -> Result<(Tensor, Tensor)> {
-    let mut rgb = Vec::with_capacity(images.len());
-    let mut alpha = Vec::with_capacity(images.len());
-    for (index, input) in images.iter().enumerate() {
-        control.check_cancelled()?;
+    control.check_cancelled()?;
+    // The views are independent: decoded and prepared on as many cores as there are views
+    // (about 20 ms each on one core at 518², so 16 views took a third of a second).
+    let prepared = crate::parallel::map(images, |index, input| -> Result<(Tensor, Tensor)> {
         let prepared =
             prepare_view(input, preprocess, variant).context(format!("image {index}"))?;
-        alpha.push(alpha_tensor(&prepared.image)?);
-        rgb.push(prepared.tensor);
+        Ok((prepared.tensor, alpha_tensor(&prepared.image)?))
+    });
+    let mut rgb = Vec::with_capacity(images.len());
+    let mut alpha = Vec::with_capacity(images.len());
+    for (index, view) in prepared.into_iter().enumerate() {
+        let (view_rgb, view_alpha) = view?;
+        rgb.push(view_rgb);
+        alpha.push(view_alpha);
         control.progress(Stage::Preprocess, index + 1, images.len())?;
     }
     if rgb.is_empty() {

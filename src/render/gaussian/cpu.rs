@@ -12,8 +12,6 @@
 //!
 //! Steps 3 and 4 run one tile row per work item, each writing its own band of the image.
 
-use std::sync::Mutex;
-
 use super::projection::{self, Splat, SplatCamera, PACKED, TILE};
 
 /// The transmittance below which a pixel stops accumulating (reference: `test_T < 0.0001f`).
@@ -40,32 +38,6 @@ pub(crate) fn render(gaussians: &[f32], cam: &SplatCamera) -> Planes {
     blend_all(&splats, &colors, &offsets, &mut entries, cam)
 }
 
-/// Runs `work` on every item, on as many threads as the machine offers (at most one per item).
-fn parallel<W: Send>(items: Vec<W>, work: impl Fn(W) + Sync) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    if threads <= 1 {
-        items.into_iter().for_each(work);
-        return;
-    }
-    let queue = Mutex::new(items.into_iter());
-    let next = || match queue.lock() {
-        Ok(mut guard) => guard.next(),
-        // A poisoned queue means another worker panicked; the scope re-raises that panic.
-        Err(poisoned) => poisoned.into_inner().next(),
-    };
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                while let Some(item) = next() {
-                    work(item);
-                }
-            });
-        }
-    });
-}
-
 fn preprocess_all(gaussians: &[f32], cam: &SplatCamera) -> Vec<Option<Splat>> {
     let mut splats = vec![None; gaussians.len() / PACKED];
     let items: Vec<(usize, &mut [Option<Splat>])> = splats
@@ -73,7 +45,7 @@ fn preprocess_all(gaussians: &[f32], cam: &SplatCamera) -> Vec<Option<Splat>> {
         .enumerate()
         .map(|(i, chunk)| (i * PREPROCESS_CHUNK, chunk))
         .collect();
-    parallel(items, |(start, chunk)| {
+    crate::parallel::for_each(items, |(start, chunk)| {
         for (k, out) in chunk.iter_mut().enumerate() {
             let g = &gaussians[(start + k) * PACKED..(start + k + 1) * PACKED];
             *out = projection::preprocess(cam, g);
@@ -160,7 +132,7 @@ fn blend_all(
             alpha,
         });
     }
-    parallel(bands, |band| blend_band(band, splats, colors, offsets, cam));
+    crate::parallel::for_each(bands, |band| blend_band(band, splats, colors, offsets, cam));
     planes
 }
 
