@@ -42,7 +42,7 @@ import sys
 import time
 import types
 import importlib.util
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 # Backends are read by trellis.modules at import: set them before anything imports it.
 os.environ.setdefault("SPARSE_BACKEND", "spconv")
@@ -415,23 +415,28 @@ def median(xs: List[float]) -> float:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
+def keep_sample(prefix: str) -> Callable:
+    """A Recorder `keep` for a sampler's `sample(model, noise, ...)`: its noise and samples
+    (features of a sparse tensor) as `{prefix}_noise` and `ss_latent` / `slat_sampled`."""
+    def keep(kept, a, k, r):
+        noise = k.get("noise", a[1] if len(a) > 1 else None)
+        kept[prefix + "_noise"] = noise.feats if hasattr(noise, "feats") else noise
+        samples = r.samples
+        kept[prefix + ("_latent" if prefix == "ss" else "_sampled")] = (
+            samples.feats if hasattr(samples, "feats") else samples)
+    return keep
+
+
+def keep_slat(kept, a, k, r):
+    """A Recorder `keep` for `sample_slat`: the de-normalised latent and its voxels."""
+    kept["slat_feats"] = r.feats
+    kept["coords"] = r.coords
+
+
 def instrument(pipeline, rec: Recorder, voxels: Optional[torch.Tensor]):
     """Per-stage timers and the intermediate results compared with recon's dump."""
     def keep_cond(kept, a, k, r):
         kept["cond"] = r["cond"]
-
-    def keep_sample(prefix):
-        def keep(kept, a, k, r):
-            noise = k.get("noise", a[1] if len(a) > 1 else None)
-            kept[prefix + "_noise"] = noise.feats if hasattr(noise, "feats") else noise
-            samples = r.samples
-            kept[prefix + ("_latent" if prefix == "ss" else "_sampled")] = (
-                samples.feats if hasattr(samples, "feats") else samples)
-        return keep
-
-    def keep_slat(kept, a, k, r):
-        kept["slat_feats"] = r.feats
-        kept["coords"] = r.coords
 
     replace = None
     if voxels is not None:
@@ -491,20 +496,37 @@ def compare(kept: Dict[str, object], decoded: dict, dump_path: str) -> dict:
 
 # --------------------------------------------------------------------------------------------
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_arguments(description: str, runs: int, formats: str) -> argparse.ArgumentParser:
+    """The options both reference benchmarks take (with their default runs and formats)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", required=True, help="model folder (pipeline.json + ckpts/)")
     p.add_argument("--image", required=True, help="RGBA input image")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=runs)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--formats", default="gaussians", help="gaussians, mesh or gaussians,mesh")
+    p.add_argument("--formats", default=formats, help="gaussians, mesh or gaussians,mesh")
     p.add_argument("--voxels", default=None, help="shell:R, as recon bench --voxels")
-    p.add_argument("--ss-steps", type=int, default=None)
-    p.add_argument("--slat-steps", type=int, default=None)
     p.add_argument("--recon-dump", default=None, help="recon bench --dump's file, to compare with")
     p.add_argument("--json", default=None)
+    return p
+
+
+def formats_and_voxels(args) -> Tuple[List[str], Optional[torch.Tensor]]:
+    """`--formats` as the reference's format names, and `--voxels shell:R`'s voxels (or None)."""
+    formats = [{"gaussians": "gaussian", "mesh": "mesh"}[f] for f in args.formats.split(",")]
+    voxels = None
+    if args.voxels:
+        if not args.voxels.startswith("shell:"):
+            raise SystemExit(f"--voxels {args.voxels!r}: expected shell:R")
+        voxels = shell_voxels(float(args.voxels[len("shell:"):]))
+    return formats, voxels
+
+
+def parse_args():
+    p = common_arguments(__doc__.split("\n")[0], runs=5, formats="gaussians")
+    p.add_argument("--ss-steps", type=int, default=None)
+    p.add_argument("--slat-steps", type=int, default=None)
     return p.parse_args()
 
 
@@ -527,12 +549,7 @@ def main():
     rec.sync()
     load_ms = (time.perf_counter() - started) * 1e3
 
-    formats = [{"gaussians": "gaussian", "mesh": "mesh"}[f] for f in args.formats.split(",")]
-    voxels = None
-    if args.voxels:
-        if not args.voxels.startswith("shell:"):
-            raise SystemExit(f"--voxels {args.voxels!r}: expected shell:R")
-        voxels = shell_voxels(float(args.voxels[len("shell:"):]))
+    formats, voxels = formats_and_voxels(args)
     instrument(pipeline, rec, voxels)
     ss_params = {"steps": args.ss_steps} if args.ss_steps else {}
     slat_params = {"steps": args.slat_steps} if args.slat_steps else {}
@@ -580,14 +597,21 @@ def main():
         "torch": torch.__version__, "runs": args.runs, "warmup": args.warmup, "seed": args.seed,
         "formats": args.formats, "voxel_override": args.voxels, "voxels": voxel_count,
         "load_ms": load_ms,
-        "stages": {k: {"median_ms": median(v), "min_ms": min(v), "max_ms": max(v), "runs_ms": v}
-                   for k, v in rec.times.items()},
-        "peak_gpu_bytes": median(peaks) if peaks else None,
-        "backends": {k: os.environ[k] for k in ("SPARSE_BACKEND", "SPARSE_ATTN_BACKEND",
-                                                "ATTN_BACKEND", "SPCONV_ALGO")},
     }
+    finish_report(report, rec.times, peaks, rec.kept, decoded, args)
+
+
+def finish_report(report: dict, times: Dict[str, List[float]], peaks: List[int],
+                  kept: Dict[str, object], decoded: dict, args) -> None:
+    """Completes `report` with the stage statistics, the peak memory, the backends and (with
+    `args.recon_dump`) the agreement with recon, and writes it to `args.json` when given."""
+    report["stages"] = {k: {"median_ms": median(v), "min_ms": min(v), "max_ms": max(v),
+                            "runs_ms": v} for k, v in times.items()}
+    report["peak_gpu_bytes"] = median(peaks) if peaks else None
+    report["backends"] = {k: os.environ[k] for k in ("SPARSE_BACKEND", "SPARSE_ATTN_BACKEND",
+                                                     "ATTN_BACKEND", "SPCONV_ALGO")}
     if args.recon_dump:
-        report["agreement"] = compare(rec.kept, decoded, args.recon_dump)
+        report["agreement"] = compare(kept, decoded, args.recon_dump)
         for name, r in report["agreement"].items():
             print(f"agreement {name}: {r}")
     if args.json:

@@ -30,7 +30,6 @@ GAP-LAB-CUHK-SZ/ReconViaGen: its `trellis/` and `wheels/vggt/` folders).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -136,46 +135,24 @@ STAGES = {
 
 
 def instrument(pipeline, rec: "ref.Recorder", voxels) -> None:
-    def keep_sample(prefix):
-        def keep(kept, a, k, r):
-            noise = k.get("noise", a[1] if len(a) > 1 else None)
-            kept[prefix + "_noise"] = noise.feats if hasattr(noise, "feats") else noise
-            samples = r.samples
-            kept[prefix + ("_latent" if prefix == "ss" else "_sampled")] = (
-                samples.feats if hasattr(samples, "feats") else samples)
-        return keep
-
-    def keep_slat(kept, a, k, r):
-        kept["slat_feats"] = r.feats
-        kept["coords"] = r.coords
-
+    """Per-method timers (see STAGES) and the intermediate results compared with recon's dump."""
     rec.wrap(pipeline, "vggt_feat", "vggt")
     rec.wrap(pipeline, "encode_image", "dinov2")
     rec.wrap(pipeline, "get_ss_cond", "ss_cond")
     rec.wrap(pipeline, "get_slat_cond", "slat_cond")
-    rec.wrap(pipeline.sparse_structure_sampler, "sample", "ss_sampling", keep=keep_sample("ss"))
+    rec.wrap(pipeline.sparse_structure_sampler, "sample", "ss_sampling", keep=ref.keep_sample("ss"))
     replace = None
     if voxels is not None:
         replace = lambda logits: occupancy_of(voxels, logits)  # noqa: E731
     rec.wrap(pipeline.models["sparse_structure_decoder"], "forward", "ss_decoder", replace=replace)
-    rec.wrap(pipeline, "sample_slat", "structured_latent", keep=keep_slat)
-    rec.wrap(pipeline.slat_sampler, "sample", "slat_sampling", keep=keep_sample("slat"))
+    rec.wrap(pipeline, "sample_slat", "structured_latent", keep=ref.keep_slat)
+    rec.wrap(pipeline.slat_sampler, "sample", "slat_sampling", keep=ref.keep_sample("slat"))
     rec.wrap(pipeline, "decode_slat", "decode")
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="model folder (pipeline.json + ckpts/)")
-    p.add_argument("--image", required=True, help="RGBA input image, repeated to --views views")
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--formats", default="gaussians,mesh", help="gaussians, mesh or gaussians,mesh")
-    p.add_argument("--voxels", default=None, help="shell:R, as recon bench --voxels")
-    p.add_argument("--recon-dump", default=None, help="recon bench --dump's file, to compare with")
-    p.add_argument("--json", default=None)
+    p = ref.common_arguments(__doc__.split("\n")[0], runs=3, formats="gaussians,mesh")
+    p.add_argument("--views", type=int, default=4, help="the image repeated to this many views")
     return p.parse_args()
 
 
@@ -201,12 +178,7 @@ def main():
     rec.sync()
     load_ms = (time.perf_counter() - started) * 1e3
 
-    formats = [{"gaussians": "gaussian", "mesh": "mesh"}[f] for f in args.formats.split(",")]
-    voxels = None
-    if args.voxels:
-        if not args.voxels.startswith("shell:"):
-            raise SystemExit(f"--voxels {args.voxels!r}: expected shell:R")
-        voxels = ref.shell_voxels(float(args.voxels[len("shell:"):]))
+    formats, voxels = ref.formats_and_voxels(args)
     instrument(pipeline, rec, voxels)
     image = Image.open(args.image)
     image.load()
@@ -264,21 +236,8 @@ def main():
         "views": args.views, "runs": args.runs, "warmup": args.warmup, "seed": args.seed,
         "formats": args.formats, "voxel_override": args.voxels, "voxels": voxel_count,
         "load_ms": load_ms,
-        "stages": {k: {"median_ms": ref.median(v), "min_ms": min(v), "max_ms": max(v),
-                       "runs_ms": v} for k, v in per_stage.items()},
-        "peak_gpu_bytes": ref.median(peaks),
-        "backends": {k: os.environ[k] for k in ("SPARSE_BACKEND", "SPARSE_ATTN_BACKEND",
-                                                "ATTN_BACKEND", "SPCONV_ALGO")},
     }
-    if args.recon_dump:
-        report["agreement"] = ref.compare(rec.kept, decoded, args.recon_dump)
-        for name, r in report["agreement"].items():
-            print(f"agreement {name}: {r}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
-
+    ref.finish_report(report, per_stage, peaks, rec.kept, decoded, args)
 
 if __name__ == "__main__":
     main()
