@@ -87,6 +87,34 @@ impl SafeTensorsFile {
 
     /// Reads `name` as a CPU tensor in its stored dtype.
     pub fn read(&self, name: &str) -> Result<Tensor> {
+        let (bytes, shape, kind) = self.locate(name)?;
+        Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
+    }
+
+    /// `name` in its stored dtype on `device`, copied there straight from the mapped file:
+    /// for a CUDA device no host copy is made first (with low-VRAM mode rebuilding every stage's
+    /// networks from their files, that copy was a second pass over every weight each run).
+    pub fn read_to_device(&self, name: &str, device: Device) -> Result<Tensor> {
+        if !device.is_cuda() {
+            return self.read(name);
+        }
+        let (bytes, shape, kind) = self.locate(name)?;
+        if bytes.is_empty() {
+            return Ok(Tensor::f_empty(shape.as_slice(), (kind, device))?);
+        }
+        // SAFETY: the view points into the mapping, which `self` keeps alive for this whole
+        // call; the view is only read, by the copy below, and dropped before returning. A copy
+        // from pageable host memory to a CUDA device has completed when `to_device` returns
+        // (libtorch copies and synchronises), so no read of the mapping outlives the view. The
+        // copy is a byte copy, so the view's alignment does not matter.
+        let view = unsafe {
+            Tensor::f_from_blob(bytes.as_ptr(), shape.as_slice(), &[], kind, Device::Cpu)?
+        };
+        Ok(view.f_to_device(device)?)
+    }
+
+    /// The stored bytes, shape and dtype of `name`.
+    fn locate(&self, name: &str) -> Result<(&[u8], Vec<i64>, Kind)> {
         let info = self.tensors.get(name).ok_or_else(|| {
             Error::checkpoint(format!(
                 "{}: tensor '{name}' is missing",
@@ -102,8 +130,7 @@ impl SafeTensorsFile {
         })?;
         let (begin, end) = info.data_offsets;
         let bytes = &self.mmap[self.data_start + begin..self.data_start + end];
-        let shape = to_i64_shape(&info.shape);
-        Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
+        Ok((bytes, to_i64_shape(&info.shape), kind))
     }
 
     /// Reads every tensor (for the module runner and tests), in sorted name order.
@@ -270,12 +297,13 @@ impl Weights {
                 self.path().display()
             )));
         }
+        // On a CUDA device the stored dtype is copied over and converted there (the same
+        // rounding as on the host, without a host pass over the weights).
         let tensor = self
             .shared
             .file
-            .read(full)?
-            .f_to_kind(self.kind)?
-            .f_to_device(self.shared.device)?;
+            .read_to_device(full, self.shared.device)?
+            .f_to_kind(self.kind)?;
         self.mark_used(full);
         Ok(tensor)
     }

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu
-GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda bake_cuda graphs_cuda cli_bench"
+GPU_TESTS="golden_modules kernels_compile sparse_engine sparse_cuda sparse_attention sparse_structure_flow structured_latent_flow stage2 reliability_cuda vggt trellis_vggt vggt_cond_nets render_gaussian_cuda render_mesh_cuda turntable_cuda fused_cuda bake_cuda graphs_cuda cli_bench weights_cuda"
 rm -rf "$out"
 mkdir -p "$out/bin"
 cargo build --release --lib --bins
@@ -42,6 +42,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export RECON_GOLDEN_DIR=$here/../tests/fixtures/golden RECON_SHARED_GOLDEN_DIR=$here/shared/golden
 cd "$here/.."
 "$here"/bin/golden_modules --include-ignored --nocapture --test-threads 1
+# Checkpoint tensors copied to the device from the mapped files equal CPU-loaded ones.
+"$here"/bin/weights_cuda --nocapture
 # The CUDA path of the sparse engine: NVRTC compile, every op against the CPU path, timings,
 # then compute-sanitizer's memcheck over the kernels (without libtorch's caching allocator, so
 # every tensor is its own allocation and out-of-bounds accesses cannot land in a cached block).
