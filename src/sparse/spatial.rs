@@ -100,15 +100,7 @@ impl SparseDownsample {
                 "SparseDownsample of an empty tensor",
             ));
         }
-        let key = downsample_key(self.factor);
-        let record = match x.cache_get::<DownsampleRecord>(&key)? {
-            Some(record) => record,
-            None => {
-                let record = self.coarsen(x)?;
-                x.cache_insert(&key, record.share());
-                record
-            }
-        };
+        let record = x.cached(&downsample_key(self.factor), || self.coarsen(x))?;
         let feats = mean_including_zero(x.feats(), &record.coarse_row, &record.divisor)?;
         Ok(SparseTensor::on_level(
             feats,
