@@ -19,7 +19,7 @@ use recon::hub;
 use recon::models::NamedTensors;
 use recon::pipeline::{MultiImageMode, RunControl, Stage};
 use recon::samplers::{
-    Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, SampleOptions,
+    Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, Negative, SampleOptions,
     SamplerConfig, SamplerKind,
 };
 use recon::{Error, ErrorKind, Result};
@@ -229,7 +229,7 @@ fn check_trellis_case(case: &Path) -> Vec<String> {
             &model,
             &inputs["noise"],
             conditioning,
-            Some(&neg_cond),
+            Some(Negative::Tokens(&neg_cond)),
             &options,
         )
         .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -365,7 +365,7 @@ fn check_reconviagen_case<C: Condition>(
             &model,
             noise,
             Conditioning::Single(cond),
-            Some(neg_cond),
+            Some(Negative::Tokens(neg_cond)),
             &options,
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -504,6 +504,60 @@ fn counting() -> Counting {
     }
 }
 
+/// [`Counting`] with its own zero-condition forward, counted apart.
+struct CountingWithZeros {
+    inner: Counting,
+    zero_calls: Cell<usize>,
+}
+
+impl FlowModel<Tensor> for CountingWithZeros {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        self.inner.predict(x_t, t, cond)
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, _t: &Tensor, zeros: &Tensor) -> Result<Tensor> {
+        self.zero_calls.set(self.zero_calls.get() + 1);
+        Ok(x_t * 0.5 + zeros.mean(Kind::Float))
+    }
+}
+
+#[test]
+fn all_zero_negative_conditions_go_to_the_zero_condition_forward() {
+    let noise = Tensor::ones([1, 2, 2], (Kind::Float, tch::Device::Cpu));
+    let cond = Tensor::ones([1, 3], (Kind::Float, tch::Device::Cpu));
+    let neg = cond.zeros_like();
+    let control = run_control_none();
+    for formula in [GuidanceFormula::Trellis, GuidanceFormula::ReconViaGen] {
+        let config = interval_sampler(formula, 3.0);
+        let run = |negative: Negative<'_, Tensor>| {
+            let model = CountingWithZeros {
+                inner: counting(),
+                zero_calls: Cell::new(0),
+            };
+            let out = config
+                .sample(
+                    &model,
+                    &noise,
+                    Conditioning::Single(&cond),
+                    Some(negative),
+                    &SampleOptions::new(Stage::SparseStructure, &control),
+                )
+                .unwrap();
+            (out.samples, model)
+        };
+        let (given, given_model) = run(Negative::Tokens(&neg));
+        let (zeros, zeros_model) = run(Negative::Zeros(&neg));
+        // Steps 0 and 1 are guided: one negative call each, through the forward the variant
+        // names; the conditional calls are the same.
+        assert_eq!(given_model.inner.negatives.get(), 2, "{formula:?}");
+        assert_eq!(given_model.zero_calls.get(), 0, "{formula:?}");
+        assert_eq!(zeros_model.inner.negatives.get(), 0, "{formula:?}");
+        assert_eq!(zeros_model.zero_calls.get(), 2, "{formula:?}");
+        assert_eq!(zeros_model.inner.calls.get(), 4, "{formula:?}");
+        assert!(given.equal(&zeros), "{formula:?}");
+    }
+}
+
 fn interval_sampler(formula: GuidanceFormula, strength: f64) -> SamplerConfig {
     let mut config = SamplerConfig::new(SamplerKind::FlowEulerGuidanceInterval, formula, 1e-5);
     config.steps = 4;
@@ -535,7 +589,7 @@ fn progress_is_reported_once_per_step_and_cancels_between_steps() {
             &model,
             &noise,
             Conditioning::Single(&cond),
-            Some(&neg),
+            Some(Negative::Tokens(&neg)),
             &SampleOptions::new(Stage::StructuredLatent, &control),
         )
         .err()
@@ -562,7 +616,7 @@ fn progress_is_reported_once_per_step_and_cancels_between_steps() {
             &model,
             &noise,
             Conditioning::Single(&cond),
-            Some(&neg),
+            Some(Negative::Tokens(&neg)),
             &SampleOptions::new(Stage::SparseStructure, &control),
         )
         .err()
@@ -585,7 +639,7 @@ fn reconviagen_weights_one_and_zero_make_a_single_call() {
                 &model,
                 &noise,
                 Conditioning::Single(&cond),
-                Some(&neg),
+                Some(Negative::Tokens(&neg)),
                 &SampleOptions::new(Stage::SparseStructure, &control),
             )
             .unwrap();
@@ -621,7 +675,7 @@ fn guided_samplers_require_a_negative_condition() {
                 views: &[],
                 mode: MultiImageMode::Stochastic,
             },
-            Some(&cond),
+            Some(Negative::Tokens(&cond)),
             &SampleOptions::new(Stage::SparseStructure, &control),
         )
         .err()

@@ -113,6 +113,86 @@ fn golden_sparse_attention_matches_the_reference() {
     }
 }
 
+/// ReconViaGen's multi-view cross-attention (the mean over views) computed at once equals the
+/// mean of one attention per view: one sample with views of one length (the dense batch of
+/// views), one sample with views of several lengths and three samples (the view-major varlen
+/// sequences), on the golden cases' cross-attention modules with their inputs.
+fn check_view_mean(device: Device, kind: Kind, tolerance: f64) {
+    let mut checked = 0;
+    for case in harness_cases(HARNESS) {
+        let json = read_json(&case.join("ckpts/attn.json"));
+        if json["args"]["type"] != "cross" {
+            continue;
+        }
+        let module = load_case_module(&case, kind, device);
+        let inputs = read_tensors(&case.join("inputs.safetensors"));
+        let x = SparseTensor::new(
+            inputs["feats"].to_device(device).to_kind(kind),
+            inputs["coords"].to_device(device),
+        )
+        .unwrap();
+        let context = inputs["context"].to_device(device).to_kind(kind);
+        let (batch, tokens) = (context.size()[0], context.size()[1]);
+        let varied = |scale: f64, length: i64| (&context * scale).narrow(1, 0, length);
+        let view_sets = [
+            vec![
+                varied(1.0, tokens),
+                varied(-0.5, tokens),
+                varied(2.0, tokens),
+            ],
+            vec![
+                varied(1.0, tokens),
+                varied(0.7, tokens.min(3)),
+                varied(-1.5, 1),
+            ],
+        ];
+        for views in &view_sets {
+            let together = module
+                .forward_feats_view_mean(x.feats(), &x, views)
+                .unwrap();
+            let mut sum = Tensor::zeros_like(&together).to_kind(Kind::Float);
+            for view in views {
+                sum += module
+                    .forward_feats(x.feats(), &x, Some(view))
+                    .unwrap()
+                    .to_kind(Kind::Float);
+            }
+            let expected = sum / views.len() as f64;
+            let (rel, _) = rel_l2(
+                &together.to_kind(Kind::Float).to_device(Device::Cpu),
+                &expected.to_device(Device::Cpu),
+            );
+            let lengths: Vec<i64> = views.iter().map(|v| v.size()[1]).collect();
+            println!(
+                "{}: batch {batch}, views {lengths:?}: rel L2 {rel:.2e}",
+                case.display()
+            );
+            assert!(
+                rel <= tolerance,
+                "{}: views {lengths:?}: rel L2 {rel:.3e}",
+                case.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "expected the cross cases of batch 1 and 3");
+}
+
+#[test]
+fn the_view_mean_cross_attention_equals_one_attention_per_view() {
+    check_view_mean(Device::Cpu, Kind::Float, 1e-6);
+}
+
+#[test]
+#[ignore = "needs a CUDA device; run on the GPU machine with --ignored"]
+fn cuda_view_mean_cross_attention_equals_one_attention_per_view() {
+    assert!(
+        tch::Cuda::is_available(),
+        "no CUDA device visible to libtorch"
+    );
+    check_view_mean(Device::Cuda(0), Kind::Half, 2e-3);
+}
+
 /// Plain float64 attention per sequence: the definition every backend must meet.
 fn reference_varlen(q: &Tensor, k: &Tensor, v: &Tensor, cu_q: &[i64], cu_k: &[i64]) -> Tensor {
     let (q, k, v) = (

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
+use crate::nn::attention::CrossContext;
 use crate::nn::embed::{AbsolutePositionEmbedder, TimestepEmbedder};
 use crate::nn::layout::{check_layout, TensorSpec};
 use crate::nn::transformer::{mlp_hidden, CrossBlockConfig, ModulatedTransformerCrossBlock};
@@ -334,7 +335,20 @@ impl SparseStructureFlowModel {
     /// `[B, in_channels, R, R, R]` at timesteps `t` `[B]` (the sampler's `t · 1000`), given the
     /// condition tokens `cond` `[B, L, cond_channels]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        let batch = self.check_inputs(x, t, cond)?;
+        let batch = self.check_inputs(x, t)?;
+        self.check_cond(batch, cond)?;
+        self.velocity(x, t, CrossContext::Tokens(cond))
+    }
+
+    /// [`SparseStructureFlowModel::forward`] under all-zero condition tokens (classifier-free
+    /// guidance's negative condition, any number of tokens): every cross-attention adds its
+    /// constant output instead of attending.
+    pub fn forward_zero_condition(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.velocity(x, t, CrossContext::Zeros)
+    }
+
+    fn velocity(&self, x: &Tensor, t: &Tensor, cond: CrossContext<'_, Tensor>) -> Result<Tensor> {
+        let batch = self.check_inputs(x, t)?;
         let cfg = &self.config;
         let p = cfg.patch_size;
 
@@ -353,11 +367,17 @@ impl SparseStructureFlowModel {
             modulation = shared.forward(&modulation.f_silu()?)?;
         }
         let modulation = modulation.f_to_kind(self.torso_kind)?;
-        let cond = cond.f_to_kind(self.torso_kind)?;
+        let cond = match cond {
+            CrossContext::Tokens(cond) => Some(cond.f_to_kind(self.torso_kind)?),
+            CrossContext::Zeros => None,
+        };
+        let context = cond
+            .as_ref()
+            .map_or(CrossContext::Zeros, CrossContext::Tokens);
         let mut h = h.f_to_kind(self.torso_kind)?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block
-                .forward(&h, &modulation, &cond)
+                .forward(&h, &modulation, context)
                 .context(format!("blocks.{i}"))?;
         }
 
@@ -377,8 +397,8 @@ impl SparseStructureFlowModel {
         Ok(unpatchify(&h, p)?.f_contiguous()?.f_to_kind(x.kind())?)
     }
 
-    /// The batch size, or an InvalidArgument error naming the offending input.
-    fn check_inputs(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<i64> {
+    /// The batch size of `x` and `t`, or an InvalidArgument error naming the offending input.
+    fn check_inputs(&self, x: &Tensor, t: &Tensor) -> Result<i64> {
         let cfg = &self.config;
         let r = cfg.resolution;
         let batch = match x.size()[..] {
@@ -396,8 +416,14 @@ impl SparseStructureFlowModel {
                 t.size()
             )));
         }
+        Ok(batch)
+    }
+
+    /// Whether `cond` is `[batch, L, cond_channels]`, or an InvalidArgument error.
+    fn check_cond(&self, batch: i64, cond: &Tensor) -> Result<()> {
+        let cfg = &self.config;
         match cond.size()[..] {
-            [b, _, c] if b == batch && c == cfg.cond_channels => Ok(batch),
+            [b, _, c] if b == batch && c == cfg.cond_channels => Ok(()),
             ref found => Err(Error::invalid_argument(format!(
                 "SparseStructureFlowModel: cond must be [{batch}, L, {}], got {found:?}",
                 cfg.cond_channels
@@ -504,6 +530,29 @@ mod tests {
                 ..small(4, true)
             },
         ]
+    }
+
+    /// All-zero condition tokens make every key the same, so the attention is uniform and its
+    /// output a constant: the zero-condition forward, which adds that constant, equals a
+    /// forward that attends to zeros (with or without q/k norms in the cross-attention).
+    #[test]
+    fn the_zero_condition_forward_equals_attending_to_zeros() {
+        for config in variants() {
+            let dir = tempfile::tempdir().unwrap();
+            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
+            let model = SparseStructureFlowModel::new(config.clone(), &weights).unwrap();
+            let r = config.resolution;
+            let opts = (Kind::Float, Device::Cpu);
+            let x = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn([2, config.in_channels, r, r, r], opts)
+            });
+            let t = Tensor::from_slice(&[500.0f32, 3.0]);
+            let zeros = Tensor::zeros([2, 6, config.cond_channels], opts);
+            let attended = model.forward(&x, &t, &zeros).unwrap();
+            let skipped = model.forward_zero_condition(&x, &t).unwrap();
+            let rel = f64::try_from((&attended - &skipped).norm() / attended.norm()).unwrap();
+            assert!(rel < 1e-5, "{config:?}: rel L2 {rel}");
+        }
     }
 
     #[test]

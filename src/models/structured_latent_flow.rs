@@ -34,6 +34,7 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
+use crate::nn::attention::CrossContext;
 use crate::nn::embed::{AbsolutePositionEmbedder, TimestepEmbedder};
 use crate::nn::layout::{check_layout, TensorSpec};
 use crate::nn::transformer::{mlp_hidden, CrossBlockConfig};
@@ -591,17 +592,43 @@ impl SLatFlowModel {
         t: &Tensor,
         views: &[Tensor],
     ) -> Result<SparseTensor> {
-        self.check_inputs(x, t, views)?;
+        self.check_inputs(x, t)?;
+        self.check_views(x, views)?;
+        self.velocity(x, t, CrossContext::Tokens(views))
+    }
+
+    /// [`SLatFlowModel::forward`] under all-zero condition tokens (classifier-free guidance's
+    /// negative condition, one or several views of any length): every cross-attention adds
+    /// its constant output instead of attending.
+    pub fn forward_zero_condition(&self, x: &SparseTensor, t: &Tensor) -> Result<SparseTensor> {
+        self.check_inputs(x, t)?;
+        self.velocity(x, t, CrossContext::Zeros)
+    }
+
+    fn velocity(
+        &self,
+        x: &SparseTensor,
+        t: &Tensor,
+        context: CrossContext<'_, [Tensor]>,
+    ) -> Result<SparseTensor> {
         let mut h = self.input_layer.forward(x)?.to_kind(self.torso_kind)?;
         let mut t_emb = self.t_embedder.forward(t)?;
         if let Some(shared) = &self.shared_modulation {
             t_emb = shared.forward(&t_emb.f_silu()?)?;
         }
         let t_emb = t_emb.f_to_kind(self.torso_kind)?;
-        let views = views
-            .iter()
-            .map(|v| v.f_to_kind(self.torso_kind))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let views = match context {
+            CrossContext::Tokens(views) => Some(
+                views
+                    .iter()
+                    .map(|v| v.f_to_kind(self.torso_kind))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            ),
+            CrossContext::Zeros => None,
+        };
+        let context = views
+            .as_deref()
+            .map_or(CrossContext::Zeros, CrossContext::Tokens);
 
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         for (i, block) in self.input_blocks.iter().enumerate() {
@@ -625,7 +652,7 @@ impl SLatFlowModel {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             h = block
-                .forward(&h, &t_emb, &views)
+                .forward(&h, &t_emb, context)
                 .context(format!("blocks.{i}"))?;
         }
         for (i, block) in self.out_blocks.iter().enumerate() {
@@ -652,7 +679,7 @@ impl SLatFlowModel {
     }
 
     /// InvalidArgument errors naming the offending input.
-    fn check_inputs(&self, x: &SparseTensor, t: &Tensor, views: &[Tensor]) -> Result<()> {
+    fn check_inputs(&self, x: &SparseTensor, t: &Tensor) -> Result<()> {
         let cfg = &self.config;
         if x.channels() != cfg.in_channels {
             return Err(Error::invalid_argument(format!(
@@ -668,6 +695,13 @@ impl SLatFlowModel {
                 t.size()
             )));
         }
+        Ok(())
+    }
+
+    /// InvalidArgument errors naming the view of `views` that does not fit `x`.
+    fn check_views(&self, x: &SparseTensor, views: &[Tensor]) -> Result<()> {
+        let cfg = &self.config;
+        let batch = x.batch_size() as i64;
         if views.is_empty() {
             return Err(Error::invalid_argument(
                 "SLatFlowModel: the condition list is empty",
@@ -807,6 +841,45 @@ mod tests {
             let views = [cond.shallow_clone(), cond.shallow_clone()];
             let twice = model.forward_views(&x, &t, &views).unwrap();
             assert!(twice.feats().allclose(v.feats(), 1e-5, 1e-5, false));
+        }
+    }
+
+    /// All-zero condition tokens make every key the same, so the attention is uniform and its
+    /// output a constant: the zero-condition forward, which adds that constant, equals a
+    /// forward that attends to zeros (with or without q/k norms in the cross-attention, one
+    /// or several views of any length).
+    #[test]
+    fn the_zero_condition_forward_equals_attending_to_zeros() {
+        let coords = voxels();
+        for config in variants() {
+            let dir = tempfile::tempdir().unwrap();
+            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
+            let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
+            let feats = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                Tensor::randn(
+                    [coords.size()[0], config.in_channels],
+                    (Kind::Float, Device::Cpu),
+                )
+            });
+            let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
+            let t = Tensor::from_slice(&[500.0f32, 3.0]);
+            let zeros = |tokens: i64| {
+                Tensor::zeros(
+                    [2, tokens, config.cond_channels],
+                    (Kind::Float, Device::Cpu),
+                )
+            };
+            let skipped = model.forward_zero_condition(&x, &t).unwrap();
+            for views in [vec![zeros(7)], vec![zeros(5), zeros(9), zeros(1)]] {
+                let attended = model.forward_views(&x, &t, &views).unwrap();
+                let (a, b) = (attended.feats(), skipped.feats());
+                let rel = f64::try_from((a - b).norm() / a.norm()).unwrap();
+                assert!(
+                    rel < 1e-5,
+                    "{config:?}, {} views: rel L2 {rel}",
+                    views.len()
+                );
+            }
         }
     }
 

@@ -61,8 +61,6 @@ impl MultiHeadRmsNorm {
     }
 }
 
-/// Softmax attention with the default scale `1/√D` and no mask, on `[B, L, H, D]` tensors
-/// (`k` and `v` share their length, which may differ from `q`'s). Returns `[B, Lq, H, D]`.
 /// `x` `[.., H, D]` seen as `[R, H, D]` rows (no copy) when its leading axes collapse into one
 /// row stride, e.g. q or k sliced out of a fused qkv projection; else `None`.
 fn head_rows(x: &Tensor) -> Result<Option<Tensor>> {
@@ -83,6 +81,8 @@ fn head_rows(x: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(x.f_as_strided(shape, strides, None)?))
 }
 
+/// Softmax attention with the default scale `1/√D` and no mask, on `[B, L, H, D]` tensors
+/// (`k` and `v` share their length, which may differ from `q`'s). Returns `[B, Lq, H, D]`.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     // libtorch wants the heads before the sequence: [B, H, L, D].
     let to_heads = |t: &Tensor| t.f_permute([0, 2, 1, 3]);
@@ -154,6 +154,50 @@ impl QkvProjection {
         }
     }
 }
+
+impl QkvProjection {
+    /// The output, for any query, of a cross-attention whose context tokens are all zero
+    /// (classifier-free guidance's negative condition, `zeros_like(cond)`): `[1, C]` in the
+    /// Linears' dtype. Every key is then the same vector (`to_kv`'s bias, normalised or not),
+    /// so the softmax is uniform and every head returns the one value `to_kv(0)`'s `v` half;
+    /// the output is `to_out(v)`. Computed on a single context token, where the softmax is 1
+    /// exactly. None for a self-attention projection.
+    pub fn zero_context_output(&self, to_out: &Linear) -> Result<Option<Tensor>> {
+        let Self::CrossAttention { to_kv, .. } = self else {
+            return Ok(None);
+        };
+        let (out_features, ctx) = match to_kv.weight_size()[..] {
+            [out, ctx] => (out, ctx),
+            ref found => {
+                return Err(Error::internal(format!(
+                    "to_kv weight has shape {found:?}; expected [2C, ctx]"
+                )))
+            }
+        };
+        let zeros = Tensor::f_zeros([1, ctx], (to_kv.kind(), to_kv.device()))?;
+        let channels = out_features / 2;
+        let v = to_kv.forward(&zeros)?.f_narrow(1, channels, channels)?;
+        Ok(Some(to_out.forward(&v)?))
+    }
+}
+
+/// What a cross-attention attends to: given context tokens (`T` is one tensor `[B, Lc, ctx]`,
+/// or a list of them whose outputs are averaged), or all-zero tokens, whose attention output
+/// is a constant ([`QkvProjection::zero_context_output`]) and is not computed per token.
+#[derive(Debug)]
+pub enum CrossContext<'a, T: ?Sized> {
+    Tokens(&'a T),
+    Zeros,
+}
+
+// Manual impls: a derive would require `T: Copy`, but only a reference is held.
+impl<T: ?Sized> Clone for CrossContext<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for CrossContext<'_, T> {}
 
 /// The shape of one `MultiHeadAttention` module, as its upstream constructor arguments.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,6 +341,18 @@ impl MultiHeadAttention {
         };
         let h = scaled_dot_product_attention(&q, &k, &v)?.f_reshape([b, l, c])?;
         self.to_out.forward(&h)
+    }
+
+    /// A cross-attention's output for all-zero context tokens, `[1, C]` (see
+    /// [`QkvProjection::zero_context_output`]); an error for a self-attention module.
+    pub fn zero_context_output(&self) -> Result<Tensor> {
+        self.projection
+            .zero_context_output(&self.to_out)?
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "MultiHeadAttention: a self-attention module takes no context",
+                )
+            })
     }
 
     /// `(B, L)` of tokens `[B, L, C]`, or an error naming the expected shape.

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::nn::layout::TensorSpec;
@@ -70,6 +70,15 @@ impl Linear {
 
     pub fn kind(&self) -> Kind {
         self.weight.kind()
+    }
+
+    pub fn device(&self) -> Device {
+        self.weight.device()
+    }
+
+    /// `[out_features, in_features]`.
+    pub fn weight_size(&self) -> Vec<i64> {
+        self.weight.size()
     }
 
     /// `x @ W^T + b` over the last axis; `x` is cast to the weights' dtype.

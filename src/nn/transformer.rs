@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
-use crate::nn::attention::{AttentionConfig, MultiHeadAttention};
+use crate::nn::attention::{AttentionConfig, CrossContext, MultiHeadAttention};
 use crate::nn::layout::TensorSpec;
 use crate::nn::{LayerNorm32, Linear};
 use crate::weights::Weights;
@@ -151,11 +151,19 @@ impl CrossBlockLayers {
         specs
     }
 
-    /// `x + cross_attn(norm2(x), context)`: the unmodulated middle of every cross block.
-    fn cross_attention_residual(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let h = self
-            .cross_attn
-            .forward(&self.norm2.forward(x)?, Some(context))?;
+    /// `x + cross_attn(norm2(x), context)`: the unmodulated middle of every cross block. With
+    /// all-zero context tokens the attention's output is one constant row, added as it is.
+    fn cross_attention_residual(
+        &self,
+        x: &Tensor,
+        context: CrossContext<'_, Tensor>,
+    ) -> Result<Tensor> {
+        let h = match context {
+            CrossContext::Tokens(context) => self
+                .cross_attn
+                .forward(&self.norm2.forward(x)?, Some(context))?,
+            CrossContext::Zeros => self.cross_attn.zero_context_output()?,
+        };
         Ok(x.f_add(&h)?)
     }
 }
@@ -274,8 +282,14 @@ impl ModulatedTransformerCrossBlock {
     }
 
     /// `x` `[B, L, C]`; `modulation` the timestep embedding `[B, C]` (or, with `share_mod`, the
-    /// shared modulation `[B, 6C]`); `context` `[B, Lc, ctx]`. Returns `[B, L, C]` in `x`'s dtype.
-    pub fn forward(&self, x: &Tensor, modulation: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// shared modulation `[B, 6C]`); `context` tokens `[B, Lc, ctx]` or all-zero ones. Returns
+    /// `[B, L, C]` in `x`'s dtype.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        modulation: &Tensor,
+        context: CrossContext<'_, Tensor>,
+    ) -> Result<Tensor> {
         let m = Modulation::split(&self.modulation_vectors(modulation)?)?;
         let layers = &self.layers;
 
@@ -349,7 +363,7 @@ impl ModulatedTransformerCrossBlockWoT {
         let layers = &self.layers;
         let h = layers.self_attn.forward(&layers.norm1.forward(x)?, None)?;
         let x = x.f_add(&h)?;
-        let x = layers.cross_attention_residual(&x, context)?;
+        let x = layers.cross_attention_residual(&x, CrossContext::Tokens(context))?;
         let h = layers.mlp.forward(&layers.norm3.forward(&x)?)?;
         Ok(x.f_add(&h)?)
     }

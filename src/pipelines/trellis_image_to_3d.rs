@@ -30,10 +30,12 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result, ResultExt};
 use crate::image::{self, Variant};
 use crate::models::dinov2::imagenet_normalize;
-use crate::models::sparse_structure_flow::SparseStructureFlowConfig;
+use crate::models::sparse_structure_flow::{SparseStructureFlowConfig, SparseStructureFlowModel};
 use crate::models::{NamedTensors, Network};
 use crate::pipeline::{ImageInput, MultiImageMode, RunControl, RunParams, Stage};
-use crate::samplers::{Conditioning, FlowModel, GraphedFlow, SampleOptions, SamplerConfig};
+use crate::samplers::{
+    Conditioning, FlowModel, GraphedFlow, Negative, SampleOptions, SamplerConfig,
+};
 
 /// The pipeline.json key of the sparse-structure flow model.
 pub const SPARSE_STRUCTURE_FLOW_MODEL: &str = "sparse_structure_flow_model";
@@ -354,7 +356,8 @@ pub fn sample_sparse_structure(
             &model,
             noise,
             conditioning,
-            Some(&condition.neg_cond),
+            // `get_cond`'s `zeros_like(cond)`.
+            Some(Negative::Zeros(&condition.neg_cond)),
             &options,
         )
         .context("sparse-structure sampling")?;
@@ -397,6 +400,13 @@ impl FlowModel<Tensor> for NamedFlow<'_> {
             ("cond".to_string(), cond.shallow_clone()),
         ]);
         take_output(self.0.forward_named(&inputs)?, "v", self.0)
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Tensor) -> Result<Tensor> {
+        match self.0.as_any().downcast_ref::<SparseStructureFlowModel>() {
+            Some(flow) => tch::no_grad(|| flow.forward_zero_condition(x_t, t)),
+            None => self.predict(x_t, t, zeros),
+        }
     }
 }
 

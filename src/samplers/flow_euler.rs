@@ -7,7 +7,8 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, SampleOptions, SamplerConfig,
+    Condition, Conditioning, FlowModel, GuidanceFormula, LatentLayout, Negative, SampleOptions,
+    SamplerConfig,
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::MultiImageMode;
@@ -31,7 +32,8 @@ pub struct Trajectory {
 impl SamplerConfig {
     /// Samples from `model` starting at `noise` (t = 1).
     ///
-    /// `neg_cond` is required by the guided samplers and ignored by `FlowEulerSampler`. With
+    /// `neg_cond` is required by the guided samplers and ignored by `FlowEulerSampler`; all-zero
+    /// tokens ([`Negative::Zeros`]) go to [`FlowModel::predict_zeros`]. With
     /// [`Conditioning::Views`], `stochastic` gives step i view `i mod K`, and `multidiffusion`
     /// averages the conditional velocity over all views, then guides that mean once. (The
     /// reference only defines multidiffusion for the guidance-interval sampler; here the plain
@@ -43,7 +45,7 @@ impl SamplerConfig {
         model: &M,
         noise: &Tensor,
         cond: Conditioning<'_, C>,
-        neg_cond: Option<&C>,
+        neg_cond: Option<Negative<'_, C>>,
         options: &SampleOptions<'_>,
     ) -> Result<SampleOutput>
     where
@@ -118,7 +120,7 @@ impl SamplerConfig {
 fn check_conditioning<C>(
     config: &SamplerConfig,
     cond: &Conditioning<'_, C>,
-    neg_cond: Option<&C>,
+    neg_cond: Option<Negative<'_, C>>,
 ) -> Result<()> {
     if let Conditioning::Views { views, .. } = cond {
         if views.is_empty() {
@@ -143,7 +145,7 @@ struct Run<'a, C, M: ?Sized> {
     layout: LatentLayout<'a>,
     batch: i64,
     cond: Conditioning<'a, C>,
-    neg_cond: Option<&'a C>,
+    neg_cond: Option<Negative<'a, C>>,
 }
 
 impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
@@ -221,12 +223,27 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
         let neg = self.neg_cond.ok_or_else(|| {
             Error::invalid_argument("sampler: guidance needs a negative condition (neg_cond)")
         })?;
-        self.call(x, t, neg)
+        match neg {
+            Negative::Tokens(tokens) => self.call(x, t, tokens),
+            Negative::Zeros(zeros) => self.call_with(x, t, zeros, M::predict_zeros),
+        }
     }
 
     /// One network evaluation, as the reference's `FlowEulerSampler._inference_model`: the
     /// timestep `[1000·t] * B` in float32, a batch-1 condition repeated to the batch.
     fn call(&self, x: &Tensor, t: f64, cond: &C) -> Result<Tensor> {
+        self.call_with(x, t, cond, M::predict)
+    }
+
+    /// [`Self::call`] through `predict` (the model's [`FlowModel::predict`] or
+    /// [`FlowModel::predict_zeros`]).
+    fn call_with(
+        &self,
+        x: &Tensor,
+        t: f64,
+        cond: &C,
+        predict: impl Fn(&M, &Tensor, &Tensor, &C) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         // Filled on the device: a copy from host memory would make the host wait for the
         // device's queue to drain before every forward.
         let timestep = Tensor::f_full(
@@ -235,7 +252,7 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
             (Kind::Float, x.device()),
         )?;
         let cond = cond.for_batch(self.batch)?;
-        let v = self.model.predict(x, &timestep, &cond)?;
+        let v = predict(self.model, x, &timestep, &cond)?;
         if v.size() != x.size() {
             return Err(Error::internal(format!(
                 "flow model returned a velocity of shape {:?} for a latent of shape {:?}",

@@ -6,13 +6,12 @@
 //! coordinate bookkeeping — kernel maps, down/upsampling maps, batch layouts — is cached on the
 //! voxels' spatial levels by the first forward, so later forwards only compute). Issued one
 //! by one from the host they keep the GPU waiting between kernels; captured once into a CUDA
-//! graph they replay with one launch. The first call of a generation runs the forward eagerly once (loading kernels,
-//! library handles, caches; that output is its result), then captures it over static input
-//! buffers; later calls
-//! copy their inputs into the buffers and replay. The graph serves every call with the same
-//! shapes (conditional and unconditional passes alike: the condition, one tensor or a list of
-//! per-view tensors, is an input buffer too);
-//! anything else runs eagerly. A replay runs the eager forward's kernels in the same order:
+//! graph they replay with one launch. The first call of a generation runs the forward eagerly
+//! once (loading kernels, library handles, caches; that output is its result), then captures
+//! it over static input buffers; later calls copy their inputs into the buffers and replay.
+//! The graph serves every call with the same shapes (the condition, one tensor or a list of
+//! per-view tensors, is an input buffer too); the all-zero negative condition's forwards,
+//! which skip the cross-attentions, have a graph of their own. Anything else runs eagerly. A replay runs the eager forward's kernels in the same order:
 //! outputs are bit-identical wherever the forward is deterministic (the dense flow); the
 //! sparse flow's pooling sums with atomic adds, whose order varies from run to run in eager
 //! forwards too. `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
@@ -84,10 +83,12 @@ impl GraphInput for Vec<Tensor> {
 }
 
 /// `inner` with its CUDA forwards replayed from a graph (see the module docs); `C` is the
-/// condition the forwards take.
+/// condition the forwards take. [`FlowModel::predict`] and [`FlowModel::predict_zeros`] run
+/// different kernels, so each has its own graph.
 pub struct GraphedFlow<M, C = Tensor> {
     inner: M,
-    state: RefCell<State<C>>,
+    conditional: RefCell<State<C>>,
+    zeros: RefCell<State<C>>,
 }
 
 enum State<C> {
@@ -134,23 +135,38 @@ fn duplicate(t: &Tensor) -> Result<Tensor> {
     Ok(copy)
 }
 
+/// One of the inner model's forwards: [`FlowModel::predict`] or [`FlowModel::predict_zeros`].
+type Forward<M, C> = fn(&M, &Tensor, &Tensor, &C) -> Result<Tensor>;
+
 impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
     pub fn new(inner: M) -> Self {
         Self {
             inner,
-            state: RefCell::new(State::Fresh),
+            conditional: RefCell::new(State::Fresh),
+            zeros: RefCell::new(State::Fresh),
         }
     }
 
-    /// Whether the forwards are being replayed from a captured graph (false before the first
-    /// call, on the CPU, when disabled or after a failed capture).
+    /// Whether the conditional forwards are being replayed from a captured graph (false
+    /// before the first call, on the CPU, when disabled or after a failed capture).
     pub fn is_graphed(&self) -> bool {
-        matches!(*self.state.borrow(), State::Ready(_))
+        matches!(*self.conditional.borrow(), State::Ready(_))
     }
 
-    /// Warm-up, then capture of one forward over copies of the inputs. Returns the warm-up's
+    /// Whether the zero-condition forwards are being replayed from a captured graph.
+    pub fn is_zeros_graphed(&self) -> bool {
+        matches!(*self.zeros.borrow(), State::Ready(_))
+    }
+
+    /// Warm-up, then capture of one `forward` over copies of the inputs. Returns the warm-up's
     /// output too: it is this call's velocity, so the first call needs no replay.
-    fn capture(&self, x: &Tensor, t: &Tensor, cond: &C) -> Result<(Captured<C>, Tensor)> {
+    fn capture(
+        &self,
+        forward: Forward<M, C>,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &C,
+    ) -> Result<(Captured<C>, Tensor)> {
         let device = x.device();
         let (x, t, cond) = (
             duplicate(x)?,
@@ -161,10 +177,10 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
         let mut first = None;
         let out = graph.capture(
             || {
-                first = Some(self.inner.predict(&x, &t, &cond)?);
+                first = Some(forward(&self.inner, &x, &t, &cond)?);
                 Ok(())
             },
-            || self.inner.predict(&x, &t, &cond),
+            || forward(&self.inner, &x, &t, &cond),
         )?;
         let first = first.ok_or_else(|| Error::internal("CUDA graph warm-up produced nothing"))?;
         let captured = Captured {
@@ -176,16 +192,22 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
         };
         Ok((captured, first))
     }
-}
 
-impl<M: FlowModel<C>, C: GraphInput> FlowModel<C> for GraphedFlow<M, C> {
-    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
-        let mut state = self.state.borrow_mut();
+    /// `forward` replayed from the graph in `state` (captured by the first call), or eagerly.
+    fn run(
+        &self,
+        state: &RefCell<State<C>>,
+        forward: Forward<M, C>,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &C,
+    ) -> Result<Tensor> {
+        let mut state = state.borrow_mut();
         if matches!(*state, State::Fresh) {
             if !(x_t.device().is_cuda() && graphs_enabled()) {
                 *state = State::Eager;
             } else {
-                match self.capture(x_t, t, cond) {
+                match self.capture(forward, x_t, t, cond) {
                     Ok((captured, first)) => {
                         *state = State::Ready(Box::new(captured));
                         return Ok(first);
@@ -201,8 +223,18 @@ impl<M: FlowModel<C>, C: GraphInput> FlowModel<C> for GraphedFlow<M, C> {
         }
         match &mut *state {
             State::Ready(captured) if captured.serves(x_t, t, cond) => captured.run(x_t, t, cond),
-            _ => self.inner.predict(x_t, t, cond),
+            _ => forward(&self.inner, x_t, t, cond),
         }
+    }
+}
+
+impl<M: FlowModel<C>, C: GraphInput> FlowModel<C> for GraphedFlow<M, C> {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
+        self.run(&self.conditional, M::predict, x_t, t, cond)
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &C) -> Result<Tensor> {
+        self.run(&self.zeros, M::predict_zeros, x_t, t, zeros)
     }
 
     fn layout(&self) -> super::LatentLayout<'_> {

@@ -34,6 +34,14 @@ pub trait FlowModel<C> {
     /// matched to the batch (see [`Condition::for_batch`]).
     fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor>;
 
+    /// [`FlowModel::predict`] under the all-zero condition `zeros` (a [`Negative::Zeros`]).
+    /// Every context token is then the same vector, so each cross-attention's softmax is
+    /// uniform and its output is one constant vector: models override this to skip those
+    /// attentions. The default runs [`FlowModel::predict`] on the zeros.
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &C) -> Result<Tensor> {
+        self.predict(x_t, t, zeros)
+    }
+
     /// How `x_t` holds its samples. Dense by default; a sparse implementer returns the batch
     /// index of each feature row.
     fn layout(&self) -> LatentLayout<'_> {
@@ -139,7 +147,34 @@ pub enum Conditioning<'a, C> {
     },
 }
 
+/// The negative condition of classifier-free guidance.
+#[derive(Debug)]
+pub enum Negative<'a, C> {
+    /// Given condition tokens.
+    Tokens(&'a C),
+    /// All-zero tokens shaped as given: TRELLIS's and ReconViaGen's `zeros_like(cond)`. The
+    /// sampler calls [`FlowModel::predict_zeros`] with them.
+    Zeros(&'a C),
+}
+
+impl<'a, C> Negative<'a, C> {
+    /// The condition tensor(s), whichever the variant.
+    pub fn tokens(&self) -> &'a C {
+        match *self {
+            Self::Tokens(c) | Self::Zeros(c) => c,
+        }
+    }
+}
+
 // Manual impls: a derive would require `C: Copy`, but only references are held.
+impl<C> Clone for Negative<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Negative<'_, C> {}
+
 impl<C> Clone for Conditioning<'_, C> {
     fn clone(&self) -> Self {
         *self

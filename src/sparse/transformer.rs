@@ -24,6 +24,7 @@ use super::attention::modules::{
 use super::SparseTensor;
 use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
+use crate::nn::attention::CrossContext;
 use crate::nn::layout::TensorSpec;
 use crate::nn::transformer::{CrossBlockConfig, FeedForwardNet};
 use crate::nn::{LayerNorm32, Linear};
@@ -145,15 +146,16 @@ impl ModulatedSparseTransformerCrossBlock {
     }
 
     /// `x` voxels `[N, C]`; `modulation` the timestep embedding `[B, C]` (with `share_mod`, the
-    /// shared modulation `[B, 6C]`); `views` one or more conditions `[B, L_k, ctx]`. Returns the
-    /// same voxels with features in `x`'s dtype.
+    /// shared modulation `[B, 6C]`); `context` one or more conditions `[B, L_k, ctx]`, or
+    /// all-zero tokens (whose cross-attention output, the same for every view, is a constant
+    /// row). Returns the same voxels with features in `x`'s dtype.
     pub fn forward(
         &self,
         x: &SparseTensor,
         modulation: &Tensor,
-        views: &[Tensor],
+        context: CrossContext<'_, [Tensor]>,
     ) -> Result<SparseTensor> {
-        if views.is_empty() {
+        if matches!(context, CrossContext::Tokens([])) {
             return Err(Error::invalid_argument(
                 "ModulatedSparseTransformerCrossBlock: the condition list is empty",
             ));
@@ -167,16 +169,14 @@ impl ModulatedSparseTransformerCrossBlock {
         let h = self.self_attn.forward_feats(&h, x, None)?;
         let mut feats = rows.gated_residual(feats, &h, &gate_msa)?;
 
-        // The normalised features are taken once, before any view is added.
-        let h = self.norm2.forward(&feats)?;
-        let count = views.len() as f64;
-        for view in views {
-            let attended = self.cross_attn.forward_feats(&h, x, Some(view))?;
-            feats = if views.len() == 1 {
-                feats.f_add(&attended)?
-            } else {
-                feats.f_add(&attended.f_div_scalar(count)?)?
-            };
+        match context {
+            CrossContext::Tokens(views) => {
+                let h = self.norm2.forward(&feats)?;
+                let attended = self.cross_attn.forward_feats_view_mean(&h, x, views)?;
+                feats = feats.f_add(&attended)?;
+            }
+            // The mean of the views' equal outputs is that output.
+            CrossContext::Zeros => feats = feats.f_add(&self.cross_attn.zero_context_output()?)?,
         }
 
         let h = rows.norm_modulate(&self.norm3, &feats, &shift_mlp, &scale_mlp)?;

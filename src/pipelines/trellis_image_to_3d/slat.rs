@@ -28,8 +28,8 @@ use crate::representations::gaussian::Gaussian;
 use crate::representations::mesh::{MeshExtractResult, SparseFeatures2Mesh};
 use crate::representations::radiance_field::Strivec;
 use crate::samplers::{
-    Condition, Conditioning, FlowModel, GraphInput, GraphedFlow, LatentLayout, SampleOptions,
-    SamplerConfig,
+    Condition, Conditioning, FlowModel, GraphInput, GraphedFlow, LatentLayout, Negative,
+    SampleOptions, SamplerConfig,
 };
 use crate::sparse::SparseTensor;
 
@@ -162,7 +162,8 @@ where
             &model,
             voxels.feats(),
             conditioning,
-            Some(neg_cond),
+            // The pipelines' negative conditions are `zeros_like(cond)`.
+            Some(Negative::Zeros(neg_cond)),
             &options,
         )
         .context("structured-latent sampling")?;
@@ -334,12 +335,22 @@ impl FlowModel<Tensor> for SparseFlow<'_> {
         Ok(v.feats().shallow_clone())
     }
 
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
+        self.zero_condition_velocity(x_t, t)
+    }
+
     fn layout(&self) -> LatentLayout<'_> {
         self.sparse_layout()
     }
 }
 
 impl SparseFlow<'_> {
+    fn zero_condition_velocity(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t))?;
+        Ok(v.feats().shallow_clone())
+    }
+
     fn sparse_layout(&self) -> LatentLayout<'_> {
         LatentLayout::Sparse {
             batch_index: self.batch_index,
@@ -355,6 +366,10 @@ impl FlowModel<Vec<Tensor>> for SparseFlow<'_> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
         let v = tch::no_grad(|| self.flow.forward_views(&x, t, cond))?;
         Ok(v.feats().shallow_clone())
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Vec<Tensor>) -> Result<Tensor> {
+        self.zero_condition_velocity(x_t, t)
     }
 
     fn layout(&self) -> LatentLayout<'_> {

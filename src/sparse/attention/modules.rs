@@ -14,7 +14,7 @@ use super::full::{cu_seqlens, varlen_attention};
 use super::windowed::windowed_self_attention;
 use super::AttentionSequences;
 use crate::error::{Error, Result};
-use crate::nn::attention::{MultiHeadRmsNorm, QkvProjection};
+use crate::nn::attention::{scaled_dot_product_attention, MultiHeadRmsNorm, QkvProjection};
 use crate::nn::layout::TensorSpec;
 use crate::nn::Linear;
 use crate::sparse::basic::SparseTensor;
@@ -364,6 +364,118 @@ impl SparseMultiHeadAttention {
         };
         let cu_k = cu_seqlens(&vec![tokens; batch as usize]);
         varlen_attention(&q, &k, &v, voxels.batch_cu_seqlens()?, &cu_k)
+    }
+
+    /// The mean over `views` (each `[B, L_k, ctx]`) of [`SparseMultiHeadAttention::forward_feats`]
+    /// with that view as context: ReconViaGen's multi-view cross-attention. The queries are
+    /// projected once and every view's keys and values in one product; all views are attended
+    /// in one call, and the mean of their outputs goes through `to_out` once (`to_out` is
+    /// affine, so this is the mean of the per-view outputs).
+    pub fn forward_feats_view_mean(
+        &self,
+        feats: &Tensor,
+        voxels: &impl AttentionSequences,
+        views: &[Tensor],
+    ) -> Result<Tensor> {
+        let [first, rest @ ..] = views else {
+            return Err(Error::invalid_argument(
+                "SparseMultiHeadAttention: the condition list is empty",
+            ));
+        };
+        if rest.is_empty() {
+            return self.forward_feats(feats, voxels, Some(first));
+        }
+        let QkvProjection::CrossAttention { to_q, to_kv } = &self.projection else {
+            return Err(Error::invalid_argument(
+                "SparseMultiHeadAttention: a self-attention module takes no context",
+            ));
+        };
+        let rows = self.check_feats(feats, voxels)?;
+        let lengths = views
+            .iter()
+            .map(|view| Ok(self.check_context(view, voxels)?.1))
+            .collect::<Result<Vec<i64>>>()?;
+        let (heads, head_dim) = (self.config.num_heads, self.config.head_dim());
+        let batch = voxels.batch_size() as i64;
+        let count = views.len() as i64;
+
+        let q = to_q.forward(feats)?.f_reshape([-1, heads, head_dim])?;
+        let kv = to_kv
+            .forward(&Tensor::f_cat(views, 1)?)?
+            .f_reshape([batch, -1, 2, heads, head_dim])?;
+        let (k, v) = (kv.f_select(2, 0)?, kv.f_select(2, 1)?);
+        let (q, k) = match &self.qk_norms {
+            Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
+            None => (q, k),
+        };
+        let attended = if batch == 1 && lengths.iter().all(|&l| l == lengths[0]) {
+            // One sample, views of one length: a dense batch of views sharing the queries.
+            let per_view = |t: &Tensor| t.f_reshape([count, lengths[0], heads, head_dim]);
+            let q = q
+                .f_unsqueeze(0)?
+                .f_expand([count, rows, heads, head_dim], false)?;
+            scaled_dot_product_attention(&q, &per_view(&k)?, &per_view(&v)?)?
+        } else {
+            self.view_major_varlen(&q, &k, &v, voxels, &lengths)?
+        };
+        let mean = attended
+            .f_reshape([count, rows, self.config.channels])?
+            .f_sum_dim_intlist(0, false, Kind::Float)?
+            .f_div_scalar(count as f64)?
+            .f_to_kind(q.kind())?;
+        self.to_out.forward(&mean)
+    }
+
+    /// Attention of sequences ordered view by view, then batch element: the queries of
+    /// element b (repeated for every view) attend to view j's tokens of element b. `k`, `v` are
+    /// `[B, ΣL, H, D]` with the views' tokens concatenated; returns `[views · N, H, D]`.
+    fn view_major_varlen(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        voxels: &impl AttentionSequences,
+        lengths: &[i64],
+    ) -> Result<Tensor> {
+        let (heads, head_dim) = (self.config.num_heads, self.config.head_dim());
+        let batch = voxels.batch_size();
+        let cu_voxels = voxels.batch_cu_seqlens()?;
+        let rows = voxels.num_voxels();
+        let mut offset = 0;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let (mut q_lengths, mut k_lengths) = (Vec::new(), Vec::new());
+        for &length in lengths {
+            let take = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.f_narrow(1, offset, length)?
+                    .f_reshape([-1, heads, head_dim])?)
+            };
+            keys.push(take(k)?);
+            values.push(take(v)?);
+            q_lengths.extend(cu_voxels.windows(2).map(|pair| pair[1] - pair[0]));
+            k_lengths.extend(std::iter::repeat(length).take(batch));
+            offset += length;
+        }
+        let q = q.f_repeat([lengths.len() as i64, 1, 1])?;
+        debug_assert_eq!(q.size()[0], rows * lengths.len() as i64);
+        varlen_attention(
+            &q,
+            &Tensor::f_cat(&keys, 0)?,
+            &Tensor::f_cat(&values, 0)?,
+            &cu_seqlens(&q_lengths),
+            &cu_seqlens(&k_lengths),
+        )
+    }
+
+    /// A cross-attention's output for all-zero context tokens, `[1, C]` (see
+    /// [`QkvProjection::zero_context_output`]); an error for a self-attention module.
+    pub fn zero_context_output(&self) -> Result<Tensor> {
+        self.projection
+            .zero_context_output(&self.to_out)?
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "SparseMultiHeadAttention: a self-attention module takes no context",
+                )
+            })
     }
 
     /// `N` of voxel features `[N, C]` matching `voxels`, or an error naming the shapes.
