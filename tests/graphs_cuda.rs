@@ -16,6 +16,7 @@ use common::rel_l2;
 
 use recon::error::{Error, Result};
 use recon::hub::read_checkpoint_config;
+use recon::models::sparse_structure_flow::SparseStructureFlowModel;
 use recon::models::structured_latent_flow::{SLatFlowConfig, SLatFlowModel};
 use recon::models::{load_network, NamedTensors, Network};
 use recon::samplers::{FlowModel, GraphedFlow};
@@ -35,6 +36,15 @@ impl FlowModel<Tensor> for Named<'_> {
         ]);
         let mut out = self.0.forward_named(&inputs)?;
         out.remove("v").ok_or_else(|| Error::internal("no v"))
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
+        let flow = self
+            .0
+            .as_any()
+            .downcast_ref::<SparseStructureFlowModel>()
+            .ok_or_else(|| Error::internal("not a SparseStructureFlowModel"))?;
+        tch::no_grad(|| flow.forward_zero_condition(x_t, t))
     }
 }
 
@@ -76,6 +86,21 @@ fn cuda_graphed_flow_replays_equal_eager_forwards() {
                 "step {step}: replay differs from the eager forward"
             );
         }
+        // The all-zero negative condition has a graph of its own, and equals attending to
+        // the zeros up to fp16 rounding.
+        let want = eager.predict_zeros(&x, &t, &neg).unwrap();
+        let got = graphed.predict_zeros(&x, &t, &neg).unwrap();
+        assert!(graphed.is_zeros_graphed());
+        assert!(
+            got.equal(&want),
+            "step {step}: zero-condition replay differs"
+        );
+        let (rel, _) = rel_l2(&want, &eager.predict(&x, &t, &neg).unwrap());
+        println!("step {step}: zero-condition forward vs attending to zeros: rel L2 {rel:.3e}");
+        assert!(
+            rel < 1e-2,
+            "step {step}: zero-condition forward differs: {rel:.3e}"
+        );
     }
     // Another batch size: eager, still correct.
     let x2 = Tensor::randn([2, 8, 16, 16, 16], (Kind::Float, device));
@@ -148,12 +173,28 @@ impl FlowModel<Tensor> for SparseVelocity<'_> {
         let v = tch::no_grad(|| self.flow.forward(&x, t, cond))?;
         Ok(v.feats().shallow_clone())
     }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
+        self.zero_condition(x_t, t)
+    }
 }
 
 impl FlowModel<Vec<Tensor>> for SparseVelocity<'_> {
     fn predict(&self, x_t: &Tensor, t: &Tensor, views: &Vec<Tensor>) -> Result<Tensor> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
         let v = tch::no_grad(|| self.flow.forward_views(&x, t, views))?;
+        Ok(v.feats().shallow_clone())
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Vec<Tensor>) -> Result<Tensor> {
+        self.zero_condition(x_t, t)
+    }
+}
+
+impl SparseVelocity<'_> {
+    fn zero_condition(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t))?;
         Ok(v.feats().shallow_clone())
     }
 }
@@ -231,6 +272,19 @@ fn cuda_graphed_sparse_flow_replays_equal_eager_forwards() {
                 "step {step}: replay differs from the eager forward"
             );
         }
+        let want = velocity.predict_zeros(&x, &t, &neg).unwrap();
+        let got = graphed.predict_zeros(&x, &t, &neg).unwrap();
+        assert!(graphed.is_zeros_graphed());
+        let (rel, _) = rel_l2(&got, &want);
+        let (attended, _) = rel_l2(&want, &velocity.predict(&x, &t, &neg).unwrap());
+        println!(
+            "step {step}: zero-condition replay vs eager rel L2 {rel:.3e}; vs attending to \
+             zeros {attended:.3e}"
+        );
+        assert!(
+            rel < 1e-2 && attended < 1e-2,
+            "step {step}: zero-condition forward differs"
+        );
     }
 
     // ReconViaGen's list condition: the views are input buffers too.

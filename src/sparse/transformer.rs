@@ -170,10 +170,22 @@ impl ModulatedSparseTransformerCrossBlock {
         let mut feats = rows.gated_residual(feats, &h, &gate_msa)?;
 
         match context {
-            CrossContext::Tokens(views) => {
+            CrossContext::Tokens([view]) => {
                 let h = self.norm2.forward(&feats)?;
-                let attended = self.cross_attn.forward_feats_view_mean(&h, x, views)?;
-                feats = feats.f_add(&attended)?;
+                feats = feats.f_add(&self.cross_attn.forward_feats(&h, x, Some(view))?)?;
+            }
+            CrossContext::Tokens(views) => {
+                // The normalised features are taken once, before any view is added; each
+                // view's share is then added in view order, rounded as the reference rounds
+                // its `x = x + cross_attn(h, ctx) / len(context)`.
+                let h = self.norm2.forward(&feats)?;
+                let shares = self
+                    .cross_attn
+                    .forward_feats_per_view(&h, x, views)?
+                    .f_div_scalar(views.len() as f64)?;
+                for share in shares.f_unbind(0)? {
+                    feats = feats.f_add(&share)?;
+                }
             }
             // The mean of the views' equal outputs is that output.
             CrossContext::Zeros => feats = feats.f_add(&self.cross_attn.zero_context_output()?)?,

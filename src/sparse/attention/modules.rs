@@ -366,30 +366,27 @@ impl SparseMultiHeadAttention {
         varlen_attention(&q, &k, &v, voxels.batch_cu_seqlens()?, &cu_k)
     }
 
-    /// The mean over `views` (each `[B, L_k, ctx]`) of [`SparseMultiHeadAttention::forward_feats`]
-    /// with that view as context: ReconViaGen's multi-view cross-attention. The queries are
-    /// projected once and every view's keys and values in one product; all views are attended
-    /// in one call, and the mean of their outputs goes through `to_out` once (`to_out` is
-    /// affine, so this is the mean of the per-view outputs).
-    pub fn forward_feats_view_mean(
+    /// [`SparseMultiHeadAttention::forward_feats`] with each of `views` (each `[B, L_k, ctx]`)
+    /// as context: `[K, N, C]`, view k's output in row k (ReconViaGen's multi-view
+    /// cross-attention, whose block averages them). The queries are projected once, every
+    /// view's keys and values in one product, all views attended in one call and projected
+    /// out in one product.
+    pub fn forward_feats_per_view(
         &self,
         feats: &Tensor,
         voxels: &impl AttentionSequences,
         views: &[Tensor],
     ) -> Result<Tensor> {
-        let [first, rest @ ..] = views else {
-            return Err(Error::invalid_argument(
-                "SparseMultiHeadAttention: the condition list is empty",
-            ));
-        };
-        if rest.is_empty() {
-            return self.forward_feats(feats, voxels, Some(first));
-        }
         let QkvProjection::CrossAttention { to_q, to_kv } = &self.projection else {
             return Err(Error::invalid_argument(
                 "SparseMultiHeadAttention: a self-attention module takes no context",
             ));
         };
+        if views.is_empty() {
+            return Err(Error::invalid_argument(
+                "SparseMultiHeadAttention: the condition list is empty",
+            ));
+        }
         let rows = self.check_feats(feats, voxels)?;
         let lengths = views
             .iter()
@@ -418,12 +415,8 @@ impl SparseMultiHeadAttention {
         } else {
             self.view_major_varlen(&q, &k, &v, voxels, &lengths)?
         };
-        let mean = attended
-            .f_reshape([count, rows, self.config.channels])?
-            .f_sum_dim_intlist(0, false, Kind::Float)?
-            .f_div_scalar(count as f64)?
-            .f_to_kind(q.kind())?;
-        self.to_out.forward(&mean)
+        self.to_out
+            .forward(&attended.f_reshape([count, rows, self.config.channels])?)
     }
 
     /// Attention of sequences ordered view by view, then batch element: the queries of
