@@ -175,7 +175,7 @@ impl FlowModel<Tensor> for SparseVelocity<'_> {
     }
 
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
-        self.zero_condition(x_t, t)
+        self.zero_condition(x_t, t, 1)
     }
 }
 
@@ -186,15 +186,15 @@ impl FlowModel<Vec<Tensor>> for SparseVelocity<'_> {
         Ok(v.feats().shallow_clone())
     }
 
-    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Vec<Tensor>) -> Result<Tensor> {
-        self.zero_condition(x_t, t)
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Vec<Tensor>) -> Result<Tensor> {
+        self.zero_condition(x_t, t, zeros.len())
     }
 }
 
 impl SparseVelocity<'_> {
-    fn zero_condition(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    fn zero_condition(&self, x_t: &Tensor, t: &Tensor, views: usize) -> Result<Tensor> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
-        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t))?;
+        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t, views))?;
         Ok(v.feats().shallow_clone())
     }
 }

@@ -344,7 +344,7 @@ impl SparseStructureFlowModel {
     /// guidance's negative condition, any number of tokens): every cross-attention adds its
     /// constant output instead of attending.
     pub fn forward_zero_condition(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.velocity(x, t, CrossContext::Zeros)
+        self.velocity(x, t, CrossContext::Zeros { views: 1 })
     }
 
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: CrossContext<'_, Tensor>) -> Result<Tensor> {
@@ -369,11 +369,18 @@ impl SparseStructureFlowModel {
         let modulation = modulation.f_to_kind(self.torso_kind)?;
         let cond = match cond {
             CrossContext::Tokens(cond) => Some(cond.f_to_kind(self.torso_kind)?),
-            CrossContext::Zeros => None,
+            CrossContext::Zeros { views } => {
+                if views != 1 {
+                    return Err(Error::invalid_argument(format!(
+                        "SparseStructureFlowModel: one condition, not a list of {views} views"
+                    )));
+                }
+                None
+            }
         };
         let context = cond
             .as_ref()
-            .map_or(CrossContext::Zeros, CrossContext::Tokens);
+            .map_or(CrossContext::Zeros { views: 1 }, CrossContext::Tokens);
         let mut h = h.f_to_kind(self.torso_kind)?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block

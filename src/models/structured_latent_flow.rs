@@ -597,12 +597,22 @@ impl SLatFlowModel {
         self.velocity(x, t, CrossContext::Tokens(views))
     }
 
-    /// [`SLatFlowModel::forward`] under all-zero condition tokens (classifier-free guidance's
-    /// negative condition, one or several views of any length): every cross-attention adds
-    /// its constant output instead of attending.
-    pub fn forward_zero_condition(&self, x: &SparseTensor, t: &Tensor) -> Result<SparseTensor> {
+    /// [`SLatFlowModel::forward_views`] under all-zero condition tokens in `views` views
+    /// (classifier-free guidance's negative condition; 1 for a single condition; any length):
+    /// every cross-attention adds its constant output instead of attending.
+    pub fn forward_zero_condition(
+        &self,
+        x: &SparseTensor,
+        t: &Tensor,
+        views: usize,
+    ) -> Result<SparseTensor> {
         self.check_inputs(x, t)?;
-        self.velocity(x, t, CrossContext::Zeros)
+        if views == 0 {
+            return Err(Error::invalid_argument(
+                "SLatFlowModel: the condition list is empty",
+            ));
+        }
+        self.velocity(x, t, CrossContext::Zeros { views })
     }
 
     fn velocity(
@@ -624,11 +634,12 @@ impl SLatFlowModel {
                     .map(|v| v.f_to_kind(self.torso_kind))
                     .collect::<std::result::Result<Vec<_>, _>>()?,
             ),
-            CrossContext::Zeros => None,
+            CrossContext::Zeros { .. } => None,
         };
-        let context = views
-            .as_deref()
-            .map_or(CrossContext::Zeros, CrossContext::Tokens);
+        let context = match (&views, context) {
+            (Some(views), _) => CrossContext::Tokens(views.as_slice()),
+            (None, zeros) => zeros,
+        };
 
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         for (i, block) in self.input_blocks.iter().enumerate() {
@@ -869,8 +880,8 @@ mod tests {
                     (Kind::Float, Device::Cpu),
                 )
             };
-            let skipped = model.forward_zero_condition(&x, &t).unwrap();
             for views in [vec![zeros(7)], vec![zeros(5), zeros(9), zeros(1)]] {
+                let skipped = model.forward_zero_condition(&x, &t, views.len()).unwrap();
                 let attended = model.forward_views(&x, &t, &views).unwrap();
                 let (a, b) = (attended.feats(), skipped.feats());
                 let rel = f64::try_from((a - b).norm() / a.norm()).unwrap();

@@ -182,12 +182,13 @@ impl QkvProjection {
 }
 
 /// What a cross-attention attends to: given context tokens (`T` is one tensor `[B, Lc, ctx]`,
-/// or a list of them whose outputs are averaged), or all-zero tokens, whose attention output
-/// is a constant ([`QkvProjection::zero_context_output`]) and is not computed per token.
+/// or a list of views whose outputs are averaged), or all-zero tokens in `views` views (1 for
+/// a single condition), whose attention output is a constant
+/// ([`QkvProjection::zero_context_output`]) and is not computed per token.
 #[derive(Debug)]
 pub enum CrossContext<'a, T: ?Sized> {
     Tokens(&'a T),
-    Zeros,
+    Zeros { views: usize },
 }
 
 // Manual impls: a derive would require `T: Copy`, but only a reference is held.

@@ -162,7 +162,8 @@ impl CrossBlockLayers {
             CrossContext::Tokens(context) => self
                 .cross_attn
                 .forward(&self.norm2.forward(x)?, Some(context))?,
-            CrossContext::Zeros => self.cross_attn.zero_context_output()?,
+            // The dense blocks take one condition, never a list of views.
+            CrossContext::Zeros { .. } => self.cross_attn.zero_context_output()?,
         };
         Ok(x.f_add(&h)?)
     }

@@ -175,20 +175,20 @@ impl ModulatedSparseTransformerCrossBlock {
                 feats = feats.f_add(&self.cross_attn.forward_feats(&h, x, Some(view))?)?;
             }
             CrossContext::Tokens(views) => {
-                // The normalised features are taken once, before any view is added; each
-                // view's share is then added in view order, rounded as the reference rounds
-                // its `x = x + cross_attn(h, ctx) / len(context)`.
+                // The normalised features are taken once, before any view is added.
                 let h = self.norm2.forward(&feats)?;
-                let shares = self
-                    .cross_attn
-                    .forward_feats_per_view(&h, x, views)?
-                    .f_div_scalar(views.len() as f64)?;
-                for share in shares.f_unbind(0)? {
-                    feats = feats.f_add(&share)?;
-                }
+                let outputs = self.cross_attn.forward_feats_per_view(&h, x, views)?;
+                feats = add_view_shares(feats, outputs.f_unbind(0)?)?;
             }
-            // The mean of the views' equal outputs is that output.
-            CrossContext::Zeros => feats = feats.f_add(&self.cross_attn.zero_context_output()?)?,
+            CrossContext::Zeros { views: 1 } => {
+                feats = feats.f_add(&self.cross_attn.zero_context_output()?)?;
+            }
+            CrossContext::Zeros { views } => {
+                // Every view's output is the same constant row.
+                let output = self.cross_attn.zero_context_output()?;
+                let outputs = (0..views).map(|_| output.shallow_clone()).collect();
+                feats = add_view_shares(feats, outputs)?;
+            }
         }
 
         let h = rows.norm_modulate(&self.norm3, &feats, &shift_mlp, &scale_mlp)?;
@@ -219,6 +219,18 @@ impl ModulatedSparseTransformerCrossBlock {
             .try_into()
             .map_err(|_| Error::internal("adaLN modulation did not split into 6 chunks"))
     }
+}
+
+/// `feats + Σ_k output_k / K`, added one view at a time in view order and rounded after each
+/// step, as the reference's `x = x + cross_attn(h, ctx) / len(context)` does (in fp16 the
+/// order and the rounding show, and classifier-free guidance amplifies the difference of the
+/// negative pass several times).
+fn add_view_shares(mut feats: Tensor, outputs: Vec<Tensor>) -> Result<Tensor> {
+    let count = outputs.len() as f64;
+    for output in outputs {
+        feats = feats.f_add(&output.f_div_scalar(count)?)?;
+    }
+    Ok(feats)
 }
 
 /// The constructor arguments of a `SparseTransformerBlock` that shape its weights and its

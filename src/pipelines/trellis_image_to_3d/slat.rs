@@ -336,7 +336,7 @@ impl FlowModel<Tensor> for SparseFlow<'_> {
     }
 
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
-        self.zero_condition_velocity(x_t, t)
+        self.zero_condition_velocity(x_t, t, 1)
     }
 
     fn layout(&self) -> LatentLayout<'_> {
@@ -345,9 +345,10 @@ impl FlowModel<Tensor> for SparseFlow<'_> {
 }
 
 impl SparseFlow<'_> {
-    fn zero_condition_velocity(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    /// The velocity under all-zero tokens in `views` views.
+    fn zero_condition_velocity(&self, x_t: &Tensor, t: &Tensor, views: usize) -> Result<Tensor> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
-        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t))?;
+        let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t, views))?;
         Ok(v.feats().shallow_clone())
     }
 
@@ -368,8 +369,8 @@ impl FlowModel<Vec<Tensor>> for SparseFlow<'_> {
         Ok(v.feats().shallow_clone())
     }
 
-    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Vec<Tensor>) -> Result<Tensor> {
-        self.zero_condition_velocity(x_t, t)
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Vec<Tensor>) -> Result<Tensor> {
+        self.zero_condition_velocity(x_t, t, zeros.len())
     }
 
     fn layout(&self) -> LatentLayout<'_> {

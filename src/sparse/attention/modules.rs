@@ -433,7 +433,6 @@ impl SparseMultiHeadAttention {
         let (heads, head_dim) = (self.config.num_heads, self.config.head_dim());
         let batch = voxels.batch_size();
         let cu_voxels = voxels.batch_cu_seqlens()?;
-        let rows = voxels.num_voxels();
         let mut offset = 0;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         let (mut q_lengths, mut k_lengths) = (Vec::new(), Vec::new());
@@ -445,11 +444,10 @@ impl SparseMultiHeadAttention {
             keys.push(take(k)?);
             values.push(take(v)?);
             q_lengths.extend(cu_voxels.windows(2).map(|pair| pair[1] - pair[0]));
-            k_lengths.extend(std::iter::repeat(length).take(batch));
+            k_lengths.extend(std::iter::repeat_n(length, batch));
             offset += length;
         }
         let q = q.f_repeat([lengths.len() as i64, 1, 1])?;
-        debug_assert_eq!(q.size()[0], rows * lengths.len() as i64);
         varlen_attention(
             &q,
             &Tensor::f_cat(&keys, 0)?,
