@@ -791,6 +791,18 @@ mod tests {
         ]
     }
 
+    /// Seeded random features on `coords` and two timesteps, one per batch item.
+    fn random_latent(config: &SLatFlowConfig, coords: &Tensor) -> (SparseTensor, Tensor) {
+        let feats = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+            Tensor::randn(
+                [coords.size()[0], config.in_channels],
+                (Kind::Float, Device::Cpu),
+            )
+        });
+        let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
+        (x, Tensor::from_slice(&[500.0f32, 3.0]))
+    }
+
     /// Distinct voxels of an 8³ grid: 30 for item 0, 17 for item 1, sorted.
     fn voxels() -> Tensor {
         let mut rows = Vec::new();
@@ -835,14 +847,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{config:?}: {e}"));
             assert_eq!(weights.unused(), Vec::<String>::new(), "{config:?}");
 
-            let feats = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
-                Tensor::randn(
-                    [coords.size()[0], config.in_channels],
-                    (Kind::Float, Device::Cpu),
-                )
-            });
-            let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
-            let t = Tensor::from_slice(&[500.0f32, 3.0]);
+            let (x, t) = random_latent(&config, &coords);
             let cond = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
                 Tensor::randn([2, 7, config.cond_channels], (Kind::Float, Device::Cpu))
             });
@@ -866,14 +871,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
             let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
-            let feats = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
-                Tensor::randn(
-                    [coords.size()[0], config.in_channels],
-                    (Kind::Float, Device::Cpu),
-                )
-            });
-            let x = SparseTensor::new(feats, coords.shallow_clone()).unwrap();
-            let t = Tensor::from_slice(&[500.0f32, 3.0]);
+            let (x, t) = random_latent(&config, &coords);
             let zeros = |tokens: i64| {
                 Tensor::zeros(
                     [2, tokens, config.cond_channels],
