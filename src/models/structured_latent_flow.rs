@@ -924,6 +924,8 @@ mod tests {
         assert!(err.message().contains("cond view 1"), "{err}");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(model.forward_views(&x, &t, &[]).is_err());
+        let err = model.forward_zero_condition(&x, &t, 0).unwrap_err();
+        assert!(err.message().contains("condition list is empty"), "{err}");
     }
 
     #[test]

@@ -153,9 +153,7 @@ impl QkvProjection {
             }
         }
     }
-}
 
-impl QkvProjection {
     /// The output, for any query, of a cross-attention whose context tokens are all zero
     /// (classifier-free guidance's negative condition, `zeros_like(cond)`): `[1, C]` in the
     /// Linears' dtype. Every key is then the same vector (`to_kv`'s bias, normalised or not),

@@ -155,7 +155,10 @@ impl ModulatedSparseTransformerCrossBlock {
         modulation: &Tensor,
         context: CrossContext<'_, [Tensor]>,
     ) -> Result<SparseTensor> {
-        if matches!(context, CrossContext::Tokens([])) {
+        if matches!(
+            context,
+            CrossContext::Tokens([]) | CrossContext::Zeros { views: 0 }
+        ) {
             return Err(Error::invalid_argument(
                 "ModulatedSparseTransformerCrossBlock: the condition list is empty",
             ));
