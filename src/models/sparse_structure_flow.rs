@@ -337,18 +337,25 @@ impl SparseStructureFlowModel {
     pub fn forward(&self, x: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
         let batch = self.check_inputs(x, t)?;
         self.check_cond(batch, cond)?;
-        self.velocity(x, t, CrossContext::Tokens(cond))
+        self.velocity(x, t, batch, CrossContext::Tokens(cond))
     }
 
     /// [`SparseStructureFlowModel::forward`] under all-zero condition tokens (classifier-free
     /// guidance's negative condition, any number of tokens): every cross-attention adds its
     /// constant output instead of attending.
     pub fn forward_zero_condition(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.velocity(x, t, CrossContext::Zeros { views: 1 })
+        let batch = self.check_inputs(x, t)?;
+        self.velocity(x, t, batch, CrossContext::Zeros { views: 1 })
     }
 
-    fn velocity(&self, x: &Tensor, t: &Tensor, cond: CrossContext<'_, Tensor>) -> Result<Tensor> {
-        let batch = self.check_inputs(x, t)?;
+    /// The forward of checked inputs (`batch` samples).
+    fn velocity(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        batch: i64,
+        cond: CrossContext<'_, Tensor>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let p = cfg.patch_size;
 
@@ -369,14 +376,7 @@ impl SparseStructureFlowModel {
         let modulation = modulation.f_to_kind(self.torso_kind)?;
         let cond = match cond {
             CrossContext::Tokens(cond) => Some(cond.f_to_kind(self.torso_kind)?),
-            CrossContext::Zeros { views } => {
-                if views != 1 {
-                    return Err(Error::invalid_argument(format!(
-                        "SparseStructureFlowModel: one condition, not a list of {views} views"
-                    )));
-                }
-                None
-            }
+            CrossContext::Zeros { .. } => None,
         };
         let context = cond
             .as_ref()

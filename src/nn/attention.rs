@@ -159,7 +159,8 @@ impl QkvProjection {
     /// Linears' dtype. Every key is then the same vector (`to_kv`'s bias, normalised or not),
     /// so the softmax is uniform and every head returns the one value `to_kv(0)`'s `v` half;
     /// the output is `to_out(v)`. Computed on a single context token, where the softmax is 1
-    /// exactly. None for a self-attention projection.
+    /// exactly. None for a self-attention projection. The attention modules compute it once,
+    /// when they are loaded.
     pub fn zero_context_output(&self, to_out: &Linear) -> Result<Option<Tensor>> {
         let Self::CrossAttention { to_kv, .. } = self else {
             return Ok(None);
@@ -174,8 +175,10 @@ impl QkvProjection {
         };
         let zeros = Tensor::f_zeros([1, ctx], (to_kv.kind(), to_kv.device()))?;
         let channels = out_features / 2;
-        let v = to_kv.forward(&zeros)?.f_narrow(1, channels, channels)?;
-        Ok(Some(to_out.forward(&v)?))
+        tch::no_grad(|| {
+            let v = to_kv.forward(&zeros)?.f_narrow(1, channels, channels)?;
+            Ok(Some(to_out.forward(&v)?))
+        })
     }
 }
 
@@ -239,6 +242,9 @@ pub struct MultiHeadAttention {
     /// `q_rms_norm`, `k_rms_norm` when `qk_rms_norm`.
     qk_norms: Option<(MultiHeadRmsNorm, MultiHeadRmsNorm)>,
     to_out: Linear,
+    /// A cross-attention's output for all-zero context tokens (a constant of the weights,
+    /// computed once at load); None for self-attention.
+    zero_context_output: Option<Tensor>,
 }
 
 impl MultiHeadAttention {
@@ -258,11 +264,13 @@ impl MultiHeadAttention {
             None
         };
         let to_out = Linear::new(&weights.pp("to_out"), c, c)?;
+        let zero_context_output = projection.zero_context_output(&to_out)?;
         Ok(Self {
             config,
             projection,
             qk_norms,
             to_out,
+            zero_context_output,
         })
     }
 
@@ -344,14 +352,10 @@ impl MultiHeadAttention {
 
     /// A cross-attention's output for all-zero context tokens, `[1, C]` (see
     /// [`QkvProjection::zero_context_output`]); an error for a self-attention module.
-    pub fn zero_context_output(&self) -> Result<Tensor> {
-        self.projection
-            .zero_context_output(&self.to_out)?
-            .ok_or_else(|| {
-                Error::invalid_argument(
-                    "MultiHeadAttention: a self-attention module takes no context",
-                )
-            })
+    pub fn zero_context_output(&self) -> Result<&Tensor> {
+        self.zero_context_output.as_ref().ok_or_else(|| {
+            Error::invalid_argument("MultiHeadAttention: a self-attention module takes no context")
+        })
     }
 
     /// `(B, L)` of tokens `[B, L, C]`, or an error naming the expected shape.

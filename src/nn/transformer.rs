@@ -163,7 +163,7 @@ impl CrossBlockLayers {
                 .cross_attn
                 .forward(&self.norm2.forward(x)?, Some(context))?,
             // The dense blocks take one condition, never a list of views.
-            CrossContext::Zeros { .. } => self.cross_attn.zero_context_output()?,
+            CrossContext::Zeros { .. } => self.cross_attn.zero_context_output()?.shallow_clone(),
         };
         Ok(x.f_add(&h)?)
     }

@@ -180,17 +180,23 @@ impl ModulatedSparseTransformerCrossBlock {
             CrossContext::Tokens(views) => {
                 // The normalised features are taken once, before any view is added.
                 let h = self.norm2.forward(&feats)?;
-                let outputs = self.cross_attn.forward_feats_per_view(&h, x, views)?;
-                feats = add_view_shares(feats, outputs.f_unbind(0)?)?;
+                let shares = self
+                    .cross_attn
+                    .forward_feats_per_view(&h, x, views)?
+                    .f_div_scalar(views.len() as f64)?;
+                feats = add_in_view_order(feats, shares.f_unbind(0)?)?;
             }
             CrossContext::Zeros { views: 1 } => {
-                feats = feats.f_add(&self.cross_attn.zero_context_output()?)?;
+                feats = feats.f_add(self.cross_attn.zero_context_output()?)?;
             }
             CrossContext::Zeros { views } => {
                 // Every view's output is the same constant row.
-                let output = self.cross_attn.zero_context_output()?;
-                let outputs = (0..views).map(|_| output.shallow_clone()).collect();
-                feats = add_view_shares(feats, outputs)?;
+                let share = self
+                    .cross_attn
+                    .zero_context_output()?
+                    .f_div_scalar(views as f64)?;
+                let shares = (0..views).map(|_| share.shallow_clone()).collect();
+                feats = add_in_view_order(feats, shares)?;
             }
         }
 
@@ -224,14 +230,13 @@ impl ModulatedSparseTransformerCrossBlock {
     }
 }
 
-/// `feats + Σ_k output_k / K`, added one view at a time in view order and rounded after each
-/// step, as the reference's `x = x + cross_attn(h, ctx) / len(context)` does (in fp16 the
-/// order and the rounding show, and classifier-free guidance amplifies the difference of the
-/// negative pass several times).
-fn add_view_shares(mut feats: Tensor, outputs: Vec<Tensor>) -> Result<Tensor> {
-    let count = outputs.len() as f64;
-    for output in outputs {
-        feats = feats.f_add(&output.f_div_scalar(count)?)?;
+/// `feats + Σ_k share_k` (each share a view's output divided by the number of views), added
+/// one view at a time in view order and rounded after each step, as the reference's
+/// `x = x + cross_attn(h, ctx) / len(context)` does (in fp16 the order and the rounding show,
+/// and classifier-free guidance amplifies the difference of the negative pass several times).
+fn add_in_view_order(mut feats: Tensor, shares: Vec<Tensor>) -> Result<Tensor> {
+    for share in shares {
+        feats = feats.f_add(&share)?;
     }
     Ok(feats)
 }

@@ -198,6 +198,9 @@ pub struct SparseMultiHeadAttention {
     /// `q_rms_norm`, `k_rms_norm` when `qk_rms_norm`.
     qk_norms: Option<(SparseMultiHeadRmsNorm, SparseMultiHeadRmsNorm)>,
     to_out: Linear,
+    /// A cross-attention's output for all-zero context tokens (a constant of the weights,
+    /// computed once at load); None for self-attention.
+    zero_context_output: Option<Tensor>,
 }
 
 impl SparseMultiHeadAttention {
@@ -216,11 +219,14 @@ impl SparseMultiHeadAttention {
         } else {
             None
         };
+        let to_out = Linear::new(&weights.pp("to_out"), c, c)?;
+        let zero_context_output = projection.zero_context_output(&to_out)?;
         Ok(Self {
             config,
             projection,
             qk_norms,
-            to_out: Linear::new(&weights.pp("to_out"), c, c)?,
+            to_out,
+            zero_context_output,
         })
     }
 
@@ -459,14 +465,12 @@ impl SparseMultiHeadAttention {
 
     /// A cross-attention's output for all-zero context tokens, `[1, C]` (see
     /// [`QkvProjection::zero_context_output`]); an error for a self-attention module.
-    pub fn zero_context_output(&self) -> Result<Tensor> {
-        self.projection
-            .zero_context_output(&self.to_out)?
-            .ok_or_else(|| {
-                Error::invalid_argument(
-                    "SparseMultiHeadAttention: a self-attention module takes no context",
-                )
-            })
+    pub fn zero_context_output(&self) -> Result<&Tensor> {
+        self.zero_context_output.as_ref().ok_or_else(|| {
+            Error::invalid_argument(
+                "SparseMultiHeadAttention: a self-attention module takes no context",
+            )
+        })
     }
 
     /// `N` of voxel features `[N, C]` matching `voxels`, or an error naming the shapes.
