@@ -13,6 +13,9 @@
 #include "recon/cpp/sparse_engine.h"
 
 #include <ATen/ops/_addmm_activation_ops.h>
+#include <ATen/ops/_flash_attention_forward_ops.h>
+#include <ATen/ops/empty_ops.h>
+#include <ATen/ops/to_ops.h>
 #include <ATen/ops/index_select_ops.h>
 #include <ATen/ops/mm_ops.h>
 #include <ATen/ops/searchsorted_ops.h>
@@ -23,6 +26,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -306,6 +310,41 @@ std::unique_ptr<at::Tensor> addmm_gelu_tanh(const at::Tensor &bias, const at::Te
                                             const at::Tensor &mat2) {
   return std::make_unique<at::Tensor>(
       at::_ops::_addmm_activation::call(bias, mat1, mat2, 1, 1, /*use_gelu=*/true));
+}
+
+namespace {
+
+// `values` as an int32 tensor on `device`: written into pinned host memory (libtorch's caching
+// host allocator) and copied asynchronously, so the host does not wait for the device.
+at::Tensor int32_on_device(rust::Slice<const int32_t> values, const c10::Device &device) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  const std::array<c10::SymInt, 1> size{c10::SymInt(n)};
+  at::Tensor host = at::_ops::empty_memory_format::call(size, at::kInt, std::nullopt, at::kCPU,
+                                                         /*pin_memory=*/true, std::nullopt);
+  std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(int32_t));
+  return at::_ops::to_device::call(host, device, at::kInt, /*non_blocking=*/true,
+                                   /*copy=*/false, std::nullopt);
+}
+
+}  // namespace
+
+std::unique_ptr<at::Tensor> flash_attention_varlen(const at::Tensor &q, const at::Tensor &k,
+                                                   const at::Tensor &v,
+                                                   rust::Slice<const int32_t> cu_q,
+                                                   rust::Slice<const int32_t> cu_k, int64_t max_q,
+                                                   int64_t max_k) {
+  TORCH_CHECK(q.is_cuda(), "flash varlen attention: the tensors must be on a CUDA device");
+  TORCH_CHECK(cu_q.size() == cu_k.size() && cu_q.size() >= 2,
+              "flash varlen attention: cu_seqlens of ", cu_q.size(), " and ", cu_k.size(),
+              " entries");
+  const at::Tensor cu_q_device = int32_on_device(cu_q, q.device());
+  const at::Tensor cu_k_device = int32_on_device(cu_k, q.device());
+  auto outputs = at::_ops::_flash_attention_forward::call(
+      q, k, v, cu_q_device, cu_k_device, max_q, max_k, /*dropout_p=*/0.0, /*is_causal=*/false,
+      /*return_debug_mask=*/false, /*scale=*/std::nullopt, /*window_size_left=*/std::nullopt,
+      /*window_size_right=*/std::nullopt, /*seqused_k=*/std::nullopt,
+      /*alibi_slopes=*/std::nullopt);
+  return std::make_unique<at::Tensor>(std::move(std::get<0>(outputs)));
 }
 
 }  // namespace sparse

@@ -98,5 +98,17 @@ void empty_cuda_cache();
 std::unique_ptr<at::Tensor> addmm_gelu_tanh(const at::Tensor &bias, const at::Tensor &mat1,
                                             const at::Tensor &mat2);
 
+// Variable-length attention through libtorch's flash kernel (at::_flash_attention_forward with
+// cu_seqlens, what its SDPA runs for nested fp16/bf16 CUDA inputs), without building nested
+// tensors: `q` [T, H, D], `k` / `v` [S, H, D] (unit stride along D), sequence i being rows
+// cu_q[i]..cu_q[i+1] of q attending to rows cu_k[i]..cu_k[i+1] of k and v, scale 1/sqrt(D).
+// The offsets travel to the device through pinned memory, without waiting for queued work.
+// Returns [T, H, D]. The caller checks dtype, head size and that no stream is capturing.
+std::unique_ptr<at::Tensor> flash_attention_varlen(const at::Tensor &q, const at::Tensor &k,
+                                                   const at::Tensor &v,
+                                                   rust::Slice<const int32_t> cu_q,
+                                                   rust::Slice<const int32_t> cu_k, int64_t max_q,
+                                                   int64_t max_k);
+
 }  // namespace sparse
 }  // namespace recon

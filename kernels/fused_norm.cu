@@ -6,6 +6,8 @@
 //                         activations' dtype, then optionally adaLN's `h * (1 + scale) + shift`
 //   rms_norm_heads        MultiHeadRMSNorm: x / max(||x||, 1e-12) * gamma * sqrt(D) per head
 //   gated_residual        x + h * gate (the adaLN gate on a residual branch)
+//   add_view_shares       x + out_1 / K + ... + out_K / K, added view by view (ReconViaGen's
+//                         cross-attention over K condition views)
 //
 // Rounding follows the unfused reference op by op: every intermediate the reference stores in
 // the activations' dtype (LayerNorm32's output, `1 + scale`, the product, the sum) is rounded
@@ -156,6 +158,26 @@ __device__ void gated_residual(const T *x, const T *h, const T *gate, i64 gate_s
     const i64 g = group_of(row, row_group, rows_per_group);
     const float branch = round_to<T>(__fmul_rn(to_f32(h[i]), to_f32(gate[g * gate_stride + c])));
     out[i] = from_f32<T>(__fadd_rn(to_f32(x[i]), branch));
+  }
+}
+
+// out = x + round(share_1 * inv) + ... + round(share_K * inv), added in view order and rounded
+// to T after every add, as the reference's `x = x + cross_attn(h, ctx_k) / K` over its views
+// (torch divides by a scalar as a product with its fp32 reciprocal). Element (row, c) of view k
+// is shares[k * view_stride + row * row_stride + c]: a [K, rows, C] tensor, or one row for every
+// view and row (both strides 0, the constant output of an all-zero condition). `out` may be `x`.
+template <typename T>
+__device__ void add_view_shares(const T *x, const T *shares, i64 view_stride, i64 row_stride,
+                                int views, float inv, T *out, i64 rows, int channels) {
+  const i64 n = rows * channels;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    const i64 row = i / channels;
+    const int c = (int)(i - row * channels);
+    const T *share = shares + row * row_stride + c;
+    float acc = to_f32(x[i]);
+    for (int k = 0; k < views; ++k)
+      acc = round_to<T>(__fadd_rn(acc, round_to<T>(__fmul_rn(to_f32(share[k * view_stride]), inv))));
+    out[i] = from_f32<T>(acc);
   }
 }
 
@@ -369,6 +391,34 @@ __device__ void gated_residual_vec(const T *x, const T *h, const T *gate, i64 ga
   }
 }
 
+// add_view_shares on packs of N elements (channels and both strides multiples of N).
+template <typename T>
+__device__ void add_view_shares_vec(const T *x, const T *shares, i64 view_stride, i64 row_stride,
+                                    int views, float inv, T *out, i64 rows, int channels) {
+  constexpr int N = Pack<T>::N;
+  const i64 n = rows * channels / N;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    const i64 e = i * N;
+    const i64 row = e / channels;
+    const int c = (int)(e - row * channels);
+    const T *share = shares + row * row_stride + c;
+    const uint4 xv = load_pack(x + e);
+    float acc[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) acc[k] = unpack<T>(xv, k);
+    for (int v = 0; v < views; ++v) {
+      const uint4 sv = load_pack(share + v * view_stride);
+#pragma unroll
+      for (int k = 0; k < N; ++k)
+        acc[k] = round_to<T>(__fadd_rn(acc[k], round_to<T>(__fmul_rn(unpack<T>(sv, k), inv))));
+    }
+    uint4 result;
+#pragma unroll
+    for (int k = 0; k < N; ++k) pack<T>(result, k, acc[k]);
+    store_pack(out + e, result);
+  }
+}
+
 #define FUSED_NORM_KERNELS(T, SUFFIX)                                                              \
   extern "C" __global__ void layer_norm_modulate_##SUFFIX(                                         \
       const T *x, T *y, i64 rows, int channels, const float *weight, const float *bias,           \
@@ -406,6 +456,18 @@ __device__ void gated_residual_vec(const T *x, const T *h, const T *gate, i64 ga
                                                          i64 rows_per_group) {                    \
     gated_residual_vec<T>(x, h, gate, gate_stride, out, rows, channels, row_group,                \
                           rows_per_group);                                                         \
+  }                                                                                                \
+  extern "C" __global__ void add_view_shares_##SUFFIX(const T *x, const T *shares,                \
+                                                      i64 view_stride, i64 row_stride, int views, \
+                                                      float inv, T *out, i64 rows,                \
+                                                      int channels) {                             \
+    add_view_shares<T>(x, shares, view_stride, row_stride, views, inv, out, rows, channels);      \
+  }                                                                                                \
+  extern "C" __global__ void add_view_shares_vec_##SUFFIX(const T *x, const T *shares,            \
+                                                          i64 view_stride, i64 row_stride,        \
+                                                          int views, float inv, T *out, i64 rows, \
+                                                          int channels) {                         \
+    add_view_shares_vec<T>(x, shares, view_stride, row_stride, views, inv, out, rows, channels);  \
   }
 
 FUSED_NORM_KERNELS(f16, f16)

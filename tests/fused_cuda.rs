@@ -172,6 +172,67 @@ fn cuda_gated_residual_matches_unfused() {
     }
 }
 
+/// ReconViaGen's `x = x + cross_attn(h, ctx_k) / K` over K views, as torch runs it: one
+/// division by the scalar, then one rounded add per view, in view order.
+fn view_shares_in_order(x: &Tensor, outputs: &Tensor, views: i64) -> Tensor {
+    let shares = outputs / views as f64;
+    let mut sum = x.shallow_clone();
+    for k in 0..views {
+        let share = if outputs.dim() == 3 {
+            shares.get(k)
+        } else {
+            shares.shallow_clone()
+        };
+        sum = &sum + &share;
+    }
+    sum
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_add_view_shares_matches_division_then_ordered_adds() {
+    tch::manual_seed(4);
+    // C = 1024 takes the vectorised kernel, C = 100 (not a pack multiple) the scalar one.
+    for (kind, (views, rows, c)) in KINDS
+        .into_iter()
+        .flat_map(|k| [(4, 300, 1024), (16, 129, 1024), (3, 77, 100), (2, 5, 1024)].map(|s| (k, s)))
+    {
+        // The residual stream is large next to the shares, as in the flow's blocks, so every
+        // add rounds.
+        let x = (Tensor::randn([rows, c], (Kind::Float, cuda())) * 8.0).to_kind(kind);
+        let outputs = Tensor::randn([views, rows, c], (Kind::Float, cuda())).to_kind(kind);
+        let constant = Tensor::randn([1, c], (Kind::Float, cuda())).to_kind(kind);
+        for (layout, shares) in [("per view", &outputs), ("one row", &constant)] {
+            let fused = fused::add_view_shares(&x, shares, views)
+                .unwrap()
+                .expect("the kernel applies");
+            let reference = view_shares_in_order(&x, shares, views);
+            assert!(
+                fused.equal(&reference),
+                "add_view_shares {layout} {kind:?} K={views} N={rows} C={c}: {:?}",
+                agreement(&fused, &reference)
+            );
+        }
+    }
+}
+
+/// Shapes the kernel does not take fall back to the caller's composition instead of guessing.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_add_view_shares_declines_mismatched_shapes() {
+    let x = Tensor::zeros([6, 8], (Kind::Half, cuda()));
+    for shares in [
+        Tensor::zeros([3, 6, 8], (Kind::Half, cuda())),
+        Tensor::zeros([2, 5, 8], (Kind::Half, cuda())),
+        Tensor::zeros([2, 8], (Kind::Half, cuda())),
+        Tensor::zeros([2, 6, 8], (Kind::Float, cuda())),
+    ] {
+        assert!(fused::add_view_shares(&x, &shares, 2).unwrap().is_none());
+    }
+    let shares = Tensor::zeros([1, 8], (Kind::Half, cuda()));
+    assert!(fused::add_view_shares(&x, &shares, 0).unwrap().is_none());
+}
+
 #[test]
 fn kernels_do_not_apply_to_cpu_tensors() {
     let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
@@ -187,6 +248,8 @@ fn kernels_do_not_apply_to_cpu_tensors() {
     assert!(fused::rms_norm_heads(&heads, &gamma, 2.0)
         .unwrap()
         .is_none());
+    let shares = Tensor::zeros([2, 4, 8], (Kind::Float, Device::Cpu));
+    assert!(fused::add_view_shares(&x, &shares, 2).unwrap().is_none());
 }
 
 /// `Linear::forward_gelu_tanh` (one cuBLASLt GEMM with a bias + tanh-GELU epilogue) against

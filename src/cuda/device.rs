@@ -207,6 +207,17 @@ impl TorchStream {
     pub fn raw(&self) -> sys::CUstream {
         self.stream.cu_stream()
     }
+
+    /// Whether work on this stream is being captured into a CUDA graph right now (then a
+    /// copy from host memory would be recorded with its pointer, not its contents).
+    pub fn is_capturing(&self) -> Result<bool> {
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: the stream is live (see `torch_stream`) and `status` is a valid out-pointer.
+        unsafe { sys::cuStreamIsCapturing(self.raw(), &mut status) }
+            .result()
+            .map_err(|e| device_error("asking the stream's capture status", e))?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
 }
 
 impl Drop for TorchStream {

@@ -1,5 +1,5 @@
 //! Host side of `kernels/fused_norm.cu`: LayerNorm32 (+ adaLN modulation), multi-head RMS
-//! norm and the gated residual, each one kernel where the reference runs a chain of
+//! norm, the gated residual and the ordered sum of per-view shares, each one kernel where the reference runs a chain of
 //! element-wise kernels (issue 8: these chains were 45 % of the sparse-structure flow's GPU
 //! time on the H100, see benches/RESULTS.md).
 //!
@@ -325,6 +325,67 @@ pub fn gated_residual(
     Ok(Some(out))
 }
 
+/// `x + shares_1 / K + … + shares_K / K` with the views added one at a time, in order, each
+/// share and each sum rounded to the dtype as the reference's
+/// `x = x + cross_attn(h, ctx_k) / K` rounds them (one pass instead of a division and K adds).
+/// `x` is contiguous `[N, C]`; `shares` is contiguous `[K, N, C]` (every view's output), or
+/// `[1, C]` (one row every view adds to every row: an all-zero condition's constant output).
+pub fn add_view_shares(x: &Tensor, shares: &Tensor, views: i64) -> Result<Option<Tensor>> {
+    let Some((ordinal, dtype)) = target(x) else {
+        return Ok(None);
+    };
+    let (rows, channels) = match x.size()[..] {
+        [rows, channels] if rows > 0 && channels > 0 => (rows, channels),
+        _ => return Ok(None),
+    };
+    let strides = match shares.size()[..] {
+        [k, n, c] if k == views && n == rows && c == channels => (rows * channels, channels),
+        [1, c] if c == channels => (0, 0),
+        _ => return Ok(None),
+    };
+    let same = shares.kind() == x.kind() && shares.device() == x.device();
+    let Ok(views_arg) = i32::try_from(views) else {
+        return Ok(None);
+    };
+    if !same || views_arg < 1 || !x.is_contiguous() || !shares.is_contiguous() {
+        return Ok(None);
+    }
+    let out = Tensor::f_empty_like(x)?;
+    let n = pack_elements(x.kind());
+    let vectorised = channels % n == 0 && [ptr(x), ptr(shares), ptr(&out)].into_iter().all(aligned);
+    let name = if vectorised {
+        ADD_VIEW_SHARES_VEC[dtype]
+    } else {
+        ADD_VIEW_SHARES[dtype]
+    };
+    let gpu = cuda_device(ordinal)?;
+    let function = gpu.function(&FUSED_NORM, name)?;
+    let stream = gpu.torch_stream()?;
+    let (x_ptr, shares_ptr, out_ptr) = (ptr(x), ptr(shares), ptr(&out));
+    let (view_stride, row_stride) = strides;
+    // torch divides a tensor by a scalar as a product with the scalar's fp32 reciprocal.
+    let inv = 1.0f32 / views_arg as f32;
+    let channels_arg = channels as i32;
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&shares_ptr)
+        .arg(&view_stride)
+        .arg(&row_stride)
+        .arg(&views_arg)
+        .arg(&inv)
+        .arg(&out_ptr)
+        .arg(&rows)
+        .arg(&channels_arg);
+    let per_thread = if vectorised { n } else { 1 };
+    let config = device::grid(rows * channels / per_thread, THREADS, MAX_BLOCKS)?;
+    // SAFETY: (vectorised: alignment and pack divisibility of channels, hence of both strides,
+    // checked above) x and out are contiguous [rows, channels] of the kernel's dtype; shares is
+    // contiguous [views, rows, channels] (strides rows·channels, channels) or one [channels]
+    // row (strides 0), so every index the kernel forms lies inside it.
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(Some(out))
+}
+
 /// The kernels' names per activation dtype, in the order of [`dtype_index`].
 const LAYER_NORM_MODULATE: [&str; 3] = [
     "layer_norm_modulate_f16",
@@ -340,6 +401,11 @@ const GATED_RESIDUAL: [&str; 3] = [
     "gated_residual_f16",
     "gated_residual_bf16",
     "gated_residual_f32",
+];
+const ADD_VIEW_SHARES: [&str; 3] = [
+    "add_view_shares_f16",
+    "add_view_shares_bf16",
+    "add_view_shares_f32",
 ];
 /// The vectorised variants (16-byte packs, a warp per row), same order.
 const LAYER_NORM_MODULATE_VEC: [&str; 3] = [
@@ -357,9 +423,14 @@ const GATED_RESIDUAL_VEC: [&str; 3] = [
     "gated_residual_vec_bf16",
     "gated_residual_vec_f32",
 ];
+const ADD_VIEW_SHARES_VEC: [&str; 3] = [
+    "add_view_shares_vec_f16",
+    "add_view_shares_vec_bf16",
+    "add_view_shares_vec_f32",
+];
 
 /// Every kernel the host launches (the compile test checks they exist).
-pub const KERNEL_NAMES: [&str; 18] = [
+pub const KERNEL_NAMES: [&str; 24] = [
     LAYER_NORM_MODULATE[0],
     LAYER_NORM_MODULATE[1],
     LAYER_NORM_MODULATE[2],
@@ -378,6 +449,12 @@ pub const KERNEL_NAMES: [&str; 18] = [
     GATED_RESIDUAL_VEC[0],
     GATED_RESIDUAL_VEC[1],
     GATED_RESIDUAL_VEC[2],
+    ADD_VIEW_SHARES[0],
+    ADD_VIEW_SHARES[1],
+    ADD_VIEW_SHARES[2],
+    ADD_VIEW_SHARES_VEC[0],
+    ADD_VIEW_SHARES_VEC[1],
+    ADD_VIEW_SHARES_VEC[2],
 ];
 
 /// Bytes of one vector load or store of the `_vec` kernels.

@@ -83,6 +83,16 @@ mod ffi {
             mat1: &AtTensor,
             mat2: &AtTensor,
         ) -> Result<UniquePtr<AtTensor>>;
+
+        fn flash_attention_varlen(
+            q: &AtTensor,
+            k: &AtTensor,
+            v: &AtTensor,
+            cu_q: &[i32],
+            cu_k: &[i32],
+            max_q: i64,
+            max_k: i64,
+        ) -> Result<UniquePtr<AtTensor>>;
     }
 }
 
@@ -253,6 +263,32 @@ pub(crate) fn addmm_gelu_tanh(bias: &Tensor, mat1: &Tensor, mat2: &Tensor) -> Re
     let out = ffi::addmm_gelu_tanh(borrow_at(bias), borrow_at(mat1), borrow_at(mat2))
         .map_err(|e| Error::internal(format!("GEMM with GELU epilogue: {e}")))?;
     adopt_at(out, "addmm_gelu_tanh")
+}
+
+/// Variable-length attention through libtorch's flash kernel on CUDA (see the C++ side): `q`
+/// `[T, H, D]`, `k` / `v` `[S, H, D]` fp16/bf16 with unit stride along `D`, sequences given by
+/// int32 `cu_seqlens`; returns `[T, H, D]`. Must not be called while the stream is being
+/// captured into a CUDA graph (the offsets are copied from host memory).
+pub(crate) fn flash_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_q: &[i32],
+    cu_k: &[i32],
+    max_q: i64,
+    max_k: i64,
+) -> Result<Tensor> {
+    let out = ffi::flash_attention_varlen(
+        borrow_at(q),
+        borrow_at(k),
+        borrow_at(v),
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
+    )
+    .map_err(|e| engine_error("flash varlen attention", e))?;
+    adopt_at(out, "flash_attention_varlen")
 }
 
 pub(crate) fn torch_empty_cuda_cache() -> Result<()> {

@@ -180,23 +180,16 @@ impl ModulatedSparseTransformerCrossBlock {
             CrossContext::Tokens(views) => {
                 // The normalised features are taken once, before any view is added.
                 let h = self.norm2.forward(&feats)?;
-                let shares = self
-                    .cross_attn
-                    .forward_feats_per_view(&h, x, views)?
-                    .f_div_scalar(views.len() as f64)?;
-                feats = add_in_view_order(feats, shares.f_unbind(0)?)?;
+                let outputs = self.cross_attn.forward_feats_per_view(&h, x, views)?;
+                feats = add_view_shares(&feats, &outputs, views.len() as i64)?;
             }
             CrossContext::Zeros { views: 1 } => {
                 feats = feats.f_add(self.cross_attn.zero_context_output()?)?;
             }
             CrossContext::Zeros { views } => {
                 // Every view's output is the same constant row.
-                let share = self
-                    .cross_attn
-                    .zero_context_output()?
-                    .f_div_scalar(views as f64)?;
-                let shares = (0..views).map(|_| share.shallow_clone()).collect();
-                feats = add_in_view_order(feats, shares)?;
+                let output = self.cross_attn.zero_context_output()?;
+                feats = add_view_shares(&feats, output, views as i64)?;
             }
         }
 
@@ -230,15 +223,26 @@ impl ModulatedSparseTransformerCrossBlock {
     }
 }
 
-/// `feats + Σ_k share_k` (each share a view's output divided by the number of views), added
-/// one view at a time in view order and rounded after each step, as the reference's
-/// `x = x + cross_attn(h, ctx) / len(context)` does (in fp16 the order and the rounding show,
-/// and classifier-free guidance amplifies the difference of the negative pass several times).
-fn add_in_view_order(mut feats: Tensor, shares: Vec<Tensor>) -> Result<Tensor> {
-    for share in shares {
-        feats = feats.f_add(&share)?;
+/// `feats + Σ_k outputs_k / K`, each view's share added one at a time in view order and rounded
+/// after each step, as the reference's `x = x + cross_attn(h, ctx) / len(context)` does (in
+/// fp16 the order and the rounding show, and classifier-free guidance amplifies the difference
+/// of the negative pass several times). `outputs` is every view's attention output `[K, N, C]`,
+/// or one row `[1, C]` that every view adds (an all-zero condition's constant output). On CUDA
+/// one fused kernel does it with the same roundings (`cuda::fused::add_view_shares`).
+fn add_view_shares(feats: &Tensor, outputs: &Tensor, views: i64) -> Result<Tensor> {
+    if let Some(sum) = fused::add_view_shares(feats, outputs, views)? {
+        return Ok(sum);
     }
-    Ok(feats)
+    let shares = outputs.f_div_scalar(views as f64)?;
+    let per_view = match shares.dim() {
+        3 => shares.f_unbind(0)?,
+        _ => (0..views).map(|_| shares.shallow_clone()).collect(),
+    };
+    let mut sum = feats.shallow_clone();
+    for share in per_view {
+        sum = sum.f_add(&share)?;
+    }
+    Ok(sum)
 }
 
 /// The constructor arguments of a `SparseTransformerBlock` that shape its weights and its

@@ -8,11 +8,17 @@
 //! - [`VarlenBackend::SegmentLoop`] (CPU default): one `scaled_dot_product_attention` per
 //!   sequence on views of the packed tensors. Exact (no padding, no mask), and memory stays
 //!   O(rows) because libtorch's CPU kernel is tiled (flash-style).
-//! - [`VarlenBackend::Nested`] (CUDA default): the sequences as one strided nested tensor.
+//! - [`VarlenBackend::Nested`] (CUDA, where the flash kernel does not apply): the sequences as
+//!   one strided nested tensor.
 //!   libtorch's SDPA on nested CUDA inputs calls its varlen flash kernel
 //!   (`_flash_attention_forward` with `cu_seqlens`; fp16/bf16) or its varlen memory-efficient
 //!   kernel (`_efficient_attention_forward`; also fp32). tch 0.24 exposes neither op directly,
 //!   so this is the way to reach them without C++.
+//! - [`VarlenBackend::Flash`] (CUDA default for fp16/bf16): the same varlen flash kernel
+//!   called directly with `cu_seqlens` through the C++ bridge (src/sparse/engine.rs). The
+//!   nested path builds its nested tensors on the host (the decoders' windowed attention has
+//!   hundreds of windows per call, about 1 ms of host time each call) and waits for the
+//!   device to learn the longest sequence; this path does neither, and gives the same bits.
 //! - [`VarlenBackend::Padded`] (fallback): sequences of similar length padded into batches
 //!   `[n, H, L, D]` with a key-padding mask. Used on CUDA where the varlen kernels do not take
 //!   the inputs (head dim not a multiple of 8 or above 256, other dtypes), and if libtorch
@@ -27,10 +33,15 @@ use crate::error::{Error, ErrorKind, Result};
 /// Which implementation [`varlen_attention_with`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarlenBackend {
-    /// [`VarlenBackend::SegmentLoop`] on CPU; [`VarlenBackend::Nested`] on CUDA, falling back
+    /// [`VarlenBackend::SegmentLoop`] on CPU; on CUDA plain SDPA for one whole sequence, else
+    /// [`VarlenBackend::Flash`] where it applies, else [`VarlenBackend::Nested`], falling back
     /// to [`VarlenBackend::Padded`] where the varlen kernels do not take the inputs.
     Auto,
     SegmentLoop,
+    /// libtorch's varlen flash kernel called directly (CUDA, fp16/bf16, head dim a multiple of
+    /// 8 up to 256 and equal to the value dim, every query sequence with keys, the stream not
+    /// being captured); an `InvalidArgument` error where it does not apply.
+    Flash,
     Nested,
     Padded,
 }
@@ -127,6 +138,13 @@ pub fn varlen_attention_with(
     let segments = Segments::new(cu_q, cu_k);
     match backend {
         VarlenBackend::SegmentLoop => segment_loop(q, k, v, &segments, &shape),
+        VarlenBackend::Flash => flash(q, k, v, cu_q, cu_k, &segments)?.ok_or_else(|| {
+            Error::invalid_argument(
+                "varlen attention: the flash kernel does not take these inputs (CUDA fp16/bf16, \
+                 head dim a multiple of 8 up to 256 and equal to the value dim, keys for every \
+                 query sequence, no graph capture)",
+            )
+        }),
         VarlenBackend::Nested => nested(q, k, v, &segments, &shape),
         VarlenBackend::Padded => padded(q, k, v, &segments, &shape),
         VarlenBackend::Auto if q.device() == Device::Cpu => {
@@ -135,8 +153,61 @@ pub fn varlen_attention_with(
         VarlenBackend::Auto if segments.is_single_whole(&shape, k.size()[0]) => {
             single_sequence(q, k, v)
         }
-        VarlenBackend::Auto => nested_or_padded(q, k, v, &segments, &shape),
+        VarlenBackend::Auto => match flash(q, k, v, cu_q, cu_k, &segments)? {
+            Some(out) => Ok(out),
+            None => nested_or_padded(q, k, v, &segments, &shape),
+        },
     }
+}
+
+/// libtorch's varlen flash kernel on `cu_q` / `cu_k` as given, or `None` where it does not
+/// apply (see [`VarlenBackend::Flash`]). A query sequence without keys is left to the other
+/// paths, which return zeros for it explicitly.
+fn flash(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_q: &[i64],
+    cu_k: &[i64],
+    segments: &Segments,
+) -> Result<Option<Tensor>> {
+    let Device::Cuda(ordinal) = q.device() else {
+        return Ok(None);
+    };
+    let head_dim = q.size()[2];
+    let kind = q.kind();
+    let takes_inputs = matches!(kind, Kind::Half | Kind::BFloat16)
+        && [k, v]
+            .iter()
+            .all(|t| t.kind() == kind && t.device() == q.device())
+        && head_dim % 8 == 0
+        && head_dim <= 256
+        && v.size()[2] == head_dim
+        && [q, k, v].iter().all(|t| t.stride()[2] == 1)
+        && segments.all.iter().all(|s| s.k_len > 0);
+    let as_i32 =
+        |cu: &[i64]| -> Option<Vec<i32>> { cu.iter().map(|&c| i32::try_from(c).ok()).collect() };
+    let (Some(cu_q32), Some(cu_k32)) = (as_i32(cu_q), as_i32(cu_k)) else {
+        return Ok(None);
+    };
+    if !takes_inputs
+        || crate::cuda::cuda_device(ordinal)?
+            .torch_stream()?
+            .is_capturing()?
+    {
+        return Ok(None);
+    }
+    let longest = |cu: &[i64]| seq_lens(cu).into_iter().max().unwrap_or(0);
+    crate::sparse::engine::flash_attention_varlen(
+        q,
+        k,
+        v,
+        &cu_q32,
+        &cu_k32,
+        longest(cu_q),
+        longest(cu_k),
+    )
+    .map(Some)
 }
 
 /// One sequence covering every query and key row (a single sample, as the pipelines run the
