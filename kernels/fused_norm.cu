@@ -8,6 +8,9 @@
 //   gated_residual        x + h * gate (the adaLN gate on a residual branch)
 //   add_view_shares       x + out_1 / K + ... + out_K / K, added view by view (ReconViaGen's
 //                         cross-attention over K condition views)
+//   qk_norm_rope          VGGT attention's q / k under autocast: LayerNorm per head (fp32),
+//                         optional 2-D RoPE (fp32), cast to the attention dtype, written in
+//                         SDPA's [B, H, N, D] layout
 //
 // Rounding follows the unfused reference op by op: every intermediate the reference stores in
 // the activations' dtype (LayerNorm32's output, `1 + scale`, the product, the sum) is rounded
@@ -473,3 +476,90 @@ __device__ void add_view_shares_vec(const T *x, const T *shares, i64 view_stride
 FUSED_NORM_KERNELS(f16, f16)
 FUSED_NORM_KERNELS(bf16, bf16)
 FUSED_NORM_KERNELS(float, f32)
+
+// One warp per (batch, token, head) of q or k inside the fused qkv projection: element d of
+// head h of token n of batch b is x[(b * tokens + n) * row_stride + h * D + d]. In fp32 like
+// the reference under autocast: LayerNorm over the head's D features (mean, biased variance,
+// rsqrt(var + eps), then gamma and beta), then, with tables, VGGT's 2-D RoPE
+// (`y * cos + rotate_half(y) * sin`, product and sum rounded separately in fp32, rows on the
+// first half of the features and columns on the second, rotate_half within each half), then
+// one rounding to T. Lane l holds features l*E .. l*E+E-1 (D = 32 * E), so the feature a
+// quarter of D away, which rotate_half pairs with, sits in lane l ^ 8. Tables are fp32
+// [table_batches, tokens, D / 2] rows (one per token of each batch; table_batches 1 or batch).
+// Output: [batch, heads, tokens, D] contiguous.
+template <typename T, int E>
+__device__ void qk_norm_rope(const T *x, i64 row_stride, T *out, i64 batch, i64 tokens,
+                             int heads, const float *gamma, const float *beta, float eps,
+                             const float *cos_row, const float *sin_row, const float *cos_col,
+                             const float *sin_col, i64 table_batches) {
+  constexpr int D = 32 * E;
+  constexpr int HALF = D / 2;
+  constexpr int QUARTER = D / 4;
+  const int lane = threadIdx.x & 31;
+  const i64 warps_per_grid = (i64)gridDim.x * (blockDim.x >> 5);
+  const i64 items = batch * tokens * heads;
+  for (i64 p = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); p < items;
+       p += warps_per_grid) {
+    const int h = (int)(p % heads);
+    const i64 token = p / heads;  // b * tokens + n
+    const i64 b = token / tokens, n = token - b * tokens;
+    const T *in = x + token * row_stride + (i64)h * D + lane * E;
+    float v[E];
+    float sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      v[e] = to_f32(in[e]);
+      sum += v[e];
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const float mean = sum / D;
+    float squares = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float d = v[e] - mean;
+      squares += d * d;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1)
+      squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+    const float rstd = rsqrtf(squares / D + eps);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int d = lane * E + e;
+      v[e] = (v[e] - mean) * rstd * gamma[d] + beta[d];
+    }
+    T *o = out + (((b * heads + h) * tokens) + n) * D + lane * E;
+    if (cos_row) {
+      const i64 table_row = ((table_batches == 1 ? 0 : b) * tokens + n) * HALF;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane * E + e;
+        const float partner = __shfl_xor_sync(0xffffffffu, v[e], 8);
+        const int j = d % HALF;  // position within the half
+        const float rotated = j < QUARTER ? -partner : partner;
+        const float *cs = d < HALF ? cos_row : cos_col;
+        const float *sn = d < HALF ? sin_row : sin_col;
+        const float c = cs[table_row + j], s = sn[table_row + j];
+        o[e] = from_f32<T>(__fadd_rn(__fmul_rn(v[e], c), __fmul_rn(rotated, s)));
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) o[e] = from_f32<T>(v[e]);
+    }
+  }
+}
+
+#define QK_NORM_ROPE_KERNEL(T, SUFFIX, E)                                                          \
+  extern "C" __global__ void qk_norm_rope_d##E##_##SUFFIX(                                         \
+      const T *x, i64 row_stride, T *out, i64 batch, i64 tokens, int heads, const float *gamma,   \
+      const float *beta, float eps, const float *cos_row, const float *sin_row,                   \
+      const float *cos_col, const float *sin_col, i64 table_batches) {                            \
+    qk_norm_rope<T, E>(x, row_stride, out, batch, tokens, heads, gamma, beta, eps, cos_row,       \
+                       sin_row, cos_col, sin_col, table_batches);                                 \
+  }
+
+QK_NORM_ROPE_KERNEL(f16, f16, 1)
+QK_NORM_ROPE_KERNEL(f16, f16, 2)
+QK_NORM_ROPE_KERNEL(f16, f16, 4)
+QK_NORM_ROPE_KERNEL(bf16, bf16, 1)
+QK_NORM_ROPE_KERNEL(bf16, bf16, 2)
+QK_NORM_ROPE_KERNEL(bf16, bf16, 4)

@@ -233,6 +233,67 @@ fn cuda_add_view_shares_declines_mismatched_shapes() {
     assert!(fused::add_view_shares(&x, &shares, 0).unwrap().is_none());
 }
 
+/// VGGT attention's q/k path: the fused kernel against the reference's composition under
+/// autocast (fp32 LayerNorm per head, fp32 RoPE, cast to the attention dtype). Only the fp32
+/// reduction order of the norm's statistics differs, so 16-bit results are equal up to rare
+/// one-ulp flips.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_qk_norm_rope_matches_layer_norm_then_rope() {
+    use recon::models::vggt::rope::{patch_positions, Rope2d};
+    tch::manual_seed(6);
+    let rope = Rope2d::new(100.0).unwrap();
+    // (batch, grid h, grid w, special tokens, heads, head dim): frame-attention-like with
+    // several frames, and global-attention-like with one long sequence.
+    for (kind, (batch, gh, gw, special, heads, dim)) in
+        [Kind::BFloat16, Kind::Half].into_iter().flat_map(|k| {
+            [
+                (4, 37, 37, 5, 16, 64),
+                (1, 20, 30, 5, 4, 128),
+                (3, 6, 7, 0, 2, 32),
+            ]
+            .map(|s| (k, s))
+        })
+    {
+        let tokens = special + gh * gw;
+        let qkv = (Tensor::randn([batch, tokens, 3, heads, dim], (Kind::Float, cuda())) * 3.0)
+            .to_kind(kind);
+        let gamma = Tensor::randn([dim], (Kind::Float, cuda()));
+        let beta = Tensor::randn([dim], (Kind::Float, cuda())) * 0.1;
+        let eps = 1e-5;
+        let positions = patch_positions(batch, gh, gw, special, cuda()).unwrap();
+        let tables = rope.tables(&positions, dim).unwrap();
+        let q = qkv.select(2, 0);
+        for with_rope in [true, false] {
+            let fused =
+                fused::qk_norm_rope(&q, &gamma, &beta, eps, with_rope.then(|| tables.tables()))
+                    .unwrap()
+                    .expect("the kernel applies");
+            let normed = q.permute([0, 2, 1, 3]).to_kind(Kind::Float).layer_norm(
+                [dim],
+                Some(&gamma),
+                Some(&beta),
+                eps,
+                true,
+            );
+            let reference = if with_rope {
+                tables.apply(&normed).unwrap()
+            } else {
+                normed
+            }
+            .to_kind(kind);
+            assert_eq!(fused.size(), [batch, heads, tokens, dim]);
+            assert!(fused.is_contiguous());
+            assert_close(
+                &format!("qk_norm_rope D={dim} rope={with_rope}"),
+                kind,
+                &fused,
+                &reference,
+            );
+        }
+    }
+}
+
 #[test]
 fn kernels_do_not_apply_to_cpu_tensors() {
     let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));

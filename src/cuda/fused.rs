@@ -386,6 +386,102 @@ pub fn add_view_shares(x: &Tensor, shares: &Tensor, views: i64) -> Result<Option
     Ok(Some(out))
 }
 
+/// VGGT attention's q or k path as the reference runs it under autocast, in one kernel:
+/// LayerNorm over each head's features in fp32 (`gamma`, `beta` fp32 `[D]`), then, with
+/// `rope` = `(cos_row, sin_row, cos_col, sin_col)` (fp32 `[Bt, 1, N, D/2]`, `Bt` 1 or `B`),
+/// VGGT's 2-D rotary embedding in fp32, then one cast to `x`'s dtype. `x` is the `[B, N, H, D]`
+/// view of q or k inside the qkv projection (unit stride along `D`, heads adjacent, batches
+/// `N` rows apart); the result is `[B, H, N, D]` contiguous, the layout SDPA takes. fp16/bf16
+/// with `D` 32, 64 or 128 only.
+pub fn qk_norm_rope(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    rope: Option<[&Tensor; 4]>,
+) -> Result<Option<Tensor>> {
+    let Some((ordinal, dtype)) = target(x) else {
+        return Ok(None);
+    };
+    let (size, stride) = (x.size(), x.stride());
+    let [batch, tokens, heads, dim] = size[..] else {
+        return Ok(None);
+    };
+    let lanes_per = match dim {
+        32 => 0,
+        64 => 1,
+        128 => 2,
+        _ => return Ok(None),
+    };
+    let row_stride = stride[1];
+    let layout_fits = stride[3] == 1
+        && stride[2] == dim
+        && (batch == 1 || stride[0] == tokens * row_stride)
+        && dtype < 2
+        && batch * tokens * heads > 0;
+    let params_fit = [gamma, beta].iter().all(|t| {
+        t.kind() == Kind::Float
+            && t.device() == x.device()
+            && t.size() == [dim]
+            && t.is_contiguous()
+    });
+    if !layout_fits || !params_fit {
+        return Ok(None);
+    }
+    let half = dim / 2;
+    let mut table_batches = 1;
+    if let Some(tables) = &rope {
+        let first = tables[0].size();
+        table_batches = first.first().copied().unwrap_or(0);
+        let fits = |t: &&Tensor| {
+            t.kind() == Kind::Float
+                && t.device() == x.device()
+                && t.size() == first
+                && t.is_contiguous()
+        };
+        if !(first.len() == 4
+            && (table_batches == 1 || table_batches == batch)
+            && first[1] == 1
+            && first[2] == tokens
+            && first[3] == half
+            && tables.iter().all(fits))
+        {
+            return Ok(None);
+        }
+    }
+    let out = Tensor::f_empty([batch, heads, tokens, dim], (x.kind(), x.device()))?;
+    let name = QK_NORM_ROPE[dtype][lanes_per];
+    let gpu = cuda_device(ordinal)?;
+    let function = gpu.function(&FUSED_NORM, name)?;
+    let stream = gpu.torch_stream()?;
+    let [cos_row, sin_row, cos_col, sin_col] = rope.map_or([0; 4], |t| t.map(ptr));
+    let (x_ptr, out_ptr, gamma_ptr, beta_ptr) = (ptr(x), ptr(&out), ptr(gamma), ptr(beta));
+    let heads_arg = heads as i32;
+    let eps = eps as f32;
+    let mut args = stream.builder(&function);
+    args.arg(&x_ptr)
+        .arg(&row_stride)
+        .arg(&out_ptr)
+        .arg(&batch)
+        .arg(&tokens)
+        .arg(&heads_arg)
+        .arg(&gamma_ptr)
+        .arg(&beta_ptr)
+        .arg(&eps)
+        .arg(&cos_row)
+        .arg(&sin_row)
+        .arg(&cos_col)
+        .arg(&sin_col)
+        .arg(&table_batches);
+    let config = device::grid(batch * tokens * heads * 32, THREADS, MAX_BLOCKS)?;
+    // SAFETY: x covers batch × tokens rows of `row_stride` elements with heads × dim
+    // contiguous per row (checked); out is a fresh contiguous [batch, heads, tokens, dim];
+    // gamma and beta are fp32 [dim]; the tables, when given, are contiguous fp32
+    // [table_batches, 1, tokens, dim / 2] (checked), else null.
+    unsafe { device::launch(&mut args, config, name) }?;
+    Ok(Some(out))
+}
+
 /// The kernels' names per activation dtype, in the order of [`dtype_index`].
 const LAYER_NORM_MODULATE: [&str; 3] = [
     "layer_norm_modulate_f16",
@@ -401,6 +497,19 @@ const GATED_RESIDUAL: [&str; 3] = [
     "gated_residual_f16",
     "gated_residual_bf16",
     "gated_residual_f32",
+];
+/// `qk_norm_rope` per 16-bit dtype (fp16, bf16) and head width (32, 64, 128).
+const QK_NORM_ROPE: [[&str; 3]; 2] = [
+    [
+        "qk_norm_rope_d1_f16",
+        "qk_norm_rope_d2_f16",
+        "qk_norm_rope_d4_f16",
+    ],
+    [
+        "qk_norm_rope_d1_bf16",
+        "qk_norm_rope_d2_bf16",
+        "qk_norm_rope_d4_bf16",
+    ],
 ];
 const ADD_VIEW_SHARES: [&str; 3] = [
     "add_view_shares_f16",
@@ -430,7 +539,7 @@ const ADD_VIEW_SHARES_VEC: [&str; 3] = [
 ];
 
 /// Every kernel the host launches (the compile test checks they exist).
-pub const KERNEL_NAMES: [&str; 24] = [
+pub const KERNEL_NAMES: [&str; 30] = [
     LAYER_NORM_MODULATE[0],
     LAYER_NORM_MODULATE[1],
     LAYER_NORM_MODULATE[2],
@@ -455,6 +564,12 @@ pub const KERNEL_NAMES: [&str; 24] = [
     ADD_VIEW_SHARES_VEC[0],
     ADD_VIEW_SHARES_VEC[1],
     ADD_VIEW_SHARES_VEC[2],
+    QK_NORM_ROPE[0][0],
+    QK_NORM_ROPE[0][1],
+    QK_NORM_ROPE[0][2],
+    QK_NORM_ROPE[1][0],
+    QK_NORM_ROPE[1][1],
+    QK_NORM_ROPE[1][2],
 ];
 
 /// Bytes of one vector load or store of the `_vec` kernels.

@@ -76,6 +76,24 @@ impl LayerNorm32 {
     }
 }
 
+impl LayerNorm32 {
+    /// This norm over each head of q or k, then optionally VGGT's 2-D RoPE, in one CUDA
+    /// kernel ([`fused::qk_norm_rope`]; affine norms only): `x` the `[B, N, H, D]` view inside
+    /// the qkv projection, the result `[B, H, N, D]`. `None` where the kernel does not apply.
+    pub fn fused_heads_rope(
+        &self,
+        x: &Tensor,
+        rope: Option<[&Tensor; 4]>,
+    ) -> Result<Option<Tensor>> {
+        match (&self.weight, &self.bias) {
+            (Some(weight), Some(bias)) if x.size().last() == Some(&self.channels) => {
+                fused::qk_norm_rope(x, weight, bias, self.eps, rope)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// `ChannelLayerNorm32(C)`: LayerNorm over the channel axis of `[B, C, *spatial]`.
 pub struct ChannelLayerNorm32 {
     weight: Tensor,

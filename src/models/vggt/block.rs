@@ -121,27 +121,14 @@ impl Attention {
     /// `x` `[B, N, C]`; `rope`: the rotations of the tokens' positions, if any.
     fn forward(&self, x: &Tensor, rope: Option<&RopeTables>) -> Result<Tensor> {
         let (b, n, c) = x.size3()?;
-        // [B, N, 3C] -> [3, B, heads, N, head_dim]
+        // [B, N, 3C] -> [B, N, 3, heads, head_dim]
         let qkv = self
             .qkv
             .forward(x)?
-            .f_reshape([b, n, 3, self.num_heads, c / self.num_heads])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let parts = qkv.f_unbind(0)?;
-        let [q, k, v]: [Tensor; 3] = parts
-            .try_into()
-            .map_err(|_| Error::internal("qkv did not split into q, k, v"))?;
-        // The norms run in fp32 and keep it (autocast's LayerNorm returns fp32).
-        let (q, k) = match &self.qk_norm {
-            Some((q_norm, k_norm)) => (
-                q_norm.forward(&q.f_to_kind(Kind::Float)?)?,
-                k_norm.forward(&k.f_to_kind(Kind::Float)?)?,
-            ),
-            None => (q, k),
-        };
-        let (q, k) = match rope {
-            Some(tables) => (tables.apply(&q)?, tables.apply(&k)?),
-            None => (q, k),
+            .f_reshape([b, n, 3, self.num_heads, c / self.num_heads])?;
+        let (q, k, v) = match self.fused_q_k(&qkv, rope)? {
+            Some((q, k)) => (q, k, qkv.f_select(2, 2)?.f_transpose(1, 2)?),
+            None => self.unfused_q_k_v(&qkv, rope)?,
         };
         let cast = |t: &Tensor| t.f_to_kind(self.compute);
         let h = Tensor::f_scaled_dot_product_attention::<Tensor>(
@@ -156,6 +143,53 @@ impl Attention {
         )?;
         let h = h.f_transpose(1, 2)?.f_reshape([b, n, c])?;
         self.proj.forward(&h)
+    }
+
+    /// q and k `[B, heads, N, head_dim]` through their norms and the RoPE by one CUDA kernel
+    /// each (the same fp32 arithmetic, then the cast SDPA's autocast applies), or `None`
+    /// where it does not apply (no q/k norms, CPU, fp32, other head widths).
+    fn fused_q_k(
+        &self,
+        qkv: &Tensor,
+        rope: Option<&RopeTables>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((q_norm, k_norm)) = &self.qk_norm else {
+            return Ok(None);
+        };
+        let tables = rope.map(RopeTables::tables);
+        let Some(q) = q_norm.fused_heads_rope(&qkv.f_select(2, 0)?, tables)? else {
+            return Ok(None);
+        };
+        let Some(k) = k_norm.fused_heads_rope(&qkv.f_select(2, 1)?, tables)? else {
+            return Ok(None);
+        };
+        Ok(Some((q, k)))
+    }
+
+    /// The reference's composition: q and k to fp32 through their LayerNorms (autocast's
+    /// LayerNorm returns fp32) and the RoPE, v as projected; each `[B, heads, N, head_dim]`.
+    fn unfused_q_k_v(
+        &self,
+        qkv: &Tensor,
+        rope: Option<&RopeTables>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        // -> [3, B, heads, N, head_dim]
+        let parts = qkv.f_permute([2, 0, 3, 1, 4])?.f_unbind(0)?;
+        let [q, k, v]: [Tensor; 3] = parts
+            .try_into()
+            .map_err(|_| Error::internal("qkv did not split into q, k, v"))?;
+        let (q, k) = match &self.qk_norm {
+            Some((q_norm, k_norm)) => (
+                q_norm.forward(&q.f_to_kind(Kind::Float)?)?,
+                k_norm.forward(&k.f_to_kind(Kind::Float)?)?,
+            ),
+            None => (q, k),
+        };
+        let (q, k) = match rope {
+            Some(tables) => (tables.apply(&q)?, tables.apply(&k)?),
+            None => (q, k),
+        };
+        Ok((q, k, v))
     }
 }
 

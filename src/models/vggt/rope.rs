@@ -98,6 +98,12 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
+    /// `(cos_row, sin_row, cos_col, sin_col)`, each fp32 `[N, 1, L, head_dim/2]` (for the
+    /// fused CUDA kernel, which gathers them itself).
+    pub fn tables(&self) -> [&Tensor; 4] {
+        [&self.cos_row, &self.sin_row, &self.cos_col, &self.sin_col]
+    }
+
     /// Rotates `x` `[N, H, L, head_dim]` (fp32 result): rows on the first half, columns on the
     /// second.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
