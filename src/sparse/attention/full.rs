@@ -38,9 +38,10 @@ pub enum VarlenBackend {
     /// to [`VarlenBackend::Padded`] where the varlen kernels do not take the inputs.
     Auto,
     SegmentLoop,
-    /// libtorch's varlen flash kernel called directly (CUDA, fp16/bf16, head dim a multiple of
-    /// 8 up to 256 and equal to the value dim, every query sequence with keys, the stream not
-    /// being captured); an `InvalidArgument` error where it does not apply.
+    /// libtorch's varlen flash kernel called directly (CUDA of compute capability 8.0 or newer,
+    /// fp16/bf16, head dim a multiple of 8 up to 256 and equal to the value dim, every query
+    /// sequence with keys, the stream not being captured); an `InvalidArgument` error where it
+    /// does not apply.
     Flash,
     Nested,
     Padded,
@@ -48,6 +49,10 @@ pub enum VarlenBackend {
 
 /// Whether the nested path already failed once in this process (its warning is logged once).
 static NESTED_FAILED: AtomicBool = AtomicBool::new(false);
+/// Whether the direct flash call already failed once in this process; it is not tried again.
+static FLASH_FAILED: AtomicBool = AtomicBool::new(false);
+/// libtorch's flash kernel needs compute capability 8.0 (Ampere) or newer.
+const FLASH_MIN_ARCH: i32 = 80;
 
 /// `cu_seqlens` of sequences with `lengths`: `[0, l0, l0 + l1, …]`.
 pub fn cu_seqlens(lengths: &[i64]) -> Vec<i64> {
@@ -153,9 +158,19 @@ pub fn varlen_attention_with(
         VarlenBackend::Auto if segments.is_single_whole(&shape, k.size()[0]) => {
             single_sequence(q, k, v)
         }
-        VarlenBackend::Auto => match flash(q, k, v, cu_q, cu_k, &segments)? {
-            Some(out) => Ok(out),
-            None => nested_or_padded(q, k, v, &segments, &shape),
+        VarlenBackend::Auto => match flash(q, k, v, cu_q, cu_k, &segments) {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => nested_or_padded(q, k, v, &segments, &shape),
+            Err(err) if err.kind() == ErrorKind::OutOfMemory => Err(err),
+            Err(err) => {
+                if !FLASH_FAILED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "sparse attention: libtorch refused its flash kernel ({err}); using \
+                         its nested path instead"
+                    );
+                }
+                nested_or_padded(q, k, v, &segments, &shape)
+            }
         },
     }
 }
@@ -185,16 +200,16 @@ fn flash(
         && v.size()[2] == head_dim
         && [q, k, v].iter().all(|t| t.stride()[2] == 1)
         && segments.all.iter().all(|s| s.k_len > 0);
+    if !takes_inputs || FLASH_FAILED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     let as_i32 =
         |cu: &[i64]| -> Option<Vec<i32>> { cu.iter().map(|&c| i32::try_from(c).ok()).collect() };
     let (Some(cu_q32), Some(cu_k32)) = (as_i32(cu_q), as_i32(cu_k)) else {
         return Ok(None);
     };
-    if !takes_inputs
-        || crate::cuda::cuda_device(ordinal)?
-            .torch_stream()?
-            .is_capturing()?
-    {
+    let gpu = crate::cuda::cuda_device(ordinal)?;
+    if gpu.arch().number() < FLASH_MIN_ARCH || gpu.torch_stream()?.is_capturing()? {
         return Ok(None);
     }
     let longest = |cu: &[i64]| seq_lens(cu).into_iter().max().unwrap_or(0);

@@ -79,8 +79,9 @@ def hub_code_dir() -> str:
     wheel_name = f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
     wheel = os.path.join(wheels, wheel_name)
     if not os.path.exists(wheel):
+        # pip's progress goes to stderr: callers read this module's answers from stdout.
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"{name}=={version}",
-                        "-d", wheels], check=True)
+                        "-d", wheels], check=True, stdout=sys.stderr)
     with open(wheel, "rb") as f:
         got = hashlib.sha256(f.read()).hexdigest()
     if got != digest:
