@@ -8,12 +8,10 @@
 //! - [`VarlenBackend::SegmentLoop`] (CPU default): one `scaled_dot_product_attention` per
 //!   sequence on views of the packed tensors. Exact (no padding, no mask), and memory stays
 //!   O(rows) because libtorch's CPU kernel is tiled (flash-style).
-//! - [`VarlenBackend::Nested`] (CUDA, where the flash kernel does not apply): the sequences as
-//!   one strided nested tensor.
-//!   libtorch's SDPA on nested CUDA inputs calls its varlen flash kernel
-//!   (`_flash_attention_forward` with `cu_seqlens`; fp16/bf16) or its varlen memory-efficient
-//!   kernel (`_efficient_attention_forward`; also fp32). tch 0.24 exposes neither op directly,
-//!   so this is the way to reach them without C++.
+//! - [`VarlenBackend::Nested`] (CUDA, where the direct flash call does not apply): the
+//!   sequences as one strided nested tensor. libtorch's SDPA on nested CUDA inputs calls its
+//!   varlen flash kernel (`_flash_attention_forward` with `cu_seqlens`; fp16/bf16) or its
+//!   varlen memory-efficient kernel (`_efficient_attention_forward`; also fp32).
 //! - [`VarlenBackend::Flash`] (CUDA default for fp16/bf16): the same varlen flash kernel
 //!   called directly with `cu_seqlens` through the C++ bridge (src/sparse/engine.rs). The
 //!   nested path builds its nested tensors on the host (the decoders' windowed attention has

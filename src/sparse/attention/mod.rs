@@ -2,8 +2,9 @@
 //! sparse tensor, every batch element (or window) an independent variable-length sequence.
 //!
 //! - [`full`]: the variable-length kernel, [`varlen_attention`] over packed `[T, H, D]` rows
-//!   and `cu_seqlens` — exact per-sequence SDPA on CPU, libtorch's varlen flash /
-//!   memory-efficient kernels on CUDA (through nested tensors), a padded fallback.
+//!   and `cu_seqlens` — exact per-sequence SDPA on CPU, libtorch's varlen flash kernel on
+//!   CUDA (called directly; its memory-efficient kernel through nested tensors where flash
+//!   does not apply), a padded fallback.
 //! - [`windowed`]: swin window partitioning ([`WindowPartition`], the reference's order and
 //!   shift) and windowed self-attention.
 //! - [`modules`]: the `SparseMultiHeadAttention` module (self "full" / "windowed", cross to
