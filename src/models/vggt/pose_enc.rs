@@ -135,7 +135,10 @@ mod tests {
 
     #[test]
     fn rotation_is_orthonormal() {
-        let q = Tensor::randn([5, 4], (Kind::Double, Device::Cpu));
+        // Under recon's generator lock: other lib tests seed the global generator in parallel.
+        let q = crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+            Tensor::randn([5, 4], (Kind::Double, Device::Cpu))
+        });
         let r = quat_to_mat(&q).unwrap();
         let eye = Tensor::eye(3, (Kind::Double, Device::Cpu));
         let err = (r.matmul(&r.transpose(-1, -2)) - eye).abs().max();
