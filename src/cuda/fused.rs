@@ -407,7 +407,8 @@ pub fn qk_norm_rope(
     let [batch, tokens, heads, dim] = size[..] else {
         return Ok(None);
     };
-    let lanes_per = match dim {
+    // The kernels are compiled per head width (32 · features per lane).
+    let width = match dim {
         32 => 0,
         64 => 1,
         128 => 2,
@@ -450,7 +451,7 @@ pub fn qk_norm_rope(
         }
     }
     let out = Tensor::f_empty([batch, heads, tokens, dim], (x.kind(), x.device()))?;
-    let name = QK_NORM_ROPE[dtype][lanes_per];
+    let name = QK_NORM_ROPE[dtype][width];
     let gpu = cuda_device(ordinal)?;
     let function = gpu.function(&FUSED_NORM, name)?;
     let stream = gpu.torch_stream()?;

@@ -74,9 +74,7 @@ impl LayerNorm32 {
             modulation,
         )
     }
-}
 
-impl LayerNorm32 {
     /// This norm over each head of q or k, then optionally VGGT's 2-D RoPE, in one CUDA
     /// kernel ([`fused::qk_norm_rope`]; affine norms only): `x` the `[B, N, H, D]` view inside
     /// the qkv projection, the result `[B, H, N, D]`. `None` where the kernel does not apply.
