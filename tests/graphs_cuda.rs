@@ -177,6 +177,16 @@ impl FlowModel<Tensor> for SparseVelocity<'_> {
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, _zeros: &Tensor) -> Result<Tensor> {
         self.zero_condition(x_t, t, 1)
     }
+
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        _zeros: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.guided_pair(x_t, t, std::slice::from_ref(cond))
+    }
 }
 
 impl FlowModel<Vec<Tensor>> for SparseVelocity<'_> {
@@ -189,9 +199,26 @@ impl FlowModel<Vec<Tensor>> for SparseVelocity<'_> {
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Vec<Tensor>) -> Result<Tensor> {
         self.zero_condition(x_t, t, zeros.len())
     }
+
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        views: &Vec<Tensor>,
+        _zeros: &Vec<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        self.guided_pair(x_t, t, views)
+    }
 }
 
 impl SparseVelocity<'_> {
+    fn guided_pair(&self, x_t: &Tensor, t: &Tensor, views: &[Tensor]) -> Result<(Tensor, Tensor)> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let (pos, neg) =
+            tch::no_grad(|| self.flow.forward_views_with_zero_condition(&x, t, views))?;
+        Ok((pos.feats().shallow_clone(), neg.feats().shallow_clone()))
+    }
+
     fn zero_condition(&self, x_t: &Tensor, t: &Tensor, views: usize) -> Result<Tensor> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
         let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t, views))?;
@@ -313,4 +340,56 @@ fn cuda_graphed_sparse_flow_replays_equal_eager_forwards() {
     let want = velocity.predict(&x, &t, &three).unwrap();
     let (rel, _) = rel_l2(&graphed_views.predict(&x, &t, &three).unwrap(), &want);
     assert!(rel < 1e-2, "eager fallback differs: {rel:.3e}");
+
+    // Guided steps: both velocities from one batched pair forward, replayed from a graph of
+    // its own, against the two separate eager forwards; one condition and two views.
+    let graphed_pairs = GraphedFlow::new(SparseVelocity {
+        flow: &flow,
+        voxels: &voxels,
+    });
+    let graphed_view_pairs = GraphedFlow::new(SparseVelocity {
+        flow: &flow,
+        voxels: &voxels,
+    });
+    let zero_views = vec![views[0].zeros_like(), views[1].zeros_like()];
+    for t in [800.0f32, 20.0] {
+        let x = Tensor::randn([n, 8], (Kind::Float, device));
+        let t = Tensor::from_slice(&[t]).to_device(device);
+        let (pos, neg) = graphed_pairs
+            .predict_with_zeros(&x, &t, &cond, &cond.zeros_like())
+            .unwrap();
+        assert!(graphed_pairs.is_pair_graphed());
+        let (view_pos, view_neg) = graphed_view_pairs
+            .predict_with_zeros(&x, &t, &views, &zero_views)
+            .unwrap();
+        assert!(graphed_view_pairs.is_pair_graphed());
+        for (label, got, want) in [
+            (
+                "conditional",
+                &pos,
+                velocity.predict(&x, &t, &cond).unwrap(),
+            ),
+            (
+                "zero condition",
+                &neg,
+                velocity.zero_condition(&x, &t, 1).unwrap(),
+            ),
+            (
+                "views",
+                &view_pos,
+                velocity.predict(&x, &t, &views).unwrap(),
+            ),
+            (
+                "zero views",
+                &view_neg,
+                velocity.zero_condition(&x, &t, 2).unwrap(),
+            ),
+        ] {
+            let (rel, max_abs) = rel_l2(got, &want);
+            println!(
+                "pair {label}: replay vs separate eager rel L2 {rel:.3e} (max abs {max_abs:.3e})"
+            );
+            assert!(rel < 1e-2, "pair {label} differs from its separate forward");
+        }
+    }
 }

@@ -558,6 +558,98 @@ fn all_zero_negative_conditions_go_to_the_zero_condition_forward() {
     }
 }
 
+/// [`CountingWithZeros`] answering both guided velocities at once, counting those calls.
+struct CountingPairs {
+    inner: CountingWithZeros,
+    pair_calls: Cell<usize>,
+}
+
+impl FlowModel<Tensor> for CountingPairs {
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        self.inner.predict(x_t, t, cond)
+    }
+
+    fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Tensor) -> Result<Tensor> {
+        self.inner.predict_zeros(x_t, t, zeros)
+    }
+
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        zeros: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.pair_calls.set(self.pair_calls.get() + 1);
+        Ok((
+            self.inner.predict(x_t, t, cond)?,
+            self.inner.predict_zeros(x_t, t, zeros)?,
+        ))
+    }
+}
+
+/// A guided step with all-zero negative tokens and one conditional call asks the model for
+/// both velocities at once (single condition, or stochastic views); multidiffusion's mean over
+/// views and given negative tokens keep the separate calls. The samples are the same.
+#[test]
+fn guided_steps_under_zero_negatives_ask_for_both_velocities_at_once() {
+    let noise = Tensor::ones([1, 2, 2], (Kind::Float, tch::Device::Cpu));
+    let views = [
+        Tensor::ones([1, 3], (Kind::Float, tch::Device::Cpu)),
+        Tensor::full([1, 3], 2.0, (Kind::Float, tch::Device::Cpu)),
+    ];
+    let neg = views[0].zeros_like();
+    let control = run_control_none();
+    let options = SampleOptions::new(Stage::StructuredLatent, &control);
+    let conditionings = [
+        (Conditioning::Single(&views[0]), 2),
+        (
+            Conditioning::Views {
+                views: &views,
+                mode: MultiImageMode::Stochastic,
+            },
+            2,
+        ),
+        (
+            Conditioning::Views {
+                views: &views,
+                mode: MultiImageMode::Multidiffusion,
+            },
+            0,
+        ),
+    ];
+    for formula in [GuidanceFormula::Trellis, GuidanceFormula::ReconViaGen] {
+        let config = interval_sampler(formula, 3.0);
+        for (cond, pairs) in conditionings {
+            for (negative, expected_pairs) in
+                [(Negative::Zeros(&neg), pairs), (Negative::Tokens(&neg), 0)]
+            {
+                let model = CountingPairs {
+                    inner: CountingWithZeros {
+                        inner: counting(),
+                        zero_calls: Cell::new(0),
+                    },
+                    pair_calls: Cell::new(0),
+                };
+                let paired = config
+                    .sample(&model, &noise, cond, Some(negative), &options)
+                    .unwrap()
+                    .samples;
+                let separate = config
+                    .sample(&model.inner, &noise, cond, Some(negative), &options)
+                    .unwrap()
+                    .samples;
+                assert_eq!(
+                    model.pair_calls.get(),
+                    expected_pairs,
+                    "{formula:?} {cond:?} {negative:?}"
+                );
+                assert!(paired.equal(&separate), "{formula:?} {cond:?}");
+            }
+        }
+    }
+}
+
 fn interval_sampler(formula: GuidanceFormula, strength: f64) -> SamplerConfig {
     let mut config = SamplerConfig::new(SamplerKind::FlowEulerGuidanceInterval, formula, 1e-5);
     config.steps = 4;

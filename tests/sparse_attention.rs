@@ -554,6 +554,20 @@ fn cuda_varlen_kernels_match_cpu() {
             cu_seqlens(&[5501]),
             cu_seqlens(&[1374]),
         ),
+        // Sequences of one length back to back (a guided pair of samples: Auto's batched
+        // SDPA path), self and cross.
+        VarlenProblem::new(
+            "uniform self",
+            [randn(2 * 2750), randn(2 * 2750), randn(2 * 2750)],
+            cu_seqlens(&[2750; 2]),
+            cu_seqlens(&[2750; 2]),
+        ),
+        VarlenProblem::new(
+            "uniform cross",
+            [randn(3 * 1200), randn(3 * 1374), randn(3 * 1374)],
+            cu_seqlens(&[1200; 3]),
+            cu_seqlens(&[1374; 3]),
+        ),
         // Swin windows of 8³ (shift 4) over a sphere shell of about 17k voxels.
         VarlenProblem::new(
             "windows",

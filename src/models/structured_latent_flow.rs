@@ -615,32 +615,70 @@ impl SLatFlowModel {
         self.velocity(x, t, CrossContext::Zeros { views })
     }
 
+    /// [`SLatFlowModel::forward_views`] and [`SLatFlowModel::forward_zero_condition`] (in as
+    /// many views) at once, for classifier-free guidance: the input layer, the input blocks and
+    /// the position code do not depend on the condition and run once; the transformer blocks
+    /// run both passes as one batch; the output blocks run per pass. Each velocity equals its
+    /// separate forward's up to the rounding of batched products.
+    pub fn forward_views_with_zero_condition(
+        &self,
+        x: &SparseTensor,
+        t: &Tensor,
+        views: &[Tensor],
+    ) -> Result<(SparseTensor, SparseTensor)> {
+        self.check_inputs(x, t)?;
+        self.check_views(x, views)?;
+        let (h, t_emb, skips) = self.encode(x, t)?;
+        let views = self.torso_views(views)?;
+        let mut pair = Tensor::f_cat(&[h.feats(), h.feats()], 0)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            pair = block
+                .forward_guided_pair(&pair, &h, &t_emb, &views)
+                .context(format!("blocks.{i}"))?;
+        }
+        let n = h.num_rows();
+        let conditioned = h.replace(pair.f_narrow(0, 0, n)?)?;
+        let unconditioned = h.replace(pair.f_narrow(0, n, n)?)?;
+        Ok((
+            self.decode(conditioned, &skips, &t_emb, x.kind())?,
+            self.decode(unconditioned, &skips, &t_emb, x.kind())?,
+        ))
+    }
+
     fn velocity(
         &self,
         x: &SparseTensor,
         t: &Tensor,
         context: CrossContext<'_, [Tensor]>,
     ) -> Result<SparseTensor> {
-        let mut h = self.input_layer.forward(x)?.to_kind(self.torso_kind)?;
-        let mut t_emb = self.t_embedder.forward(t)?;
-        if let Some(shared) = &self.shared_modulation {
-            t_emb = shared.forward(&t_emb.f_silu()?)?;
-        }
-        let t_emb = t_emb.f_to_kind(self.torso_kind)?;
+        let (mut h, t_emb, skips) = self.encode(x, t)?;
         let views = match context {
-            CrossContext::Tokens(views) => Some(
-                views
-                    .iter()
-                    .map(|v| v.f_to_kind(self.torso_kind))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            ),
+            CrossContext::Tokens(views) => Some(self.torso_views(views)?),
             CrossContext::Zeros { .. } => None,
         };
         let context = match (&views, context) {
             (Some(views), _) => CrossContext::Tokens(views.as_slice()),
             (None, zeros) => zeros,
         };
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block
+                .forward(&h, &t_emb, context)
+                .context(format!("blocks.{i}"))?;
+        }
+        self.decode(h, &skips, &t_emb, x.kind())
+    }
 
+    /// What precedes the transformer blocks, which no condition enters: the input layer, the
+    /// input blocks (their outputs are the skips) and the position code. Returns the blocks'
+    /// input, the timestep embedding (the blocks' modulation) in the torso's dtype and the
+    /// skips.
+    fn encode(&self, x: &SparseTensor, t: &Tensor) -> Result<(SparseTensor, Tensor, Vec<Tensor>)> {
+        let mut h = self.input_layer.forward(x)?.to_kind(self.torso_kind)?;
+        let mut t_emb = self.t_embedder.forward(t)?;
+        if let Some(shared) = &self.shared_modulation {
+            t_emb = shared.forward(&t_emb.f_silu()?)?;
+        }
+        let t_emb = t_emb.f_to_kind(self.torso_kind)?;
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         for (i, block) in self.input_blocks.iter().enumerate() {
             h = block
@@ -661,20 +699,36 @@ impl SLatFlowModel {
             })?;
             h = h.replace(h.feats().f_add(&code)?)?;
         }
-        for (i, block) in self.blocks.iter().enumerate() {
-            h = block
-                .forward(&h, &t_emb, context)
-                .context(format!("blocks.{i}"))?;
-        }
+        Ok((h, t_emb, skips))
+    }
+
+    /// The condition tokens in the torso's dtype.
+    fn torso_views(&self, views: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(views
+            .iter()
+            .map(|v| v.f_to_kind(self.torso_kind))
+            .collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// The output blocks (each taking its input block's skip, last first), the final norm and
+    /// the output layer: the velocity in `kind`.
+    fn decode(
+        &self,
+        mut h: SparseTensor,
+        skips: &[Tensor],
+        t_emb: &Tensor,
+        kind: Kind,
+    ) -> Result<SparseTensor> {
+        let mut skips = skips.iter().rev();
         for (i, block) in self.out_blocks.iter().enumerate() {
             if self.config.use_skip_connection {
                 let skip = skips
-                    .pop()
+                    .next()
                     .ok_or_else(|| Error::internal("SLatFlowModel: more out blocks than skips"))?;
-                h = h.replace(Tensor::f_cat(&[h.feats(), &skip], 1)?)?;
+                h = h.replace(Tensor::f_cat(&[h.feats(), skip], 1)?)?;
             }
             h = block
-                .forward(&h, &t_emb)
+                .forward(&h, t_emb)
                 .context(format!("out_blocks.{i}"))?;
         }
 
@@ -685,8 +739,8 @@ impl SLatFlowModel {
             FINAL_NORM_EPS,
             true,
         )?;
-        let h = h.replace(normed.f_to_kind(x.kind())?)?;
-        self.out_layer.forward(&h)?.to_kind(x.kind())
+        let h = h.replace(normed.f_to_kind(kind)?)?;
+        self.out_layer.forward(&h)?.to_kind(kind)
     }
 
     /// InvalidArgument errors naming the offending input.
@@ -888,6 +942,45 @@ mod tests {
                     "{config:?}, {} views: rel L2 {rel}",
                     views.len()
                 );
+            }
+        }
+    }
+
+    /// The guided pair gives each pass's separate forward: batch of two samples with different
+    /// voxel counts and timesteps, one or several views (the views' shares are added per pass,
+    /// in order), every layout variant.
+    #[test]
+    fn the_guided_pair_equals_the_two_forwards() {
+        let coords = voxels();
+        for config in variants() {
+            let dir = tempfile::tempdir().unwrap();
+            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
+            let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
+            let (x, t) = random_latent(&config, &coords);
+            let tokens = |len: i64| {
+                crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
+                    Tensor::randn([2, len, config.cond_channels], (Kind::Float, Device::Cpu))
+                })
+            };
+            for views in [vec![tokens(7)], vec![tokens(5), tokens(9), tokens(1)]] {
+                let (pos, neg) = model
+                    .forward_views_with_zero_condition(&x, &t, &views)
+                    .unwrap();
+                let expected_pos = model.forward_views(&x, &t, &views).unwrap();
+                let expected_neg = model.forward_zero_condition(&x, &t, views.len()).unwrap();
+                for (name, got, expected) in [
+                    ("conditional", &pos, &expected_pos),
+                    ("zero condition", &neg, &expected_neg),
+                ] {
+                    assert!(got.coords().equal(expected.coords()), "{name}: coords");
+                    let (a, b) = (expected.feats(), got.feats());
+                    let rel = f64::try_from((a - b).norm() / a.norm()).unwrap();
+                    assert!(
+                        rel < 1e-5,
+                        "{config:?}, {} views, {name}: rel L2 {rel}",
+                        views.len()
+                    );
+                }
             }
         }
     }

@@ -157,8 +157,7 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
         };
         match self.config.guidance {
             GuidanceFormula::Trellis => {
-                let pos = self.conditional(x, t, step)?;
-                let neg = self.negative(x, t)?;
+                let (pos, neg) = self.conditional_and_negative(x, t, step)?;
                 Ok(pos
                     .f_mul_scalar(1.0 + strength)?
                     .f_sub(&neg.f_mul_scalar(strength)?)?)
@@ -176,8 +175,7 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
         if w == 0.0 {
             return self.negative(x, t);
         }
-        let pos = self.conditional(x, t, step)?;
-        let neg = self.negative(x, t)?;
+        let (pos, neg) = self.conditional_and_negative(x, t, step)?;
         let guided = pos.f_mul_scalar(w)?.f_add(&neg.f_mul_scalar(1.0 - w)?)?;
         let phi = self.config.guidance_rescale;
         if phi <= 0.0 {
@@ -199,16 +197,11 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
     /// The conditional velocity of this step: the single condition, the step's view
     /// (stochastic), or the mean over all views (multidiffusion).
     fn conditional(&self, x: &Tensor, t: f64, step: usize) -> Result<Tensor> {
+        if let Some(cond) = self.single_condition(step) {
+            return self.call(x, t, cond);
+        }
         match self.cond {
-            Conditioning::Single(cond) => self.call(x, t, cond),
-            Conditioning::Views {
-                views,
-                mode: MultiImageMode::Stochastic,
-            } => self.call(x, t, &views[step % views.len()]),
-            Conditioning::Views {
-                views,
-                mode: MultiImageMode::Multidiffusion,
-            } => {
+            Conditioning::Views { views, .. } => {
                 // sum(preds) / len(preds): accumulated in view order, then one division.
                 let mut sum = self.call(x, t, &views[0])?;
                 for view in &views[1..] {
@@ -216,6 +209,45 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
                 }
                 Ok(sum.f_div_scalar(views.len() as f64)?)
             }
+            Conditioning::Single(cond) => self.call(x, t, cond),
+        }
+    }
+
+    /// The one condition of this step's conditional velocity: the single condition, or the
+    /// step's view (stochastic); `None` for multidiffusion, which averages over all views.
+    fn single_condition(&self, step: usize) -> Option<&C> {
+        match self.cond {
+            Conditioning::Single(cond) => Some(cond),
+            Conditioning::Views {
+                views,
+                mode: MultiImageMode::Stochastic,
+            } => Some(&views[step % views.len()]),
+            Conditioning::Views {
+                mode: MultiImageMode::Multidiffusion,
+                ..
+            } => None,
+        }
+    }
+
+    /// The conditional and the negative velocity of a guided step. Under all-zero negative
+    /// tokens, with a conditional velocity from one model call, one
+    /// [`FlowModel::predict_with_zeros`] gives both; otherwise two separate evaluations.
+    fn conditional_and_negative(
+        &self,
+        x: &Tensor,
+        t: f64,
+        step: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        match (self.single_condition(step), self.neg_cond) {
+            (Some(cond), Some(Negative::Zeros(zeros))) => {
+                let timestep = self.timestep(x, t)?;
+                let (cond, zeros) = (cond.for_batch(self.batch)?, zeros.for_batch(self.batch)?);
+                let (pos, neg) = self.model.predict_with_zeros(x, &timestep, &cond, &zeros)?;
+                check_velocity(&pos, x)?;
+                check_velocity(&neg, x)?;
+                Ok((pos, neg))
+            }
+            _ => Ok((self.conditional(x, t, step)?, self.negative(x, t)?)),
         }
     }
 
@@ -244,22 +276,33 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
         cond: &C,
         predict: impl Fn(&M, &Tensor, &Tensor, &C) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let timestep = self.timestep(x, t)?;
+        let cond = cond.for_batch(self.batch)?;
+        let v = predict(self.model, x, &timestep, &cond)?;
+        check_velocity(&v, x)?;
+        Ok(v)
+    }
+
+    /// The network's timestep input: `[1000·t] * B` in float32 on `x`'s device.
+    fn timestep(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         // Filled on the device: a copy from host memory would make the host wait for the
         // device's queue to drain before every forward.
-        let timestep = Tensor::f_full(
+        Ok(Tensor::f_full(
             [self.batch],
             f64::from((1000.0 * t) as f32),
             (Kind::Float, x.device()),
-        )?;
-        let cond = cond.for_batch(self.batch)?;
-        let v = predict(self.model, x, &timestep, &cond)?;
-        if v.size() != x.size() {
-            return Err(Error::internal(format!(
-                "flow model returned a velocity of shape {:?} for a latent of shape {:?}",
-                v.size(),
-                x.size()
-            )));
-        }
-        Ok(v)
+        )?)
     }
+}
+
+/// An Internal error unless the velocity `v` has the latent `x`'s shape.
+fn check_velocity(v: &Tensor, x: &Tensor) -> Result<()> {
+    if v.size() != x.size() {
+        return Err(Error::internal(format!(
+            "flow model returned a velocity of shape {:?} for a latent of shape {:?}",
+            v.size(),
+            x.size()
+        )));
+    }
+    Ok(())
 }

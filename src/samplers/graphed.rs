@@ -11,7 +11,9 @@
 //! it over static input buffers; later calls copy their inputs into the buffers and replay.
 //! The graph serves every call with the same shapes (the condition, one tensor or a list of
 //! per-view tensors, is an input buffer too); the all-zero negative condition's forwards,
-//! which skip the cross-attentions, have a graph of their own. Anything else runs eagerly. A replay runs the eager forward's kernels in the same order:
+//! which skip the cross-attentions, have a graph of their own, and so do guided steps that ask
+//! for both velocities at once ([`FlowModel::predict_with_zeros`]). Anything else runs
+//! eagerly. A replay runs the eager forward's kernels in the same order:
 //! outputs are bit-identical wherever the forward is deterministic (the dense flow); the
 //! sparse flow's pooling sums with atomic adds, whose order varies from run to run in eager
 //! forwards too. `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
@@ -45,6 +47,8 @@ pub trait GraphInput: Sized {
     fn fits(&self, buffer: &Self, device: Device) -> bool;
     /// Copies the values into `buffer` (which `fits`).
     fn copy_into(&self, buffer: &mut Self) -> Result<()>;
+    /// A handle to the same values (no copy).
+    fn shallow(&self) -> Self;
 }
 
 impl GraphInput for Tensor {
@@ -59,6 +63,10 @@ impl GraphInput for Tensor {
     fn copy_into(&self, buffer: &mut Self) -> Result<()> {
         buffer.f_copy_(self)?;
         Ok(())
+    }
+
+    fn shallow(&self) -> Self {
+        self.shallow_clone()
     }
 }
 
@@ -80,15 +88,40 @@ impl GraphInput for Vec<Tensor> {
             .zip(buffer.iter_mut())
             .try_for_each(|(value, slot)| value.copy_into(slot))
     }
+
+    fn shallow(&self) -> Self {
+        self.iter().map(Tensor::shallow_clone).collect()
+    }
+}
+
+/// The condition and the all-zero condition of a guided pair.
+impl<A: GraphInput, B: GraphInput> GraphInput for (A, B) {
+    fn duplicate(&self) -> Result<Self> {
+        Ok((self.0.duplicate()?, self.1.duplicate()?))
+    }
+
+    fn fits(&self, buffer: &Self, device: Device) -> bool {
+        self.0.fits(&buffer.0, device) && self.1.fits(&buffer.1, device)
+    }
+
+    fn copy_into(&self, buffer: &mut Self) -> Result<()> {
+        self.0.copy_into(&mut buffer.0)?;
+        self.1.copy_into(&mut buffer.1)
+    }
+
+    fn shallow(&self) -> Self {
+        (self.0.shallow(), self.1.shallow())
+    }
 }
 
 /// `inner` with its CUDA forwards replayed from a graph (see the module docs); `C` is the
-/// condition the forwards take. [`FlowModel::predict`] and [`FlowModel::predict_zeros`] run
-/// different kernels, so each has its own graph.
+/// condition the forwards take. [`FlowModel::predict`], [`FlowModel::predict_zeros`] and
+/// [`FlowModel::predict_with_zeros`] run different kernels, so each has its own graph.
 pub struct GraphedFlow<M, C = Tensor> {
     inner: M,
     conditional: RefCell<State<C>>,
     zeros: RefCell<State<C>>,
+    pair: RefCell<State<(C, C)>>,
 }
 
 enum State<C> {
@@ -106,7 +139,7 @@ struct Captured<C> {
     x: Tensor,
     t: Tensor,
     cond: C,
-    out: Tensor,
+    out: Vec<Tensor>,
 }
 
 impl<C: GraphInput> Captured<C> {
@@ -117,14 +150,14 @@ impl<C: GraphInput> Captured<C> {
         x.fits(&self.x, device) && t_fits && cond.fits(&self.cond, device)
     }
 
-    /// Copies the inputs into the buffers, replays, and returns a copy of the output (the
-    /// buffer is overwritten by the next replay, e.g. the unconditional pass of CFG).
-    fn run(&mut self, x: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
+    /// Copies the inputs into the buffers, replays, and returns copies of the outputs (the
+    /// buffers are overwritten by the next replay, e.g. the unconditional pass of CFG).
+    fn run(&mut self, x: &Tensor, t: &Tensor, cond: &C) -> Result<Vec<Tensor>> {
         self.x.f_copy_(x)?;
         self.t.f_copy_(t)?;
         cond.copy_into(&mut self.cond)?;
         self.graph.replay()?;
-        duplicate(&self.out)
+        self.out.iter().map(duplicate).collect()
     }
 }
 
@@ -135,8 +168,38 @@ fn duplicate(t: &Tensor) -> Result<Tensor> {
     Ok(copy)
 }
 
-/// One of the inner model's forwards: [`FlowModel::predict`] or [`FlowModel::predict_zeros`].
-type Forward<M, C> = fn(&M, &Tensor, &Tensor, &C) -> Result<Tensor>;
+/// One of the inner model's forwards, its outputs as a list: [`FlowModel::predict`] or
+/// [`FlowModel::predict_zeros`] on a condition `I`, or [`FlowModel::predict_with_zeros`] on a
+/// pair of them.
+type Forward<M, I> = fn(&M, &Tensor, &Tensor, &I) -> Result<Vec<Tensor>>;
+
+fn conditional_forward<M: FlowModel<C>, C>(
+    m: &M,
+    x: &Tensor,
+    t: &Tensor,
+    cond: &C,
+) -> Result<Vec<Tensor>> {
+    Ok(vec![m.predict(x, t, cond)?])
+}
+
+fn zeros_forward<M: FlowModel<C>, C>(
+    m: &M,
+    x: &Tensor,
+    t: &Tensor,
+    zeros: &C,
+) -> Result<Vec<Tensor>> {
+    Ok(vec![m.predict_zeros(x, t, zeros)?])
+}
+
+fn pair_forward<M: FlowModel<C>, C>(
+    m: &M,
+    x: &Tensor,
+    t: &Tensor,
+    (cond, zeros): &(C, C),
+) -> Result<Vec<Tensor>> {
+    let (conditional, unconditional) = m.predict_with_zeros(x, t, cond, zeros)?;
+    Ok(vec![conditional, unconditional])
+}
 
 impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
     pub fn new(inner: M) -> Self {
@@ -144,6 +207,7 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
             inner,
             conditional: RefCell::new(State::Fresh),
             zeros: RefCell::new(State::Fresh),
+            pair: RefCell::new(State::Fresh),
         }
     }
 
@@ -158,15 +222,20 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
         matches!(*self.zeros.borrow(), State::Ready(_))
     }
 
+    /// Whether guided steps' velocity pairs are being replayed from a captured graph.
+    pub fn is_pair_graphed(&self) -> bool {
+        matches!(*self.pair.borrow(), State::Ready(_))
+    }
+
     /// Warm-up, then capture of one `forward` over copies of the inputs. Returns the warm-up's
-    /// output too: it is this call's velocity, so the first call needs no replay.
-    fn capture(
+    /// outputs too: they are this call's velocities, so the first call needs no replay.
+    fn capture<I: GraphInput>(
         &self,
-        forward: Forward<M, C>,
+        forward: Forward<M, I>,
         x: &Tensor,
         t: &Tensor,
-        cond: &C,
-    ) -> Result<(Captured<C>, Tensor)> {
+        cond: &I,
+    ) -> Result<(Captured<I>, Vec<Tensor>)> {
         let device = x.device();
         let (x, t, cond) = (
             duplicate(x)?,
@@ -194,14 +263,14 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
     }
 
     /// `forward` replayed from the graph in `state` (captured by the first call), or eagerly.
-    fn run(
+    fn run<I: GraphInput>(
         &self,
-        state: &RefCell<State<C>>,
-        forward: Forward<M, C>,
+        state: &RefCell<State<I>>,
+        forward: Forward<M, I>,
         x_t: &Tensor,
         t: &Tensor,
-        cond: &C,
-    ) -> Result<Tensor> {
+        cond: &I,
+    ) -> Result<Vec<Tensor>> {
         let mut state = state.borrow_mut();
         if matches!(*state, State::Fresh) {
             if !(x_t.device().is_cuda() && graphs_enabled()) {
@@ -228,13 +297,38 @@ impl<M: FlowModel<C>, C: GraphInput> GraphedFlow<M, C> {
     }
 }
 
+/// The outputs of a forward expected to return `N` tensors.
+fn outputs<const N: usize>(outputs: Vec<Tensor>) -> Result<[Tensor; N]> {
+    let found = outputs.len();
+    outputs.try_into().map_err(|_| {
+        Error::internal(format!(
+            "a graphed flow forward returned {found} outputs; expected {N}"
+        ))
+    })
+}
+
 impl<M: FlowModel<C>, C: GraphInput> FlowModel<C> for GraphedFlow<M, C> {
     fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &C) -> Result<Tensor> {
-        self.run(&self.conditional, M::predict, x_t, t, cond)
+        let [v] = outputs(self.run(&self.conditional, conditional_forward, x_t, t, cond)?)?;
+        Ok(v)
     }
 
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &C) -> Result<Tensor> {
-        self.run(&self.zeros, M::predict_zeros, x_t, t, zeros)
+        let [v] = outputs(self.run(&self.zeros, zeros_forward, x_t, t, zeros)?)?;
+        Ok(v)
+    }
+
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &C,
+        zeros: &C,
+    ) -> Result<(Tensor, Tensor)> {
+        let inputs = (cond.shallow(), zeros.shallow());
+        let [conditional, unconditional] =
+            outputs(self.run(&self.pair, pair_forward, x_t, t, &inputs)?)?;
+        Ok((conditional, unconditional))
     }
 
     fn layout(&self) -> super::LatentLayout<'_> {

@@ -42,6 +42,23 @@ pub trait FlowModel<C> {
         self.predict(x_t, t, zeros)
     }
 
+    /// Both velocities classifier-free guidance needs at one `x_t` and `t`: `(predict(x_t, t,
+    /// cond), predict_zeros(x_t, t, zeros))`. The two forwards share their input and timestep,
+    /// so models override this to compute what comes before the condition once and to run the
+    /// rest of both as one batch. The default makes the two calls.
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &C,
+        zeros: &C,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.predict(x_t, t, cond)?,
+            self.predict_zeros(x_t, t, zeros)?,
+        ))
+    }
+
     /// How `x_t` holds its samples. Dense by default; a sparse implementer returns the batch
     /// index of each feature row.
     fn layout(&self) -> LatentLayout<'_> {

@@ -21,6 +21,7 @@ use tch::{Kind, Tensor};
 use super::attention::modules::{
     SparseAttentionConfig, SparseAttentionMode, SparseMultiHeadAttention,
 };
+use super::attention::{AttentionSequences, WindowPartition};
 use super::SparseTensor;
 use crate::cuda::fused::{self, RowGroups};
 use crate::error::{Error, Result};
@@ -170,32 +171,97 @@ impl ModulatedSparseTransformerCrossBlock {
 
         let h = rows.norm_modulate(&self.norm1, feats, &shift_msa, &scale_msa)?;
         let h = self.self_attn.forward_feats(&h, x, None)?;
-        let mut feats = rows.gated_residual(feats, &h, &gate_msa)?;
+        let feats = rows.gated_residual(feats, &h, &gate_msa)?;
 
-        match context {
-            CrossContext::Tokens([view]) => {
-                let h = self.norm2.forward(&feats)?;
-                feats = feats.f_add(&self.cross_attn.forward_feats(&h, x, Some(view))?)?;
-            }
-            CrossContext::Tokens(views) => {
-                // The normalised features are taken once, before any view is added.
-                let h = self.norm2.forward(&feats)?;
-                let outputs = self.cross_attn.forward_feats_per_view(&h, x, views)?;
-                feats = add_view_shares(&feats, &outputs, views.len() as i64)?;
-            }
-            CrossContext::Zeros { views: 1 } => {
-                feats = feats.f_add(self.cross_attn.zero_context_output()?)?;
-            }
-            CrossContext::Zeros { views } => {
-                // Every view's output is the same constant row.
-                let output = self.cross_attn.zero_context_output()?;
-                feats = add_view_shares(&feats, output, views as i64)?;
-            }
-        }
+        let feats = self.add_cross_attention(&feats, x, context)?;
 
         let h = rows.norm_modulate(&self.norm3, &feats, &shift_mlp, &scale_mlp)?;
         let h = self.mlp.forward(&h)?;
         x.replace(rows.gated_residual(&feats, &h, &gate_mlp)?)
+    }
+
+    /// [`Self::forward`] for both passes of classifier-free guidance at once: `pair` `[2N, C]`
+    /// stacks two feature sets of `x`'s N voxels, the first conditioned on `views`, the second
+    /// on all-zero tokens in as many views. The norms, the self-attention (each half attends
+    /// within itself) and the MLP run over both halves as one batch; each half adds its own
+    /// condition's cross-attention. Each half's result is that of [`Self::forward`] on it.
+    pub fn forward_guided_pair(
+        &self,
+        pair: &Tensor,
+        x: &SparseTensor,
+        modulation: &Tensor,
+        views: &[Tensor],
+    ) -> Result<Tensor> {
+        let n = x.num_rows();
+        if views.is_empty() {
+            return Err(Error::invalid_argument(
+                "ModulatedSparseTransformerCrossBlock: the condition list is empty",
+            ));
+        }
+        if pair.size() != [2 * n, self.config.channels] {
+            return Err(Error::invalid_argument(format!(
+                "ModulatedSparseTransformerCrossBlock: a guided pair must be [{}, {}] (the {n} \
+                 voxels twice), got {:?}",
+                2 * n,
+                self.config.channels,
+                pair.size()
+            )));
+        }
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
+            self.modulation_vectors(x, modulation)?;
+        let rows = VoxelRows::pair_of(x)?;
+        let sequences = PairSequences::of(x)?;
+
+        let h = rows.norm_modulate(&self.norm1, pair, &shift_msa, &scale_msa)?;
+        let h = self.self_attn.forward_feats(&h, &sequences, None)?;
+        let feats = rows.gated_residual(pair, &h, &gate_msa)?;
+
+        let conditioned = feats.f_narrow(0, 0, n)?;
+        let unconditioned = feats.f_narrow(0, n, n)?;
+        let feats = Tensor::f_cat(
+            &[
+                self.add_cross_attention(&conditioned, x, CrossContext::Tokens(views))?,
+                self.add_cross_attention(
+                    &unconditioned,
+                    x,
+                    CrossContext::Zeros { views: views.len() },
+                )?,
+            ],
+            0,
+        )?;
+
+        let h = rows.norm_modulate(&self.norm3, &feats, &shift_mlp, &scale_mlp)?;
+        let h = self.mlp.forward(&h)?;
+        rows.gated_residual(&feats, &h, &gate_mlp)
+    }
+
+    /// `feats + Σ_k cross_attn(norm2(feats), cond_k) / K` over the voxels of `x`.
+    fn add_cross_attention(
+        &self,
+        feats: &Tensor,
+        x: &SparseTensor,
+        context: CrossContext<'_, [Tensor]>,
+    ) -> Result<Tensor> {
+        Ok(match context {
+            CrossContext::Tokens([view]) => {
+                let h = self.norm2.forward(feats)?;
+                feats.f_add(&self.cross_attn.forward_feats(&h, x, Some(view))?)?
+            }
+            CrossContext::Tokens(views) => {
+                // The normalised features are taken once, before any view is added.
+                let h = self.norm2.forward(feats)?;
+                let outputs = self.cross_attn.forward_feats_per_view(&h, x, views)?;
+                add_view_shares(feats, &outputs, views.len() as i64)?
+            }
+            CrossContext::Zeros { views: 1 } => {
+                feats.f_add(self.cross_attn.zero_context_output()?)?
+            }
+            CrossContext::Zeros { views } => {
+                // Every view's output is the same constant row.
+                let output = self.cross_attn.zero_context_output()?;
+                add_view_shares(feats, output, views as i64)?
+            }
+        })
     }
 
     /// The six modulation vectors `[B, C]` (one row per batch element), in `x`'s dtype.
@@ -381,6 +447,15 @@ impl VoxelRows {
         })
     }
 
+    /// The rows of `x` twice over (a guided pair), each copy of a voxel in its batch element.
+    fn pair_of(x: &SparseTensor) -> Result<Self> {
+        let batch_index = x.batch_index()?;
+        Ok(Self {
+            batch_index: Tensor::f_cat(&[&batch_index, &batch_index], 0)?,
+            single: x.batch_size() == 1,
+        })
+    }
+
     fn groups(&self) -> RowGroups<'_> {
         if self.single {
             RowGroups::Uniform(self.batch_index.size()[0])
@@ -418,6 +493,44 @@ impl VoxelRows {
             Some(out) => Ok(out),
             None => Ok(feats.f_add(&h.f_mul(&self.per_voxel(gate)?)?)?),
         }
+    }
+}
+
+/// The attention sequences of a guided pair (see
+/// [`ModulatedSparseTransformerCrossBlock::forward_guided_pair`]): `x`'s batch elements, then
+/// the same elements again over the second half of the rows. Full attention only.
+struct PairSequences {
+    cu: Vec<i64>,
+}
+
+impl PairSequences {
+    fn of(x: &SparseTensor) -> Result<Self> {
+        let cu = x.batch_offsets()?;
+        let n = x.num_rows();
+        let second = cu.iter().skip(1).map(|&offset| offset + n);
+        Ok(Self {
+            cu: cu.iter().copied().chain(second).collect(),
+        })
+    }
+}
+
+impl AttentionSequences for PairSequences {
+    fn num_voxels(&self) -> i64 {
+        self.cu.last().copied().unwrap_or(0)
+    }
+
+    fn batch_cu_seqlens(&self) -> Result<&[i64]> {
+        Ok(&self.cu)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.cu.len().saturating_sub(1)
+    }
+
+    fn window_partition(&self, _: [i64; 3], _: [i64; 3]) -> Result<WindowPartition> {
+        Err(Error::internal(
+            "a guided pair of sparse features has no window partition (full attention only)",
+        ))
     }
 }
 

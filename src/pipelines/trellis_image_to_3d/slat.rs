@@ -339,6 +339,16 @@ impl FlowModel<Tensor> for SparseFlow<'_> {
         self.zero_condition_velocity(x_t, t, 1)
     }
 
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Tensor,
+        _zeros: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.guided_pair(x_t, t, std::slice::from_ref(cond))
+    }
+
     fn layout(&self) -> LatentLayout<'_> {
         self.sparse_layout()
     }
@@ -350,6 +360,15 @@ impl SparseFlow<'_> {
         let x = self.voxels.replace(x_t.shallow_clone())?;
         let v = tch::no_grad(|| self.flow.forward_zero_condition(&x, t, views))?;
         Ok(v.feats().shallow_clone())
+    }
+
+    /// The velocities under `views` and under all-zero tokens in as many views, from one
+    /// guided-pair forward.
+    fn guided_pair(&self, x_t: &Tensor, t: &Tensor, views: &[Tensor]) -> Result<(Tensor, Tensor)> {
+        let x = self.voxels.replace(x_t.shallow_clone())?;
+        let (pos, neg) =
+            tch::no_grad(|| self.flow.forward_views_with_zero_condition(&x, t, views))?;
+        Ok((pos.feats().shallow_clone(), neg.feats().shallow_clone()))
     }
 
     fn sparse_layout(&self) -> LatentLayout<'_> {
@@ -371,6 +390,24 @@ impl FlowModel<Vec<Tensor>> for SparseFlow<'_> {
 
     fn predict_zeros(&self, x_t: &Tensor, t: &Tensor, zeros: &Vec<Tensor>) -> Result<Tensor> {
         self.zero_condition_velocity(x_t, t, zeros.len())
+    }
+
+    /// The zero condition has as many views as `cond` here (the sampler's
+    /// `zeros_like(cond)`); a list of another length takes the two separate forwards.
+    fn predict_with_zeros(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Vec<Tensor>,
+        zeros: &Vec<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        if zeros.len() != cond.len() {
+            return Ok((
+                self.predict(x_t, t, cond)?,
+                self.predict_zeros(x_t, t, zeros)?,
+            ));
+        }
+        self.guided_pair(x_t, t, cond)
     }
 
     fn layout(&self) -> LatentLayout<'_> {

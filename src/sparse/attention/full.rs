@@ -31,7 +31,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// Which implementation [`varlen_attention_with`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarlenBackend {
-    /// [`VarlenBackend::SegmentLoop`] on CPU; on CUDA plain SDPA for one whole sequence, else
+    /// [`VarlenBackend::SegmentLoop`] on CPU; on CUDA plain (batched) SDPA for sequences of
+    /// one query length and one key length back to back (one sample, or a guided pair), else
     /// [`VarlenBackend::Flash`] where it applies, else [`VarlenBackend::Nested`], falling back
     /// to [`VarlenBackend::Padded`] where the varlen kernels do not take the inputs.
     Auto,
@@ -139,6 +140,11 @@ pub fn varlen_attention_with(
 ) -> Result<Tensor> {
     let shape = check_varlen_inputs(q, k, v, cu_q, cu_k)?;
     let segments = Segments::new(cu_q, cu_k);
+    if backend == VarlenBackend::Auto && q.device() != Device::Cpu {
+        if let Some((sequences, q_len, k_len)) = segments.uniform_batch(&shape, k.size()[0]) {
+            return uniform_batch(q, k, v, sequences, q_len, k_len);
+        }
+    }
     match backend {
         VarlenBackend::SegmentLoop => segment_loop(q, k, v, &segments, &shape),
         VarlenBackend::Flash => flash(q, k, v, cu_q, cu_k, &segments)?.ok_or_else(|| {
@@ -152,9 +158,6 @@ pub fn varlen_attention_with(
         VarlenBackend::Padded => padded(q, k, v, &segments, &shape),
         VarlenBackend::Auto if q.device() == Device::Cpu => {
             segment_loop(q, k, v, &segments, &shape)
-        }
-        VarlenBackend::Auto if segments.is_single_whole(&shape, k.size()[0]) => {
-            single_sequence(q, k, v)
         }
         VarlenBackend::Auto => match flash(q, k, v, cu_q, cu_k, &segments) {
             Ok(Some(out)) => Ok(out),
@@ -223,17 +226,34 @@ fn flash(
     .map(Some)
 }
 
-/// One sequence covering every query and key row (a single sample, as the pipelines run the
-/// flows): plain SDPA on strided views of the packed rows, the same kernel libtorch's varlen
-/// path calls, without building nested tensors or concatenating per-sequence outputs.
-fn single_sequence(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// `sequences` sequences of `q_len` queries and `k_len` keys each, back to back, covering every
+/// row (one sample, as the pipelines run the flows, or a guided pair of them): plain batched
+/// SDPA on strided views of the packed rows, without building nested tensors or concatenating
+/// per-sequence outputs.
+fn uniform_batch(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    sequences: i64,
+    q_len: i64,
+    k_len: i64,
+) -> Result<Tensor> {
+    let batched = |rows: &Tensor, len: i64| -> Result<Tensor> {
+        let size = rows.size();
+        Ok(rows
+            .f_reshape([sequences, len, size[1], size[2]])?
+            .f_permute([0, 2, 1, 3])?)
+    };
     let out = sdpa(
-        &to_sdpa_layout(q)?,
-        &to_sdpa_layout(k)?,
-        &to_sdpa_layout(v)?,
+        &batched(q, q_len)?,
+        &batched(k, k_len)?,
+        &batched(v, k_len)?,
         None,
     )?;
-    Ok(out.f_squeeze_dim(0)?.f_permute([1, 0, 2])?)
+    let size = out.size();
+    Ok(out
+        .f_permute([0, 2, 1, 3])?
+        .f_reshape([sequences * q_len, size[1], size[3]])?)
 }
 
 /// The nested (varlen kernel) path where libtorch's varlen kernels take the inputs (head dim
@@ -367,10 +387,19 @@ impl Segments {
         Self { all }
     }
 
-    /// Whether there is one sequence and it spans all `shape.rows` queries and `keys` keys.
-    fn is_single_whole(&self, shape: &Shape, keys: i64) -> bool {
-        matches!(self.all[..], [s] if s.q_start == 0 && s.q_len == shape.rows
-            && s.k_start == 0 && s.k_len == keys && keys > 0)
+    /// `(sequences, q_len, k_len)` when the sequences all have the same query and key lengths
+    /// (keys present) and cover all `shape.rows` queries and `keys` keys back to back: one
+    /// dense batch.
+    fn uniform_batch(&self, shape: &Shape, keys: i64) -> Option<(i64, i64, i64)> {
+        let first = self.all.first()?;
+        let (q_len, k_len) = (first.q_len, first.k_len);
+        let sequences = self.all.len() as i64;
+        let back_to_back = self.all.iter().enumerate().all(|(i, s)| {
+            let i = i as i64;
+            s.q_len == q_len && s.k_len == k_len && s.q_start == i * q_len && s.k_start == i * k_len
+        });
+        (back_to_back && k_len > 0 && sequences * q_len == shape.rows && sequences * k_len == keys)
+            .then_some((sequences, q_len, k_len))
     }
 
     /// Sequences that need attention computed (queries and keys present).
