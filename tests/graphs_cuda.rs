@@ -101,6 +101,15 @@ fn cuda_graphed_flow_replays_equal_eager_forwards() {
             rel < 1e-2,
             "step {step}: zero-condition forward differs: {rel:.3e}"
         );
+        // Guided steps ask for both velocities at once: one graph replays both forwards (the
+        // dense flow keeps the default pair, its two forwards), with their bits.
+        let (got_pos, got_neg) = graphed.predict_with_zeros(&x, &t, &cond, &neg).unwrap();
+        assert!(graphed.is_pair_graphed());
+        assert!(
+            got_pos.equal(&eager.predict(&x, &t, &cond).unwrap())
+                && got_neg.equal(&eager.predict_zeros(&x, &t, &neg).unwrap()),
+            "step {step}: pair replay differs from the separate eager forwards"
+        );
     }
     // Another batch size: eager, still correct.
     let x2 = Tensor::randn([2, 8, 16, 16, 16], (Kind::Float, device));

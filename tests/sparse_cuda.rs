@@ -358,11 +358,12 @@ fn fused_conv_matches_cpu_on_wide_channels() {
     }
 }
 
-/// The fp32 fused kernel's 128-row tiles, which it takes once the input fills two blocks per
-/// multiprocessor (the cases above are small enough for its 64-row tiles): a ~40k-voxel shell.
+/// The fused kernels on a ~40k-voxel shell: fp32 in the 128-row tiles it takes once the input
+/// fills two blocks per multiprocessor (the cases above are small enough for its 64-row
+/// tiles), and fp16 where the channels fit the MMA fragments.
 #[test]
 #[ignore = "needs CUDA"]
-fn fused_fp32_conv_matches_cpu_on_a_large_shell() {
+fn fused_conv_matches_cpu_on_a_large_shell() {
     let coords = shell_coords(90, 40.0);
     let n = coords.size()[0];
     assert!(
@@ -384,6 +385,12 @@ fn fused_fp32_conv_matches_cpu_on_a_large_shell() {
         let (rel, max) = rel_l2(&fp32, &reference);
         println!("shell N {n} {c_in}->{c_out}: fp32 rel L2 {rel:.2e} (max abs {max:.2e})");
         assert!(rel <= 1e-5, "{c_in}->{c_out}: fp32 rel L2 {rel}");
+        if c_in % 16 == 0 && c_out % 8 == 0 {
+            let (_, fp16) = run_both(&conv, Kind::Half);
+            let (rel, max) = rel_l2(&fp16, &reference);
+            println!("shell N {n} {c_in}->{c_out}: fp16 rel L2 {rel:.2e} (max abs {max:.2e})");
+            assert!(rel <= 1e-2, "{c_in}->{c_out}: fp16 rel L2 {rel}");
+        }
     }
 }
 
