@@ -920,12 +920,7 @@ mod tests {
     /// or several views of any length).
     #[test]
     fn the_zero_condition_forward_equals_attending_to_zeros() {
-        let coords = voxels();
-        for config in variants() {
-            let dir = tempfile::tempdir().unwrap();
-            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
-            let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
-            let (x, t) = random_latent(&config, &coords);
+        for_each_variant(|config, model, x, t| {
             let zeros = |tokens: i64| {
                 Tensor::zeros(
                     [2, tokens, config.cond_channels],
@@ -933,8 +928,8 @@ mod tests {
                 )
             };
             for views in [vec![zeros(7)], vec![zeros(5), zeros(9), zeros(1)]] {
-                let skipped = model.forward_zero_condition(&x, &t, views.len()).unwrap();
-                let attended = model.forward_views(&x, &t, &views).unwrap();
+                let skipped = model.forward_zero_condition(x, t, views.len()).unwrap();
+                let attended = model.forward_views(x, t, &views).unwrap();
                 let (a, b) = (attended.feats(), skipped.feats());
                 let rel = f64::try_from((a - b).norm() / a.norm()).unwrap();
                 assert!(
@@ -943,6 +938,19 @@ mod tests {
                     views.len()
                 );
             }
+        });
+    }
+
+    /// Runs `check` on a model of every layout variant with random weights, over the test
+    /// voxels with a random latent and two timesteps.
+    fn for_each_variant(check: impl Fn(&SLatFlowConfig, &SLatFlowModel, &SparseTensor, &Tensor)) {
+        let coords = voxels();
+        for config in variants() {
+            let dir = tempfile::tempdir().unwrap();
+            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
+            let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
+            let (x, t) = random_latent(&config, &coords);
+            check(&config, &model, &x, &t);
         }
     }
 
@@ -951,12 +959,7 @@ mod tests {
     /// in order), every layout variant.
     #[test]
     fn the_guided_pair_equals_the_two_forwards() {
-        let coords = voxels();
-        for config in variants() {
-            let dir = tempfile::tempdir().unwrap();
-            let weights = random_checkpoint(dir.path(), &config.checkpoint_layout().unwrap());
-            let model = SLatFlowModel::new(config.clone(), &weights).unwrap();
-            let (x, t) = random_latent(&config, &coords);
+        for_each_variant(|config, model, x, t| {
             let tokens = |len: i64| {
                 crate::pipelines::trellis_image_to_3d::with_cpu_generator(|| {
                     Tensor::randn([2, len, config.cond_channels], (Kind::Float, Device::Cpu))
@@ -964,10 +967,10 @@ mod tests {
             };
             for views in [vec![tokens(7)], vec![tokens(5), tokens(9), tokens(1)]] {
                 let (pos, neg) = model
-                    .forward_views_with_zero_condition(&x, &t, &views)
+                    .forward_views_with_zero_condition(x, t, &views)
                     .unwrap();
-                let expected_pos = model.forward_views(&x, &t, &views).unwrap();
-                let expected_neg = model.forward_zero_condition(&x, &t, views.len()).unwrap();
+                let expected_pos = model.forward_views(x, t, &views).unwrap();
+                let expected_neg = model.forward_zero_condition(x, t, views.len()).unwrap();
                 for (name, got, expected) in [
                     ("conditional", &pos, &expected_pos),
                     ("zero condition", &neg, &expected_neg),
@@ -982,7 +985,7 @@ mod tests {
                     );
                 }
             }
-        }
+        });
     }
 
     #[test]

@@ -197,20 +197,24 @@ impl<C: Condition, M: FlowModel<C> + ?Sized> Run<'_, C, M> {
     /// The conditional velocity of this step: the single condition, the step's view
     /// (stochastic), or the mean over all views (multidiffusion).
     fn conditional(&self, x: &Tensor, t: f64, step: usize) -> Result<Tensor> {
-        if let Some(cond) = self.single_condition(step) {
-            return self.call(x, t, cond);
+        match self.single_condition(step) {
+            Some(cond) => self.call(x, t, cond),
+            None => self.mean_over_views(x, t),
         }
-        match self.cond {
-            Conditioning::Views { views, .. } => {
-                // sum(preds) / len(preds): accumulated in view order, then one division.
-                let mut sum = self.call(x, t, &views[0])?;
-                for view in &views[1..] {
-                    sum = sum.f_add(&self.call(x, t, view)?)?;
-                }
-                Ok(sum.f_div_scalar(views.len() as f64)?)
-            }
-            Conditioning::Single(cond) => self.call(x, t, cond),
+    }
+
+    /// The mean of the conditional velocities over all views (a single condition is one view).
+    fn mean_over_views(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let views = match self.cond {
+            Conditioning::Views { views, .. } => views,
+            Conditioning::Single(cond) => std::slice::from_ref(cond),
+        };
+        // sum(preds) / len(preds): accumulated in view order, then one division.
+        let mut sum = self.call(x, t, &views[0])?;
+        for view in &views[1..] {
+            sum = sum.f_add(&self.call(x, t, view)?)?;
         }
+        Ok(sum.f_div_scalar(views.len() as f64)?)
     }
 
     /// The one condition of this step's conditional velocity: the single condition, or the
