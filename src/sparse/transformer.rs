@@ -448,10 +448,14 @@ impl VoxelRows {
     }
 
     /// The rows of `x` twice over (a guided pair), each copy of a voxel in its batch element.
+    /// Cached on `x`'s level: every block of every step reads the same index.
     fn pair_of(x: &SparseTensor) -> Result<Self> {
-        let batch_index = x.batch_index()?;
+        let batch_index = x.cached("guided_pair_batch_index", || {
+            let once = x.batch_index()?;
+            Ok(Tensor::f_cat(&[&once, &once], 0)?)
+        })?;
         Ok(Self {
-            batch_index: Tensor::f_cat(&[&batch_index, &batch_index], 0)?,
+            batch_index,
             single: x.batch_size() == 1,
         })
     }
