@@ -6,7 +6,10 @@ Prints the profiled window, the GPU's busy time (union of kernel and copy interv
 time, the kernels grouped by name (total, count, mean), the host's libtorch op count, the CUDA
 runtime/driver calls that wait for the device (synchronisations, blocking copies) with the
 libtorch ops they happen in (to find what keeps a forward from being graph-captured) and the
-launches. Standard library only.
+launches, and the longest stretches where the GPU sat idle with what the host was doing
+meanwhile (the outermost libtorch ops overlapping each gap; none means recon's own code), and
+the spans recon names (`profiler::scope`, "user annotations") with their GPU busy and idle time;
+each gap names the innermost span it falls in. Standard library only.
 
 usage: profile_summary.py TRACE.json [--top N] [--json OUT.json]
 """
@@ -60,6 +63,105 @@ def enclosing_ops(waits, cpu_ops, depth=4):
     return chains.most_common()
 
 
+def merged_busy(gpu):
+    """The GPU's busy intervals, overlapping ones merged."""
+    merged = []
+    for a, b in sorted((e["ts"], e["ts"] + e["dur"]) for e in gpu):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def busy_within(busy, starts, a, b):
+    """How much of [a, b] the merged busy intervals cover."""
+    total = 0.0
+    i = max(0, bisect.bisect_right(starts, a) - 1)
+    while i < len(busy) and busy[i][0] < b:
+        total += max(0.0, min(b, busy[i][1]) - max(a, busy[i][0]))
+        i += 1
+    return total
+
+
+def scope_table(scopes, gpu):
+    """Per span name: how many, wall time, and the GPU's busy time within."""
+    busy = merged_busy(gpu)
+    starts = [m[0] for m in busy]
+    table = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for e in scopes:
+        entry = table[e["name"]]
+        entry[0] += 1
+        entry[1] += e["dur"]
+        entry[2] += busy_within(busy, starts, e["ts"], e["ts"] + e["dur"])
+    return sorted(([n, c, w / 1e3, g / 1e3] for n, (c, w, g) in table.items()),
+                  key=lambda r: -r[2])
+
+
+def innermost_scope(scopes, t):
+    """The name of the shortest span containing time `t`, or ''."""
+    inside = [e for e in scopes if e["ts"] <= t <= e["ts"] + e["dur"]]
+    return min(inside, key=lambda e: e["dur"])["name"] if inside else ""
+
+
+def idle_gaps(gpu, cpu_ops, start, end, scopes=(), shortest_us=200.0):
+    """The stretches of at least `shortest_us` where no kernel or copy ran, each with the kernels
+    on either side and the outermost host ops that overlap it (by overlap, longest first)."""
+    spans = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in gpu)
+    merged = []
+    for a, b, name in spans:
+        if merged and a <= merged[-1][1]:
+            if b > merged[-1][1]:
+                merged[-1][1], merged[-1][3] = b, name
+        else:
+            merged.append([a, b, name, name])
+    edges = [(start, None)] + [(m[0], m) for m in merged] + [(end, None)]
+    outermost = outermost_ops(cpu_ops)
+    starts = [o["ts"] for o in outermost]
+    gaps, previous_end, previous_name = [], start, "(window start)"
+    for a, m in edges[1:]:
+        if a - previous_end >= shortest_us:
+            overlap = collections.Counter()
+            i = max(0, bisect.bisect_right(starts, previous_end) - 1)
+            for op in outermost[i:]:
+                if op["ts"] >= a:
+                    break
+                o = min(a, op["ts"] + op["dur"]) - max(previous_end, op["ts"])
+                if o > 0:
+                    overlap[op["name"]] += o
+            gaps.append({
+                "at_ms": (previous_end - start) / 1e3,
+                "ms": (a - previous_end) / 1e3,
+                "after": previous_name,
+                "before": m[2] if m else "(window end)",
+                "host_ops": [(n, o / 1e3) for n, o in overlap.most_common(3)],
+                "host_ms": sum(overlap.values()) / 1e3,
+                "scope": innermost_scope(scopes, (previous_end + a) / 2),
+            })
+        if m:
+            previous_end, previous_name = max(previous_end, m[1]), m[3]
+    return gaps
+
+
+def outermost_ops(cpu_ops):
+    """The libtorch ops no other op on their thread contains, by start time."""
+    result = []
+    by_thread = collections.defaultdict(list)
+    for op in cpu_ops:
+        by_thread[op.get("tid")].append(op)
+    for ops in by_thread.values():
+        ops.sort(key=lambda o: (o["ts"], -o["dur"]))
+        reach = float("-inf")
+        for op in ops:
+            if op["ts"] >= reach:
+                result.append(op)
+                reach = op["ts"] + op["dur"]
+            else:
+                reach = max(reach, op["ts"] + op["dur"])
+    result.sort(key=lambda o: o["ts"])
+    return result
+
+
 def summarise(events, top):
     """The numbers `main` prints, from the trace's events."""
     timed = [e for e in events if e.get("ph") == "X" and "dur" in e]
@@ -89,6 +191,7 @@ def summarise(events, top):
         if any(name.startswith(l) for l in LAUNCHES):
             launches += 1
     cpu_ops = [e for e in timed if e.get("cat") == "cpu_op"]
+    scopes = [e for e in timed if e.get("cat") == "user_annotation"]
     ops = collections.Counter(e["name"] for e in cpu_ops)
     return {
         "window_ms": (end - start) / 1e3,
@@ -108,6 +211,8 @@ def summarise(events, top):
         ],
         "wait_sites": enclosing_ops(wait_events, cpu_ops)[:top],
         "top_host_ops": ops.most_common(top),
+        "idle_gaps": idle_gaps(gpu, cpu_ops, start, end, scopes),
+        "scopes": scope_table(scopes, gpu),
     }
 
 
@@ -137,6 +242,17 @@ def main():
     print("\nmost frequent host ops:")
     for name, count in s["top_host_ops"]:
         print(f"  {count:7d}  {name}")
+    if s["scopes"]:
+        print("\nrecon's named spans (wall, GPU busy within, idle within):")
+        for name, count, wall, busy in s["scopes"]:
+            print(f"  {wall:9.2f} ms {count:5d} ×  busy {busy:8.2f}  idle {wall - busy:8.2f}  {name}")
+    gaps = s["idle_gaps"]
+    print(f"\nGPU idle stretches of 0.2 ms or more: {len(gaps)}, "
+          f"{sum(g['ms'] for g in gaps):.1f} ms; the longest (offset in the window):")
+    for g in sorted(gaps, key=lambda g: -g["ms"])[:args.top]:
+        ops = ", ".join(f"{n} {o:.1f}" for n, o in g["host_ops"]) or "no libtorch op"
+        print(f"  {g['ms']:7.2f} ms at {g['at_ms']:7.1f} [{g['scope']}]: after {g['after'][:40]} | before "
+              f"{g['before'][:40]} | host ops {g['host_ms']:.1f} ms: {ops[:120]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=1)

@@ -4,11 +4,14 @@
 // the same API returning Unsupported otherwise.
 #pragma once
 
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/Event.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 namespace recon::cuda_graph {
 
@@ -48,5 +51,28 @@ void capture_begin(Graph &graph);
 void capture_end(Graph &graph);
 // Replays the captured work on libtorch's current stream of the graph's device.
 void replay(Graph &graph);
+
+// Work that another thread runs alongside this thread's (src/cuda/alongside.rs): created on
+// the launching thread, it remembers how far that thread's current stream had got, and that
+// thread's libtorch state (grad mode, a running profiler), as `at::launch` does; `enter`, on
+// the worker thread, applies that state and makes the worker's current stream a side stream
+// that first waits for that point; `leave` waits for the side stream's work to finish and
+// restores the worker's previous stream and state. The side stream is one per device for the life of the process (cuBLAS
+// keeps a workspace per handle and stream, see capture_stream), of high priority.
+class Alongside {
+ public:
+  explicit Alongside(int8_t device_index);
+
+  c10::DeviceIndex device;
+  c10::cuda::CUDAStream side;
+  c10::cuda::CUDAStream previous;
+  c10::Event ready;
+  at::ThreadLocalState launcher_state;
+  std::optional<at::ThreadLocalStateGuard> applied_state;
+};
+
+std::unique_ptr<Alongside> new_alongside(int8_t device_index);
+void enter_alongside(Alongside &alongside);
+void leave_alongside(Alongside &alongside);
 
 }  // namespace recon::cuda_graph

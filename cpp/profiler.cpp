@@ -22,6 +22,14 @@ void start(bool cuda) {
   kineto::enableProfiler(config, activities);
 }
 
+Scope::Scope(rust::Str name) : record_(at::RecordScope::USER_SCOPE) {
+  if (record_.isActive()) {
+    record_.before(std::string(name));
+  }
+}
+
+std::unique_ptr<Scope> enter(rust::Str name) { return std::make_unique<Scope>(name); }
+
 void stop() { kineto::disableProfiler(); }
 
 void stop_and_save(rust::Str path) {

@@ -3,9 +3,26 @@
 // as a Chrome trace.
 #pragma once
 
+#include <memory>
+
+#include <ATen/record_function.h>
+
 #include "rust/cxx.h"
 
 namespace recon::profiler {
+
+// A named span of recon's own code ("user annotation" in the trace) while a profile runs; a
+// no-op otherwise. Ends when destroyed.
+class Scope {
+ public:
+  explicit Scope(rust::Str name);
+
+ private:
+  at::RecordFunction record_;
+};
+
+// Opens a `Scope` named `name`.
+std::unique_ptr<Scope> enter(rust::Str name);
 
 // Starts profiling host ops, and CUDA kernels when `cuda`.
 void start(bool cuda);

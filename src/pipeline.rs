@@ -37,6 +37,7 @@ use crate::pipelines::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput
 use crate::pipelines::trellis_image_to_3d::{
     self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
 };
+use crate::pipelines::trellis_vggt_to_3d::camera_registration::Registration;
 use crate::pipelines::trellis_vggt_to_3d::{self as vggt_pipeline, Samplers, ViewEncoders};
 use crate::samplers::{GuidanceFormula, SamplerConfig};
 
@@ -414,6 +415,7 @@ impl Pipeline {
         control.check_cancelled()?;
 
         let held = self.hold(&slat_keys)?;
+        let mut registered = None;
         let (view_conditions, stage2) = vggt_pipeline::sample_slat(
             &self.view_slat_stage(&held, &params.formats)?,
             &samplers.slat,
@@ -421,9 +423,10 @@ impl Pipeline {
             &stage1,
             slat_noise,
             control,
+            self.camera_registration(&encoded, &mut registered),
         )?;
         self.release(held)?;
-        let cameras = self.cameras_in_asset_frame(&encoded, &stage2);
+        let cameras = self.registered_cameras(registered);
         Ok(Generation {
             sparse_structure: stage1,
             slat: stage2,
@@ -432,39 +435,49 @@ impl Pipeline {
         })
     }
 
-    /// VGGT's cameras moved into the frame of the generated asset (its Gaussian centres, else
-    /// its mesh vertices) by registering VGGT's point maps onto it. A registration that cannot
-    /// be done (no point head, no asset points, degenerate geometry) is logged and gives no
-    /// cameras rather than cameras in another frame.
-    fn cameras_in_asset_frame(
+    /// The work that moves VGGT's cameras into the frame of the generated asset (its Gaussian
+    /// centres, else its mesh vertices) by registering VGGT's point maps onto it, for the
+    /// decoders to run (alongside the mesh decoder, on CUDA); it leaves its result in
+    /// `registered`. None, logged, when there is nothing to register (no cameras, or no point
+    /// head).
+    fn camera_registration<'w>(
         &self,
         encoded: &vggt_pipeline::EncodedViews,
-        stage2: &SlatOutput,
-    ) -> Vec<Camera> {
-        let log = self.log.as_ref();
+        registered: &'w mut Option<Result<(Vec<Camera>, Registration)>>,
+    ) -> Option<slat::AssetPointsWork<'w>> {
         if encoded.cameras.is_empty() {
-            return Vec::new();
+            return None;
         }
         let Some(point_maps) = &encoded.point_maps else {
-            log(
+            (self.log)(
                 LogLevel::Warn,
                 "VGGT has no point head: the cameras cannot be placed in the asset's frame and \
                  are left out",
             );
-            return Vec::new();
+            return None;
         };
-        let asset = match (stage2.gaussians.first(), stage2.meshes.first()) {
-            (Some(g), _) => g.get_xyz(),
-            (None, Some(m)) => Ok(m.vertices.shallow_clone()),
-            _ => Err(Error::invalid_argument(
-                "the run decoded no Gaussians or mesh",
-            )),
-        };
-        let placed = asset.and_then(|points| {
-            vggt_pipeline::cameras_in_asset_frame(&encoded.cameras, point_maps, &points)
-        });
-        match placed {
-            Ok((cameras, registration)) => {
+        let cameras = encoded.cameras.clone();
+        let point_maps = point_maps.shallow_clone();
+        Some(Box::new(move |points: tch::Tensor| {
+            let _scope = crate::profiler::scope("camera registration");
+            *registered = Some(vggt_pipeline::cameras_in_asset_frame(
+                &cameras,
+                &point_maps,
+                &points,
+            ));
+        }))
+    }
+
+    /// The cameras [`Pipeline::camera_registration`] placed, logging how well they fit; none
+    /// (logged) when the registration failed or had no asset points. A registration that cannot
+    /// be done gives no cameras rather than cameras in another frame.
+    fn registered_cameras(
+        &self,
+        registered: Option<Result<(Vec<Camera>, Registration)>>,
+    ) -> Vec<Camera> {
+        let log = self.log.as_ref();
+        match registered {
+            Some(Ok((cameras, registration))) => {
                 log(
                     LogLevel::Info,
                     &format!(
@@ -477,10 +490,18 @@ impl Pipeline {
                 );
                 cameras
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 log(
                     LogLevel::Warn,
                     &format!("the cameras could not be registered onto the asset: {e}"),
+                );
+                Vec::new()
+            }
+            None => {
+                log(
+                    LogLevel::Warn,
+                    "the cameras could not be registered onto the asset: the run decoded no \
+                     Gaussians or mesh",
                 );
                 Vec::new()
             }

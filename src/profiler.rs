@@ -10,10 +10,28 @@ mod ffi {
     unsafe extern "C++" {
         include!("recon/cpp/profiler.h");
 
+        type Scope;
+
         fn start(cuda: bool) -> Result<()>;
+        fn enter(name: &str) -> UniquePtr<Scope>;
         fn stop() -> Result<()>;
         fn stop_and_save(path: &str) -> Result<()>;
     }
+}
+
+/// Marks the span of recon's own code until the returned guard drops, as a "user annotation"
+/// named `name` in a running profile (so `benches/profile_summary.py` can say which part of a
+/// stage the GPU's idle time and kernels belong to). Costs a check when no profile runs.
+pub fn scope(name: &str) -> ScopeGuard {
+    ScopeGuard {
+        _record: ffi::enter(name),
+    }
+}
+
+/// See [`scope`].
+#[must_use = "the span ends when the guard drops"]
+pub struct ScopeGuard {
+    _record: cxx::UniquePtr<ffi::Scope>,
 }
 
 /// A running profile; [`Profile::save`] stops it and writes the trace.

@@ -30,7 +30,9 @@ use recon::pipeline::{
     DeviceRequest, Formats, Generation, GenerationNoise, ImageInput, LoadOptions, MultiImageMode,
     Pipeline, RunControl, RunParams, SamplerOverrides, Stage,
 };
-use recon::pipelines::trellis_image_to_3d::slat::{self, decode_slat, SlatNetworks};
+use recon::pipelines::trellis_image_to_3d::slat::{
+    self, decode_slat, AssetPointsWork, SlatNetworks,
+};
 use recon::representations::gaussian::Gaussian;
 use recon::representations::mesh::MeshExtractResult;
 use recon::representations::radiance_field::Strivec;
@@ -243,7 +245,33 @@ fn decoders_on_the_reference_latent_match_the_reference() {
             reference(&outputs, &run.name, "coords").shallow_clone(),
         )
         .unwrap();
-        let decoded = decode_slat(&networks, &latent, &RunControl::none()).unwrap();
+        // The work on the asset's points gets the first Gaussians' centres, else the mesh's
+        // vertices, exactly once (here on the CPU: after the decoders).
+        let mut seen = Vec::new();
+        let record: AssetPointsWork<'_> = Box::new(|points: Tensor| seen.push(points));
+        let decoded = decode_slat(&networks, &latent, &RunControl::none(), Some(record)).unwrap();
+        let expected = match (decoded.gaussians.first(), decoded.meshes.first()) {
+            (Some(g), _) => Some(g.get_xyz().unwrap()),
+            (None, Some(m)) => Some(m.vertices.shallow_clone()),
+            (None, None) => None,
+        };
+        match expected {
+            Some(points) => {
+                assert_eq!(
+                    seen.len(),
+                    1,
+                    "{}: the work ran {} times",
+                    run.name,
+                    seen.len()
+                );
+                assert!(
+                    seen[0].equal(&points),
+                    "{}: not the asset's points",
+                    run.name
+                );
+            }
+            None => assert!(seen.is_empty(), "{}: ran without asset points", run.name),
+        }
         if f.gaussians {
             check_gaussians(&run.name, &decoded.gaussians, &outputs);
         }

@@ -21,6 +21,7 @@
 //! allocator's stream-ordered reuse covers them exactly as it covers libtorch's own kernels
 //! (a tensor dropped right after a launch is only reused by work queued after that launch).
 
+pub mod alongside;
 pub mod device;
 pub mod fused;
 pub mod graph;

@@ -160,6 +160,17 @@ pub struct PointMaps {
     pub alpha: Tensor,
 }
 
+impl PointMaps {
+    /// The same tensors, shared (for work on another thread).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            world_points: self.world_points.shallow_clone(),
+            conf: self.conf.shallow_clone(),
+            alpha: self.alpha.shallow_clone(),
+        }
+    }
+}
+
 /// Decodes and preprocesses every view as ReconViaGen's app does at upload (when
 /// `params.preprocess`), then runs both encoders. Progress: `Preprocess` per view, then
 /// `Condition`.
@@ -169,12 +180,15 @@ pub fn encode_views(
     params: &RunParams,
     control: &RunControl<'_>,
 ) -> Result<EncodedViews> {
+    let scope = crate::profiler::scope("prepare views");
     let (views, alpha) = trellis::prepare_views_with_alpha(
         images,
         params.preprocess,
         Variant::ReconViaGen,
+        encoders.device,
         control,
     )?;
+    drop(scope);
     control.progress(Stage::Condition, 0, 2)?;
     let (layers, cameras, points) =
         tch::no_grad(|| vggt_features(encoders.vggt, &views, encoders.device))
@@ -185,8 +199,10 @@ pub fn encode_views(
         alpha,
     });
     control.progress(Stage::Condition, 1, 2)?;
+    let scope = crate::profiler::scope("image_cond_model");
     let image_cond = tch::no_grad(|| image_condition(encoders, &views))
         .context("encoding the views with image_cond_model")?;
+    drop(scope);
     control.progress(Stage::Condition, 2, 2)?;
     Ok(EncodedViews {
         features: ViewFeatures { layers, image_cond },
@@ -214,15 +230,18 @@ fn vggt_features(
     if let Some(head) = vggt.point_head() {
         keep.extend(&head.config().intermediate_layer_idx);
     }
+    let scope = crate::profiler::scope("vggt aggregator");
     let aggregated = vggt
         .aggregator()
         .forward(&images, KeepLayers::Only(&keep))?;
+    drop(scope);
     let pick =
         |layer: usize| -> Result<Tensor> { Ok(aggregated.layer(layer)?.f_to_kind(Kind::Float)?) };
     let [a, b, c, d] = VGGT_COND_LAYERS;
     let layers = [pick(a)?, pick(b)?, pick(c)?, pick(d)?];
     let cameras = match vggt.camera_head() {
         Some(head) => {
+            let _scope = crate::profiler::scope("vggt camera head");
             let encodings = head.forward(aggregated.last()?, CAMERA_HEAD_ITERATIONS)?;
             let last = encodings
                 .last()
@@ -234,6 +253,7 @@ fn vggt_features(
     };
     let points = match vggt.point_head() {
         Some(head) => {
+            let _scope = crate::profiler::scope("vggt point head");
             let tokens = dense_layers(&aggregated, device)?;
             let (points, conf) = head.forward(&tokens, &images, aggregated.patch_start_idx)?;
             Some((
@@ -364,6 +384,7 @@ pub fn generate_from_features(
         &stage1,
         noises.slat,
         control,
+        None,
     )?;
     Ok(ConditionedGeneration {
         sparse_structure: stage1,
@@ -384,12 +405,14 @@ pub fn sample_sparse_structure(
     let device = networks.device;
     let on_device = features.to_device(device)?;
     control.check_cancelled()?;
+    let scope = crate::profiler::scope("sparse-structure condition");
     let ss_cond = tch::no_grad(|| {
         networks
             .ss_cond
             .forward(&on_device.layer_refs(), &on_device.image_cond)
     })
     .context(SPARSE_STRUCTURE_VGGT_COND)?;
+    drop(scope);
     let condition = ImageCondition {
         neg_cond: ss_cond.f_zeros_like()?,
         cond: ss_cond,
@@ -406,6 +429,7 @@ pub fn sample_sparse_structure(
         control,
     )?;
     control.check_cancelled()?;
+    let _scope = crate::profiler::scope("sparse-structure decoder");
     let logits = trellis::decode_sparse_structure(networks.decoder, &latent)?;
     let coords = trellis::occupied_coords(&logits)?;
     Ok(trellis::SparseStructureOutput {
@@ -419,8 +443,9 @@ pub fn sample_sparse_structure(
 }
 
 /// Stage 2: the per-view SLat conditions, the SLat flow sampling on the stage-1 voxels (every
-/// cross-attention block averaging over the views) and the decoders. Returns the conditions
-/// and the stage's output.
+/// cross-attention block averaging over the views) and the decoders, with `on_asset_points`
+/// run during decoding (see [`slat::decode_slat`]). Returns the conditions and the stage's
+/// output.
 pub fn sample_slat(
     networks: &SlatStage<'_>,
     sampler: &SamplerConfig,
@@ -428,14 +453,17 @@ pub fn sample_slat(
     stage1: &trellis::SparseStructureOutput,
     noise: NoiseSource<'_>,
     control: &RunControl<'_>,
+    on_asset_points: Option<slat::AssetPointsWork<'_>>,
 ) -> Result<(Vec<Tensor>, SlatOutput)> {
     let on_device = features.to_device(networks.slat.device)?;
+    let scope = crate::profiler::scope("structured-latent condition");
     let slat_cond = tch::no_grad(|| {
         networks
             .slat_cond
             .forward(&on_device.layer_refs(), &on_device.image_cond)
     })
     .context(SLAT_VGGT_COND)?;
+    drop(scope);
     let neg_slat_cond = slat_cond
         .iter()
         .map(Tensor::f_zeros_like)
@@ -462,6 +490,7 @@ pub fn sample_slat(
                 control,
             )
         },
+        on_asset_points,
     )?;
     Ok((slat_cond, output))
 }

@@ -78,6 +78,7 @@ impl SamplerConfig {
         for step in 0..self.steps {
             options.control.check_cancelled()?;
             let (t, t_prev) = (times[step], times[step + 1]);
+            let _scope = crate::profiler::scope("sampler step");
             let v = run
                 .velocity(&x, t, step)
                 .context(format!("{} step {step} (t = {t})", self.kind.name()))?;

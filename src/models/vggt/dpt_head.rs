@@ -633,9 +633,8 @@ impl DptHead {
             return Ok(x.shallow_clone());
         }
         let d = x.size();
-        let embed = uv_position_embedding(d[3], d[2], aspect, d[1])?
+        let embed = uv_position_embedding(d[3], d[2], aspect, d[1], x.device())?
             .f_mul_scalar(POS_EMBED_RATIO)?
-            .f_to_device(x.device())?
             .f_to_kind(x.kind())?;
         Ok(x.f_add(&embed.f_unsqueeze(0)?)?)
     }

@@ -204,13 +204,20 @@ pub fn run_slat(
     mode: MultiImageMode,
     control: &RunControl<'_>,
 ) -> Result<SlatOutput> {
-    run_slat_with(networks, sampler, coords, noise, control, |voxels| {
-        sample_slat(networks.flow, sampler, voxels, condition, mode, control)
-    })
+    run_slat_with(
+        networks,
+        sampler,
+        coords,
+        noise,
+        control,
+        |voxels| sample_slat(networks.flow, sampler, voxels, condition, mode, control),
+        None,
+    )
 }
 
 /// [`run_slat`] with the sampling left to `sample` (given the noise on the voxels, it returns
 /// the sampled features `[N, C]`): the pipelines differ only in how they condition it.
+/// `on_asset_points` runs during decoding, see [`decode_slat`].
 pub fn run_slat_with(
     networks: &SlatNetworks<'_>,
     sampler: &SamplerConfig,
@@ -218,6 +225,7 @@ pub fn run_slat_with(
     noise: Tensor,
     control: &RunControl<'_>,
     sample: impl FnOnce(&SparseTensor) -> Result<Tensor>,
+    on_asset_points: Option<AssetPointsWork<'_>>,
 ) -> Result<SlatOutput> {
     let device = networks.device;
     let voxels = SparseTensor::new(
@@ -229,7 +237,7 @@ pub fn run_slat_with(
     let sampled = sample(&voxels)?;
     control.check_cancelled()?;
     let slat = voxels.replace(denormalize(&sampled, networks.normalization)?)?;
-    let decoded = decode_slat(networks, &slat, control)?;
+    let decoded = decode_slat(networks, &slat, control, on_asset_points)?;
     Ok(SlatOutput {
         noise,
         sampled,
@@ -247,12 +255,23 @@ pub struct Decoded {
     pub radiance_fields: Vec<Strivec>,
 }
 
+/// Work on the decoded asset's points `[M, 3]` (the first Gaussians' centres, else the first
+/// mesh's vertices) that [`decode_slat`] runs as soon as they exist. It reports through what it
+/// captures.
+pub type AssetPointsWork<'w> = Box<dyn FnOnce(Tensor) + Send + 'w>;
+
 /// `decode_slat`: every decoder `networks` holds, each to one representation per batch
 /// element. Cancellation is checked between decoders.
+///
+/// `on_asset_points` (if any) gets the asset's points: the Gaussian decoder runs first, and on
+/// CUDA the work then runs on a thread and stream of its own while the mesh and radiance-field
+/// decoders run (it is host-bound, they are not); without Gaussians it runs after the mesh
+/// decoder. It does not run when neither is decoded.
 pub fn decode_slat(
     networks: &SlatNetworks<'_>,
     slat: &SparseTensor,
     control: &RunControl<'_>,
+    on_asset_points: Option<AssetPointsWork<'_>>,
 ) -> Result<Decoded> {
     let total = [
         networks.gaussian.is_some(),
@@ -262,29 +281,53 @@ pub fn decode_slat(
     .iter()
     .filter(|&&on| on)
     .count();
-    let mut done = 0;
-    control.progress(Stage::Decode, done, total)?;
-    let mut decoded = Decoded {
-        gaussians: Vec::new(),
-        meshes: Vec::new(),
-        radiance_fields: Vec::new(),
+    let done = std::cell::Cell::new(0);
+    let finished = || -> Result<()> {
+        done.set(done.get() + 1);
+        control.progress(Stage::Decode, done.get(), total)
     };
-    if let Some(decoder) = networks.mesh {
-        decoded.meshes = tch::no_grad(|| decode_meshes(decoder, slat)).context("mesh decoding")?;
-        done += 1;
-        control.progress(Stage::Decode, done, total)?;
-    }
+    control.progress(Stage::Decode, 0, total)?;
+    let mut gaussians = Vec::new();
     if let Some(decoder) = networks.gaussian {
-        decoded.gaussians = tch::no_grad(|| decoder.decode(slat)).context("Gaussian decoding")?;
-        done += 1;
-        control.progress(Stage::Decode, done, total)?;
+        let _scope = crate::profiler::scope("Gaussian decoder");
+        gaussians = tch::no_grad(|| decoder.decode(slat)).context("Gaussian decoding")?;
+        finished()?;
     }
-    if let Some(decoder) = networks.radiance_field {
-        decoded.radiance_fields =
-            tch::no_grad(|| decoder.decode(slat)).context("radiance-field decoding")?;
-        done += 1;
-        control.progress(Stage::Decode, done, total)?;
-    }
+    let the_rest = || -> Result<(Vec<MeshExtractResult>, Vec<Strivec>)> {
+        let mut meshes = Vec::new();
+        if let Some(decoder) = networks.mesh {
+            meshes = tch::no_grad(|| decode_meshes(decoder, slat)).context("mesh decoding")?;
+            finished()?;
+        }
+        let mut radiance_fields = Vec::new();
+        if let Some(decoder) = networks.radiance_field {
+            radiance_fields =
+                tch::no_grad(|| decoder.decode(slat)).context("radiance-field decoding")?;
+            finished()?;
+        }
+        Ok((meshes, radiance_fields))
+    };
+    let (meshes, radiance_fields) = match (on_asset_points, gaussians.first()) {
+        (Some(work), Some(first)) => {
+            let points = first.get_xyz()?;
+            let ((), rest) =
+                crate::cuda::alongside::run_alongside(networks.device, || work(points), the_rest)?;
+            rest?
+        }
+        (Some(work), None) => {
+            let (meshes, radiance_fields) = the_rest()?;
+            if let Some(mesh) = meshes.first() {
+                work(mesh.vertices.shallow_clone());
+            }
+            (meshes, radiance_fields)
+        }
+        (None, _) => the_rest()?,
+    };
+    let decoded = Decoded {
+        gaussians,
+        meshes,
+        radiance_fields,
+    };
     Ok(decoded)
 }
 
@@ -295,7 +338,10 @@ pub fn decode_meshes(
     decoder: &SLatMeshDecoder,
     slat: &SparseTensor,
 ) -> Result<Vec<MeshExtractResult>> {
+    let scope = crate::profiler::scope("mesh decoder");
     let raw = decoder.forward_raw(slat)?;
+    drop(scope);
+    let _scope = crate::profiler::scope("mesh extraction");
     // `resolution()` is already the raw features' (4× the latent's): the extraction grid.
     let extractor = SparseFeatures2Mesh::new(decoder.resolution(), decoder.use_color())?;
     let layout = raw.layout()?;
