@@ -403,19 +403,38 @@ impl Pipeline {
         self.release(held)?;
 
         let held = self.hold(&ss_keys)?;
-        let mut stage1 = vggt_pipeline::sample_sparse_structure(
-            &self.view_sparse_structure_stage(&held)?,
-            &samplers.sparse_structure,
-            &encoded.features,
-            ss_noise,
-            control,
+        // The surface VGGT saw, for the camera registration, depends on the views only: it is
+        // extracted on a side thread (host-bound work) while the graphed sampling runs.
+        let point_maps = encoded
+            .point_maps
+            .as_ref()
+            .filter(|_| !encoded.cameras.is_empty())
+            .map(vggt_pipeline::PointMaps::shallow_clone);
+        let (observed, stage1) = crate::cuda::alongside::run_alongside(
+            self.device,
+            move || {
+                let _scope = crate::profiler::scope("observed surface");
+                point_maps.map(|maps| vggt_pipeline::observed_surface(&maps))
+            },
+            || -> Result<SparseStructureOutput> {
+                vggt_pipeline::sample_sparse_structure(
+                    &self.view_sparse_structure_stage(&held)?,
+                    &samplers.sparse_structure,
+                    &encoded.features,
+                    ss_noise,
+                    control,
+                )
+            },
         )?;
+        let mut stage1 = stage1?;
         self.release(held)?;
         overrides.apply(&mut stage1)?;
         control.check_cancelled()?;
 
         let held = self.hold(&slat_keys)?;
         let mut registered = None;
+        let registration = self.camera_registration(&encoded, observed, &mut registered);
+        let requested = registration.is_some();
         let (view_conditions, stage2) = vggt_pipeline::sample_slat(
             &self.view_slat_stage(&held, &params.formats)?,
             &samplers.slat,
@@ -423,10 +442,14 @@ impl Pipeline {
             &stage1,
             slat_noise,
             control,
-            self.camera_registration(&encoded, &mut registered),
+            registration,
         )?;
         self.release(held)?;
-        let cameras = self.registered_cameras(registered);
+        let cameras = if requested || registered.is_some() {
+            self.registered_cameras(registered)
+        } else {
+            Vec::new()
+        };
         Ok(Generation {
             sparse_structure: stage1,
             slat: stage2,
@@ -436,40 +459,46 @@ impl Pipeline {
     }
 
     /// The work that moves VGGT's cameras into the frame of the generated asset (its Gaussian
-    /// centres, else its mesh vertices) by registering VGGT's point maps onto it, for the
-    /// decoders to run (alongside the mesh decoder, on CUDA); it leaves its result in
-    /// `registered`. None, logged, when there is nothing to register (no cameras, or no point
-    /// head).
+    /// centres, else its mesh vertices) by registering the `observed` surface
+    /// ([`vggt_pipeline::observed_surface`], None without cameras or a point head) onto it, for
+    /// the decoders to run (alongside the mesh decoder, on CUDA); it leaves its result in
+    /// `registered`. None when there is nothing to register (logged when there are cameras but
+    /// no point head; a failed extraction is left in `registered`).
     fn camera_registration<'w>(
         &self,
         encoded: &vggt_pipeline::EncodedViews,
+        observed: Option<Result<tch::Tensor>>,
         registered: &'w mut Option<Result<(Vec<Camera>, Registration)>>,
     ) -> Option<slat::AssetPointsWork<'w>> {
         if encoded.cameras.is_empty() {
             return None;
         }
-        let Some(point_maps) = &encoded.point_maps else {
-            (self.log)(
-                LogLevel::Warn,
-                "VGGT has no point head: the cameras cannot be placed in the asset's frame and \
-                 are left out",
-            );
-            return None;
+        let observed = match observed {
+            Some(Ok(observed)) => observed,
+            Some(Err(e)) => {
+                *registered = Some(Err(e));
+                return None;
+            }
+            None => {
+                (self.log)(
+                    LogLevel::Warn,
+                    "VGGT has no point head: the cameras cannot be placed in the asset's frame \
+                     and are left out",
+                );
+                return None;
+            }
         };
         let cameras = encoded.cameras.clone();
-        let point_maps = point_maps.shallow_clone();
         Some(Box::new(move |points: tch::Tensor| {
             let _scope = crate::profiler::scope("camera registration");
             *registered = Some(vggt_pipeline::cameras_in_asset_frame(
-                &cameras,
-                &point_maps,
-                &points,
+                &cameras, &observed, &points,
             ));
         }))
     }
 
     /// The cameras [`Pipeline::camera_registration`] placed, logging how well they fit; none
-    /// (logged) when the registration failed or had no asset points. A registration that cannot
+    /// (logged) when the registration failed or had no asset points (`registered` stayed None). A registration that cannot
     /// be done gives no cameras rather than cameras in another frame.
     fn registered_cameras(
         &self,

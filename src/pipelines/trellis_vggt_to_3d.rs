@@ -270,21 +270,28 @@ fn vggt_features(
 /// RANSAC; the geometric search needs far fewer).
 pub const REGISTRATION_POINTS: usize = 20_000;
 
-/// The cameras moved from VGGT's frame into the asset's (the frame of the result's Gaussians
-/// and mesh): VGGT's point maps (alpha > 0.8, confident) registered onto `asset_points`
-/// `[M, 3]` by a similarity (see [`camera_registration`]); camera coordinates are scaled by
-/// the similarity's scale, so projections are unchanged.
-pub fn cameras_in_asset_frame(
-    cameras: &[Camera],
-    point_maps: &PointMaps,
-    asset_points: &Tensor,
-) -> Result<(Vec<Camera>, camera_registration::Registration)> {
-    let observed = camera_registration::observed_points(
+/// The object's surface as VGGT saw it, in its frame: the points of its point maps the
+/// registration uses (alpha > 0.8, confident; see [`camera_registration::observed_points`]),
+/// `[K, 3]` float32 on the CPU. It depends on the views only, so the pipeline extracts it while
+/// the sparse structure is sampled.
+pub fn observed_surface(point_maps: &PointMaps) -> Result<Tensor> {
+    camera_registration::observed_points(
         &point_maps.world_points,
         &point_maps.conf,
         &point_maps.alpha.f_to_device(point_maps.conf.device())?,
         REGISTRATION_POINTS,
-    )?;
+    )
+}
+
+/// The cameras moved from VGGT's frame into the asset's (the frame of the result's Gaussians
+/// and mesh): VGGT's `observed` surface ([`observed_surface`]) registered onto `asset_points`
+/// `[M, 3]` by a similarity (see [`camera_registration`]); camera coordinates are scaled by
+/// the similarity's scale, so projections are unchanged.
+pub fn cameras_in_asset_frame(
+    cameras: &[Camera],
+    observed: &Tensor,
+    asset_points: &Tensor,
+) -> Result<(Vec<Camera>, camera_registration::Registration)> {
     let device = asset_points.device();
     let registration = camera_registration::register(
         &observed.f_to_device(device)?,

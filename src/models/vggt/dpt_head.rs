@@ -21,7 +21,7 @@ use crate::nn::LayerNorm32;
 use crate::weights::Weights;
 
 use super::head_act::{activate_head, ConfActivation, PointActivation};
-use super::heads_utils::uv_position_embedding;
+use super::heads_utils::uv_position_embedding_axes;
 
 /// LayerNorm eps of the head's `norm` (PyTorch's `nn.LayerNorm` default).
 const NORM_EPS: f64 = 1e-5;
@@ -633,10 +633,23 @@ impl DptHead {
             return Ok(x.shallow_clone());
         }
         let d = x.size();
-        let embed = uv_position_embedding(d[3], d[2], aspect, d[1], x.device())?
-            .f_mul_scalar(POS_EMBED_RATIO)?
-            .f_to_kind(x.kind())?;
-        Ok(x.f_add(&embed.f_unsqueeze(0)?)?)
+        let (emb_u, emb_v) = uv_position_embedding_axes(d[3], d[2], aspect, d[1])?;
+        // Each channel half gets its axis' embedding broadcast: the same per-element operations
+        // as adding the full [C, H, W] embedding, which is never built.
+        let out = x.f_empty_like()?;
+        let half = d[1] / 2;
+        for (start, emb) in [(0, emb_u), (half, emb_v)] {
+            let emb = emb
+                .f_to_device(x.device())?
+                .f_mul_scalar(POS_EMBED_RATIO)?
+                .f_to_kind(x.kind())?
+                .f_unsqueeze(0)?;
+            // Writes into `out`'s half; the returned alias is not needed.
+            let _ = x
+                .f_narrow(1, start, half)?
+                .f_add_out(&out.f_narrow(1, start, half)?, &emb)?;
+        }
+        Ok(out)
     }
 
     /// `scratch_forward`: the four maps through `layer{i}_rn`, fused coarse to fine, then

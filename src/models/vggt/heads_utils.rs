@@ -60,16 +60,35 @@ pub fn make_sincos_pos_embed(embed_dim: i64, pos: &Tensor, omega_0: f64) -> Resu
 ///
 /// `u` depends only on the column and `v` only on the row, so each is embedded once per axis
 /// and broadcast: the same values as embedding every grid point (every element is computed by
-/// the same scalar operations), without the `H·W·C` float64 temporaries. The per-axis values
-/// are computed on the CPU (a few thousand) and only broadcast on `device`: at the point head's
-/// 518² output the full embedding is 137 MB, which took ~28 ms to build on the host and copy.
+/// the same scalar operations), without the `H·W·C` float64 temporaries.
 pub fn uv_position_embedding(
     width: i64,
     height: i64,
     aspect_ratio: f64,
     channels: i64,
-    device: Device,
 ) -> Result<Tensor> {
+    let (emb_u, emb_v) = uv_position_embedding_axes(width, height, aspect_ratio, channels)?;
+    let half = channels / 2;
+    Ok(Tensor::f_cat(
+        &[
+            emb_u.f_expand([half, height, width], false)?,
+            emb_v.f_expand([half, height, width], false)?,
+        ],
+        0,
+    )?)
+}
+
+/// The two halves of [`uv_position_embedding`] before their broadcast: the `u` channels
+/// `[channels/2, 1, W]` and the `v` channels `[channels/2, H, 1]` (float32, CPU). Adding them to
+/// a map's channel halves gives the same values as adding the full embedding, without building
+/// it: at the point head's 518² output it is 137 MB, which took ~28 ms to build on the host and
+/// copy to the GPU.
+pub fn uv_position_embedding_axes(
+    width: i64,
+    height: i64,
+    aspect_ratio: f64,
+    channels: i64,
+) -> Result<(Tensor, Tensor)> {
     if channels <= 0 || channels % 4 != 0 {
         return Err(Error::invalid_argument(format!(
             "UV positional embedding needs a multiple of 4 channels, got {channels}"
@@ -77,18 +96,13 @@ pub fn uv_position_embedding(
     }
     let (u, v) = uv_axes(width, height, aspect_ratio)?;
     let half = channels / 2;
-    // [half, 1, W] and [half, H, 1], broadcast to [half, H, W].
     let emb_u = make_sincos_pos_embed(half, &u, UV_OMEGA_0)?
-        .f_to_device(device)?
         .f_transpose(0, 1)?
-        .f_unsqueeze(1)?
-        .f_expand([half, height, width], false)?;
+        .f_unsqueeze(1)?;
     let emb_v = make_sincos_pos_embed(half, &v, UV_OMEGA_0)?
-        .f_to_device(device)?
         .f_transpose(0, 1)?
-        .f_unsqueeze(2)?
-        .f_expand([half, height, width], false)?;
-    Ok(Tensor::f_cat(&[emb_u, emb_v], 0)?)
+        .f_unsqueeze(2)?;
+    Ok((emb_u, emb_v))
 }
 
 #[cfg(test)]
@@ -101,7 +115,7 @@ mod tests {
     fn separable_embedding_matches_per_point_embedding() {
         let (w, h, c) = (7i64, 4i64, 16i64);
         let aspect = 98.0 / 56.0;
-        let ours = uv_position_embedding(w, h, aspect, c, Device::Cpu).unwrap();
+        let ours = uv_position_embedding(w, h, aspect, c).unwrap();
         let (u, v) = uv_axes(w, h, aspect).unwrap();
         let uu = u.unsqueeze(0).expand([h, w], false).reshape([-1]);
         let vv = v.unsqueeze(1).expand([h, w], false).reshape([-1]);
@@ -132,7 +146,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_widths() {
-        assert!(uv_position_embedding(2, 2, 1.0, 6, Device::Cpu).is_err());
+        assert!(uv_position_embedding(2, 2, 1.0, 6).is_err());
         assert!(
             make_sincos_pos_embed(3, &Tensor::zeros([2], (Kind::Float, Device::Cpu)), 100.0)
                 .is_err()
