@@ -498,8 +498,9 @@ impl Pipeline {
     }
 
     /// The cameras [`Pipeline::camera_registration`] placed, logging how well they fit; none
-    /// (logged) when the registration failed or had no asset points (`registered` stayed None). A registration that cannot
-    /// be done gives no cameras rather than cameras in another frame.
+    /// (logged) when the registration failed or had no asset points (`registered` stayed
+    /// None). A registration that cannot be done gives no cameras rather than cameras in
+    /// another frame.
     fn registered_cameras(
         &self,
         registered: Option<Result<(Vec<Camera>, Registration)>>,

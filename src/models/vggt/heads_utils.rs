@@ -55,7 +55,7 @@ pub fn make_sincos_pos_embed(embed_dim: i64, pos: &Tensor, omega_0: f64) -> Resu
 
 /// The DPT head's positional embedding for a `height × width` feature map of `channels`
 /// channels: `create_uv_grid(width, height, aspect_ratio)` → `position_grid_to_embed(·,
-/// channels)`, as `[channels, height, width]` float32 on `device`. Channels are
+/// channels)`, as `[channels, height, width]` float32 on the CPU. Channels are
 /// `[sin(u·ω), cos(u·ω), sin(v·ω), cos(v·ω)]`, `channels/4` frequencies each.
 ///
 /// `u` depends only on the column and `v` only on the row, so each is embedded once per axis
