@@ -431,6 +431,12 @@ typedef struct recon_run_params {
   // Since 0.2 (struct v2). A `recon_guidance`: `RECON_GUIDANCE_DEFAULT` (default) keeps the
   // pipeline's own formula.
   int32_t guidance;
+  // Since 0.3 (struct v3). Nonzero (default): TRELLIS-VGGT estimates a camera per view
+  // (VGGT's camera and point heads, then their registration onto the asset; see
+  // `recon_result_camera`). 0 skips that work: the result has no cameras and the run is the
+  // reference pipeline's `run` alone, faster and with less GPU memory. TRELLIS ignores it
+  // (it estimates no cameras). v1 and v2 structs run with cameras, as before.
+  int32_t estimate_cameras;
 } recon_run_params;
 
 // One input view. Fill with `recon_image_init`, then set `format`, `data`, `size` (and for
@@ -750,10 +756,10 @@ void recon_run_params_init(struct recon_run_params *params);
 
 // Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_run_params)` of
 // the header the caller was built with): the fields of the largest released version that
-// fits in `size` (v1: 56 bytes, v2: 64; a newer header's larger struct gets this library's
-// fields), with `struct_size` set to that version's size. v2's defaults are
-// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`. Returns RECON_ERR_INVALID_ARGUMENT,
-// writing nothing, for NULL or a size below the v1 struct.
+// fits in `size` (v1: 56 bytes, v2: 64, v3: 72; a newer header's larger struct gets this
+// library's fields), with `struct_size` set to that version's size. v2's defaults are
+// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`, v3's `estimate_cameras` 1. Returns
+// RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 //
 // # Safety
 // Each pointer argument must be NULL or valid for its documented use: handles as returned

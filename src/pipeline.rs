@@ -1189,6 +1189,11 @@ pub struct RunParams {
     /// rule: RGB, or RGBA whose alpha is 255 everywhere), of every view (Always) or of none
     /// (Never: such views are refused). Only when `preprocess` is on, as in the reference.
     pub remove_background: BackgroundRemoval,
+    /// TRELLIS-VGGT: estimate a camera per view (VGGT's camera and point heads, then their
+    /// registration onto the asset), as ReconViaGen's fine mode does. Off, the run is exactly
+    /// the reference pipeline's `run` (the aggregator's layers feed the condition networks,
+    /// nothing else of VGGT runs) and the generation has no cameras. TRELLIS estimates none.
+    pub estimate_cameras: bool,
 }
 
 impl Default for RunParams {
@@ -1206,6 +1211,7 @@ impl Default for RunParams {
             preprocess: true,
             guidance: None,
             remove_background: BackgroundRemoval::Auto,
+            estimate_cameras: true,
         }
     }
 }

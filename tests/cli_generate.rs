@@ -454,6 +454,11 @@ fn generate_refuses_bad_numbers_and_options() {
     assert_refused(&[image, "--mode", "average"], "out.glb", "--mode 'average'");
     assert_refused(&[image, "--sed", "1"], "out.glb", "unknown option '--sed'");
     assert_refused(&[image, "--device", "gpu"], "out.glb", "--device 'gpu'");
+    assert_refused(
+        &[image, "--cameras", "--no-cameras"],
+        "out.glb",
+        "--no-cameras skips estimating them",
+    );
 }
 
 /// `recon demo` with an explicit model: the C API path (recon_load, recon_run with progress,

@@ -116,6 +116,7 @@ fn runs() -> Vec<Run> {
                 },
                 guidance: None,
                 remove_background: recon::pipeline::BackgroundRemoval::Auto,
+                estimate_cameras: true,
             };
             Run {
                 name: run["name"].as_str().unwrap().to_string(),

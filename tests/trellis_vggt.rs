@@ -9,9 +9,16 @@ mod common;
 use std::path::PathBuf;
 
 use common::{read_json, read_tensors, rel_l2, shared_golden_dir, REL_L2_TOLERANCE};
-use recon::pipeline::{DeviceRequest, Formats, LoadOptions, Pipeline, RunControl, RunParams};
+use recon::image::BackgroundRemoval;
+use recon::models::vggt::{Vggt, VggtFiles, VggtPrecision};
+use recon::models::{NamedTensors, Network, TensorDoc};
+use recon::pipeline::{
+    DeviceRequest, Formats, ImageInput, LoadOptions, Pipeline, RunControl, RunParams,
+};
 use recon::pipelines::trellis_image_to_3d::NoiseSource;
-use recon::pipelines::trellis_vggt_to_3d::{generate_from_features, Noises, ViewFeatures};
+use recon::pipelines::trellis_vggt_to_3d::{
+    encode_views, generate_from_features, Noises, ViewEncoders, ViewFeatures,
+};
 use recon::samplers::GuidanceFormula;
 use tch::{Kind, Tensor};
 
@@ -293,4 +300,81 @@ fn cuda_run_agrees_with_the_reference() {
             "more than 1 % of the voxels differ"
         );
     }
+}
+
+/// A stand-in for DINOv2 (this test is about VGGT's heads): one token per view, its mean colour.
+struct MeanColour;
+
+impl Network for MeanColour {
+    fn class_name(&self) -> &'static str {
+        "MeanColour"
+    }
+    fn inputs(&self) -> &'static [TensorDoc] {
+        &[]
+    }
+    fn outputs(&self) -> &'static [TensorDoc] {
+        &[]
+    }
+    fn forward_named(&self, inputs: &NamedTensors) -> recon::Result<NamedTensors> {
+        let tokens = inputs["image"]
+            .mean_dim(&[2i64, 3][..], false, Kind::Float)
+            .unsqueeze(1);
+        Ok(NamedTensors::from([("tokens".to_string(), tokens)]))
+    }
+}
+
+/// Cameras cost VGGT's camera and point heads (and, later, their registration): a run that
+/// does not ask for them runs neither and gets none, with the same condition features.
+#[test]
+fn cameras_are_estimated_only_when_asked() {
+    let Some(dir) = golden() else { return };
+    let vggt = Vggt::load(
+        &VggtFiles::in_dir(&dir.join("ckpt_vggt")),
+        tch::Device::Cpu,
+        VggtPrecision::fp32(),
+    )
+    .unwrap();
+    assert!(vggt.camera_head().is_some() && vggt.point_head().is_some());
+    let encoders = ViewEncoders {
+        vggt: &vggt,
+        image_cond_model: &MeanColour,
+        device: tch::Device::Cpu,
+    };
+    let pngs: Vec<Vec<u8>> = (0..2)
+        .map(|i| std::fs::read(dir.join(format!("preprocess/view{i}.png"))).unwrap())
+        .collect();
+    let images: Vec<ImageInput> = pngs.iter().map(|p| ImageInput::Encoded(p)).collect();
+    let with_cameras = RunParams {
+        remove_background: BackgroundRemoval::Never,
+        ..RunParams::default()
+    };
+    let without = RunParams {
+        estimate_cameras: false,
+        ..with_cameras.clone()
+    };
+    let encode = |params: &RunParams| {
+        tch::no_grad(|| encode_views(&encoders, &images, params, &RunControl::none())).unwrap()
+    };
+    let estimated = encode(&with_cameras);
+    assert_eq!(estimated.cameras.len(), 2);
+    let maps = estimated.point_maps.as_ref().unwrap();
+    assert_eq!(maps.world_points.size()[..2], [2, 518]);
+    let skipped = encode(&without);
+    assert!(skipped.cameras.is_empty());
+    assert!(skipped.point_maps.is_none());
+    for (a, b) in estimated
+        .features
+        .layers
+        .iter()
+        .zip(&skipped.features.layers)
+    {
+        assert!(
+            a.equal(b),
+            "the condition layers must not depend on the heads"
+        );
+    }
+    assert!(estimated
+        .features
+        .image_cond
+        .equal(&skipped.features.image_cond));
 }

@@ -378,9 +378,10 @@ static void test_struct_layout(void) {
     CHECK(offsetof(recon_load_params, background_model) == 56);
     CHECK(sizeof(recon_network_info) == 40);
     CHECK(sizeof(recon_image) == 40);
-    CHECK(sizeof(recon_run_params) == 64); /* v2: remove_background, guidance appended */
-    CHECK(offsetof(recon_run_params, remove_background) == 56);
+    CHECK(sizeof(recon_run_params) == 72); /* v3: estimate_cameras appended */
+    CHECK(offsetof(recon_run_params, remove_background) == 56); /* v2 */
     CHECK(offsetof(recon_run_params, guidance) == 60);
+    CHECK(offsetof(recon_run_params, estimate_cameras) == 64);
     CHECK(sizeof(recon_progress) == 16);
     CHECK(sizeof(recon_gaussians) == 56);
     CHECK(sizeof(recon_mesh) == 48);
@@ -474,7 +475,8 @@ static void test_load_params_versions(void) {
     CHECK(buf[0] == 0xAB); /* nothing written */
 }
 
-/* The same for recon_run_params: v1 is 56 bytes, v2 (remove_background, guidance) 64. */
+/* The same for recon_run_params: v1 is 56 bytes, v2 (remove_background, guidance) 64, v3
+ * (estimate_cameras) 72. */
 static void test_run_params_versions(void) {
     unsigned char buf[sizeof(recon_run_params) + 16];
     recon_run_params *p = (recon_run_params *)buf;
@@ -510,6 +512,18 @@ static void test_run_params_versions(void) {
     untouched = 1;
     for (size_t i = 64; i < sizeof buf; i++) untouched &= buf[i] == 0xAB;
     CHECK(untouched);
+
+    /* v3: cameras estimated (TRELLIS-VGGT). Between v2 and v3: v2. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 72), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 72);
+    CHECK(p->estimate_cameras == 1 && p->guidance == RECON_GUIDANCE_DEFAULT);
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_STATUS(recon_run_params_init_sized(p, 68), RECON_OK);
+    memcpy(&size, buf, sizeof size);
+    CHECK(size == 64);
+    CHECK(buf[64] == 0xAB);
 
     /* A newer caller's larger struct: clamped to this library's struct, the rest untouched. */
     memset(buf, 0xAB, sizeof buf);
@@ -560,6 +574,7 @@ static void test_init(void) {
     CHECK(rp.progress_callback == NULL && rp.progress_user_data == NULL);
     CHECK(rp.remove_background == RECON_BACKGROUND_AUTO);
     CHECK(rp.guidance == RECON_GUIDANCE_DEFAULT);
+    CHECK(rp.estimate_cameras == 1);
 
     recon_image im;
     memset(&im, 0xAB, sizeof im);
@@ -1448,6 +1463,7 @@ static void test_run_validation(recon_model *model) {
     BAD_PARAM(p.struct_size = 4, "struct_size");
     BAD_PARAM(p.struct_size = 48, "struct_size");
     BAD_PARAM(p.struct_size = 60, "struct_size"); /* between v1 (56) and v2 (64) */
+    BAD_PARAM(p.struct_size = 68, "struct_size"); /* between v2 (64) and v3 (72) */
 #undef BAD_PARAM
     struct {
         recon_run_params p;
@@ -1532,6 +1548,10 @@ static void test_run_accepted(recon_model *model) {
     rp.remove_background = RECON_BACKGROUND_AUTO;
     /* v1 and v2 structs take the same path through the rest: a cut-out is accepted. */
     CHECK_ACCEPTED(model, &cut, 1, &v1, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    /* Skipping the camera estimation is accepted (TRELLIS estimates none anyway). */
+    rp.estimate_cameras = 0;
+    CHECK_ACCEPTED(model, &cut, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
+    rp.estimate_cameras = 1;
     rp.preprocess = 0;
     CHECK_ACCEPTED(model, &png, 1, &rp, RECON_STAGE_SPARSE_STRUCTURE, 0);
     v1.preprocess = 0;

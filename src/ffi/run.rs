@@ -147,6 +147,12 @@ pub struct recon_run_params {
     /// Since 0.2 (struct v2). A `recon_guidance`: `RECON_GUIDANCE_DEFAULT` (default) keeps the
     /// pipeline's own formula.
     pub guidance: i32,
+    /// Since 0.3 (struct v3). Nonzero (default): TRELLIS-VGGT estimates a camera per view
+    /// (VGGT's camera and point heads, then their registration onto the asset; see
+    /// `recon_result_camera`). 0 skips that work: the result has no cameras and the run is the
+    /// reference pipeline's `run` alone, faster and with less GPU memory. TRELLIS ignores it
+    /// (it estimates no cameras). v1 and v2 structs run with cameras, as before.
+    pub estimate_cameras: i32,
 }
 
 /// Size of the v1 struct (through `progress_user_data`): the smallest `struct_size` accepted,
@@ -154,9 +160,16 @@ pub struct recon_run_params {
 const RUN_PARAMS_V1_SIZE: usize =
     offset_of!(recon_run_params, progress_user_data) + size_of::<*mut c_void>();
 const _: () = assert!(RUN_PARAMS_V1_SIZE == 56);
-/// The sizes of every released `recon_run_params` (v1, v2 = current), ascending.
-const RUN_PARAMS_SIZES: [usize; 2] = [RUN_PARAMS_V1_SIZE, size_of::<recon_run_params>()];
-const _: () = assert!(RUN_PARAMS_SIZES[1] == 64);
+/// Size of the v2 struct (through `guidance`).
+const RUN_PARAMS_V2_SIZE: usize = offset_of!(recon_run_params, guidance) + size_of::<i32>();
+const _: () = assert!(RUN_PARAMS_V2_SIZE == 64);
+/// The sizes of every released `recon_run_params` (v1, v2, v3 = current), ascending.
+const RUN_PARAMS_SIZES: [usize; 3] = [
+    RUN_PARAMS_V1_SIZE,
+    RUN_PARAMS_V2_SIZE,
+    size_of::<recon_run_params>(),
+];
+const _: () = assert!(RUN_PARAMS_SIZES[2] == 72);
 /// Size of the v1 `recon_image` (through `stride`).
 const IMAGE_V1_SIZE: usize = offset_of!(recon_image, stride) + size_of::<usize>();
 const _: () = assert!(IMAGE_V1_SIZE == 40);
@@ -177,6 +190,7 @@ impl recon_run_params {
             progress_user_data: std::ptr::null_mut(),
             remove_background: recon_background_removal::RECON_BACKGROUND_AUTO as i32,
             guidance: recon_guidance::RECON_GUIDANCE_DEFAULT as i32,
+            estimate_cameras: 1,
         }
     }
 
@@ -231,10 +245,10 @@ pub unsafe extern "C" fn recon_run_params_init(params: *mut recon_run_params) {
 
 /// Fills `params` with defaults for a struct of `size` bytes (`sizeof(recon_run_params)` of
 /// the header the caller was built with): the fields of the largest released version that
-/// fits in `size` (v1: 56 bytes, v2: 64; a newer header's larger struct gets this library's
-/// fields), with `struct_size` set to that version's size. v2's defaults are
-/// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`. Returns RECON_ERR_INVALID_ARGUMENT,
-/// writing nothing, for NULL or a size below the v1 struct.
+/// fits in `size` (v1: 56 bytes, v2: 64, v3: 72; a newer header's larger struct gets this
+/// library's fields), with `struct_size` set to that version's size. v2's defaults are
+/// `RECON_BACKGROUND_AUTO` and `RECON_GUIDANCE_DEFAULT`, v3's `estimate_cameras` 1. Returns
+/// RECON_ERR_INVALID_ARGUMENT, writing nothing, for NULL or a size below the v1 struct.
 ///
 /// # Safety
 /// Each pointer argument must be NULL or valid for its documented use: handles as returned
@@ -366,6 +380,7 @@ fn run_params(p: &recon_run_params) -> Result<RunParams> {
         preprocess: p.preprocess != 0,
         guidance: guidance_formula(p.guidance)?,
         remove_background: background_removal(p.remove_background)?,
+        estimate_cameras: p.estimate_cameras != 0,
     };
     params.validate()?;
     Ok(params)
@@ -578,7 +593,8 @@ mod tests {
         assert!(err.message().contains("guidance is -1"), "{err}");
     }
 
-    /// A v1 caller's struct runs without background removal; a v2 one with its own choice.
+    /// A v1 caller's struct runs without background removal, a v2 one with its own choice; both
+    /// estimate cameras, and a v3 one chooses.
     #[test]
     fn v1_structs_keep_v1_behaviour() {
         let mut v1 = [0u64; 8];
@@ -602,15 +618,40 @@ mod tests {
         assert_eq!(params.remove_background, BackgroundRemoval::Never);
         assert_eq!(params.guidance, None);
 
-        let mut v2 = std::mem::MaybeUninit::<recon_run_params>::uninit();
-        // SAFETY: a whole struct.
-        let status = unsafe { recon_run_params_init_sized(v2.as_mut_ptr(), 64) };
+        let mut v2 = [0u64; 9];
+        // SAFETY: 72 writable, 8-aligned bytes, of which a v2 struct owns 64.
+        let status =
+            unsafe { recon_run_params_init_sized(v2.as_mut_ptr() as *mut recon_run_params, 64) };
         assert_eq!(status, recon_status::RECON_OK);
-        // SAFETY: the sized init filled all 64 bytes.
-        let v2 = unsafe { v2.assume_init() };
-        assert_eq!(v2.struct_size, 64);
-        let params = run_params(&v2).unwrap();
+        assert_eq!(v2[0] as u32, 64);
+        assert_eq!(v2[8], 0, "the v2 init wrote past v2");
+        // Garbage where a v3 caller would have its fields: a v2 caller gets cameras.
+        v2[8] = u64::MAX;
+        // SAFETY: a 64-byte struct_size over 72 readable bytes.
+        let read = unsafe {
+            read_versioned(
+                v2.as_ptr() as *const recon_run_params,
+                recon_run_params::v1_behaviour(),
+                &RUN_PARAMS_SIZES,
+                "p",
+            )
+        }
+        .unwrap();
+        let params = run_params(&read).unwrap();
         assert_eq!(params.remove_background, BackgroundRemoval::Auto);
+        assert!(params.estimate_cameras);
         assert_eq!(params, RunParams::default());
+
+        let mut v3 = std::mem::MaybeUninit::<recon_run_params>::uninit();
+        // SAFETY: a whole struct.
+        let status =
+            unsafe { recon_run_params_init_sized(v3.as_mut_ptr(), size_of::<recon_run_params>()) };
+        assert_eq!(status, recon_status::RECON_OK);
+        // SAFETY: the sized init filled the whole struct (padding is never read).
+        let mut v3 = unsafe { v3.assume_init() };
+        assert_eq!(v3.struct_size, 72);
+        assert_eq!(run_params(&v3).unwrap(), RunParams::default());
+        v3.estimate_cameras = 0;
+        assert!(!run_params(&v3).unwrap().estimate_cameras);
     }
 }

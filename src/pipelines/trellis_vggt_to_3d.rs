@@ -190,9 +190,15 @@ pub fn encode_views(
     )?;
     drop(scope);
     control.progress(Stage::Condition, 0, 2)?;
-    let (layers, cameras, points) =
-        tch::no_grad(|| vggt_features(encoders.vggt, &views, encoders.device))
-            .context("encoding the views with VGGT")?;
+    let (layers, cameras, points) = tch::no_grad(|| {
+        vggt_features(
+            encoders.vggt,
+            &views,
+            encoders.device,
+            params.estimate_cameras,
+        )
+    })
+    .context("encoding the views with VGGT")?;
     let point_maps = points.map(|(world_points, conf)| PointMaps {
         world_points,
         conf,
@@ -215,19 +221,26 @@ pub fn encode_views(
 type PointHeadOutput = (Tensor, Tensor);
 
 /// `vggt_feat`: the aggregator on all views as one batch `[1, N, 3, H, W]` (0..1 RGB; the
-/// aggregator normalises), keeping only the layers the condition networks read; the camera
-/// head on the last layer, and the point head (as ReconViaGen's app_fine runs them) for the
-/// camera registration.
+/// aggregator normalises), keeping only the layers the condition networks read. With
+/// `with_heads`, also the camera head on the last layer and the point head (as ReconViaGen's
+/// app_fine runs them) for the camera registration; without, no cameras and no point maps.
 fn vggt_features(
     vggt: &Vggt,
     views: &Tensor,
     device: Device,
+    with_heads: bool,
 ) -> Result<([Tensor; 4], Vec<Camera>, Option<PointHeadOutput>)> {
     let images = views.f_to_device(device)?.f_unsqueeze(0)?;
-    let depth = vggt.config().depth;
+    let (camera_head, point_head) = if with_heads {
+        (vggt.camera_head(), vggt.point_head())
+    } else {
+        (None, None)
+    };
     let mut keep: Vec<usize> = VGGT_COND_LAYERS.to_vec();
-    keep.push(depth.saturating_sub(1));
-    if let Some(head) = vggt.point_head() {
+    if camera_head.is_some() {
+        keep.push(vggt.config().depth.saturating_sub(1));
+    }
+    if let Some(head) = point_head {
         keep.extend(&head.config().intermediate_layer_idx);
     }
     let scope = crate::profiler::scope("vggt aggregator");
@@ -239,7 +252,7 @@ fn vggt_features(
         |layer: usize| -> Result<Tensor> { Ok(aggregated.layer(layer)?.f_to_kind(Kind::Float)?) };
     let [a, b, c, d] = VGGT_COND_LAYERS;
     let layers = [pick(a)?, pick(b)?, pick(c)?, pick(d)?];
-    let cameras = match vggt.camera_head() {
+    let cameras = match camera_head {
         Some(head) => {
             let _scope = crate::profiler::scope("vggt camera head");
             let encodings = head.forward(aggregated.last()?, CAMERA_HEAD_ITERATIONS)?;
@@ -251,7 +264,7 @@ fn vggt_features(
         }
         None => Vec::new(),
     };
-    let points = match vggt.point_head() {
+    let points = match point_head {
         Some(head) => {
             let _scope = crate::profiler::scope("vggt point head");
             let tokens = dense_layers(&aggregated, device)?;

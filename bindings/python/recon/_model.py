@@ -366,6 +366,7 @@ class Model:
             preprocess: Optional[bool] = None,
             remove_background: Optional[BackgroundRemovalLike] = None,
             guidance: Optional[GuidanceLike] = None,
+            estimate_cameras: Optional[bool] = None,
             progress: Optional[ProgressFn] = None,
             cancel: Optional[CancelSource] = None) -> Result:
         """Generates a 3D asset from one or more views of one object.
@@ -380,7 +381,10 @@ class Model:
         :class:`BackgroundRemoval` ("auto": views without a useful alpha channel go through
         BiRefNet, see `background_model`; "always"; "never": such views raise
         UnsupportedError), only when preprocessing; `guidance` :class:`Guidance` ("default":
-        the pipeline's own formula, "trellis" or "reconviagen").
+        the pipeline's own formula, "trellis" or "reconviagen"); `estimate_cameras` True
+        (TRELLIS-VGGT estimates a camera per view, see :attr:`Result.cameras`; False skips
+        VGGT's camera and point heads and their registration: faster, less GPU memory, no
+        cameras. TRELLIS estimates none either way).
 
         `progress(stage, step, total)` is called on this thread at every step; returning False
         cancels the run. An exception it raises cancels the run and is re-raised here.
@@ -417,6 +421,8 @@ class Model:
                                               remove_background)
         if guidance is not None:
             params.guidance = _named(Guidance, "guidance", guidance)
+        if estimate_cameras is not None:
+            params.estimate_cameras = int(bool(estimate_cameras))
 
         raised: List[BaseException] = []
         callback = None

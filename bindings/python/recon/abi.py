@@ -244,6 +244,7 @@ class RunParams(ctypes.Structure):
     progress_user_data: Optional[int]
     remove_background: int
     guidance: int
+    estimate_cameras: int
     _fields_ = [
         ("struct_size", c_uint32),
         ("sparse_structure_steps", c_uint32),
@@ -259,6 +260,8 @@ class RunParams(ctypes.Structure):
         # v2
         ("remove_background", c_int32),
         ("guidance", c_int32),
+        # v3
+        ("estimate_cameras", c_int32),
     ]
 
 

@@ -20,7 +20,7 @@ from conftest import ALL_CALLS, PACKAGE_CALLS
 from support import HEADER, ROOT, lib, load_params, raw_load
 
 # sizeof on LP64, as bindings/c/test_abi.c prints and checks them.
-C_SIZES = {"LoadParams": 64, "NetworkInfo": 40, "Image": 40, "RunParams": 64,
+C_SIZES = {"LoadParams": 64, "NetworkInfo": 40, "Image": 40, "RunParams": 72,
            "Progress": 16, "Gaussians": 56, "Mesh": 48, "Camera": 96, "TurntableParams": 48,
            "Frame": 32, "TexturedExportParams": 72}
 
@@ -64,6 +64,7 @@ def test_struct_layout() -> None:
     assert offset(abi.RunParams, "progress_callback") == 40
     assert offset(abi.RunParams, "remove_background") == 56  # v2
     assert offset(abi.RunParams, "guidance") == 60
+    assert offset(abi.RunParams, "estimate_cameras") == 64  # v3
     assert offset(abi.Image, "data") == 8
     assert offset(abi.Image, "stride") == 32
     assert offset(abi.NetworkInfo, "stem") == 32
@@ -112,30 +113,32 @@ def test_init_functions() -> None:
     assert (lp.struct_size, lp.device, lp.model, lp.offline, lp.log_level) == (
         40, abi.RECON_DEVICE_AUTO, None, abi.RECON_OFFLINE_FROM_ENV, abi.RECON_LOG_INFO)
     rp = abi.RunParams()
-    rp.remove_background = rp.guidance = 0x55
+    rp.remove_background = rp.guidance = rp.estimate_cameras = 0x55
     lib.recon_run_params_init(byref(rp))  # the plain symbol: the v1 struct only
     assert (rp.struct_size, rp.seed, rp.formats, rp.preprocess) == (
         56, 42, abi.RECON_FORMAT_GAUSSIANS | abi.RECON_FORMAT_MESH, 1)
     assert rp.slat_cfg_strength == abi.RECON_DEFAULT_CFG_STRENGTH
-    assert (rp.remove_background, rp.guidance) == (0x55, 0x55)  # untouched
+    assert (rp.remove_background, rp.guidance, rp.estimate_cameras) == (0x55,) * 3  # untouched
     img = abi.Image()
     lib.recon_image_init(byref(img))
     assert (img.struct_size, img.format, img.size) == (40, abi.RECON_IMAGE_ENCODED, 0)
-    # The v2 struct through the sized init: every field, struct_size = the binding's size.
+    # The newest structs through the sized init: every field, struct_size = the binding's size.
     lp2 = abi.LoadParams()
     assert lib.recon_load_params_init_sized(byref(lp2), ctypes.sizeof(lp2)) == abi.RECON_OK
     assert (lp2.struct_size, lp2.low_vram, lp2.vggt_model, lp2.background_model) == (
         64, 0, None, None)
     rp2 = abi.RunParams()
     assert lib.recon_run_params_init_sized(byref(rp2), ctypes.sizeof(rp2)) == abi.RECON_OK
-    assert (rp2.struct_size, rp2.seed, rp2.remove_background, rp2.guidance) == (
-        64, 42, abi.RECON_BACKGROUND_AUTO, abi.RECON_GUIDANCE_DEFAULT)
+    assert (rp2.struct_size, rp2.seed, rp2.remove_background, rp2.guidance,
+            rp2.estimate_cameras) == (
+        72, 42, abi.RECON_BACKGROUND_AUTO, abi.RECON_GUIDANCE_DEFAULT, 1)
     # Older callers (and sizes between versions): only the largest released version that fits
     # is written, guard bytes after it untouched.
     cases: List[Tuple[Any, type, Dict[int, int]]] = [
         (lib.recon_load_params_init_sized, abi.LoadParams,
          {40: 40, 52: 40, 56: 56, 60: 56, 64: 64, 72: 64}),
-        (lib.recon_run_params_init_sized, abi.RunParams, {56: 56, 60: 56, 64: 64, 72: 64})]
+        (lib.recon_run_params_init_sized, abi.RunParams,
+         {56: 56, 60: 56, 64: 64, 68: 64, 72: 72, 80: 72})]
     for init, struct, sizes in cases:
         for size, written in sizes.items():
             raw = (ctypes.c_uint8 * 80)(*([0xAB] * 80))

@@ -167,6 +167,8 @@ def test_run_accepted(model: recon.Model, image_path: Path) -> None:
     assert raw_run(m, byref(png_image()), 1, byref(v1)) == RECON_ERR_INVALID_ARGUMENT
     run_until(m, [PNG], (SS, 0), preprocess=False)
     run_until(m, [PHOTO], (SS, 0), preprocess=False, remove_background="always")
+    # TRELLIS estimates no cameras: asking it not to is accepted (struct v3's field).
+    run_until(m, [CUTOUT], (SS, 0), estimate_cameras=False)
     # Several views of every kind, explicit settings, both modes: one sampler step each.
     rgb = np.full((4, 4, 3), 200, np.uint8)
     rgba = np.full((6, 5, 4), 255, np.uint8)

@@ -49,7 +49,13 @@ pub const SPEC: Spec = Spec {
         "--profile",
         "--profile-stage",
     ],
-    switches: &["--no-preprocess", "--offline", "--verbose", "--low-vram"],
+    switches: &[
+        "--no-preprocess",
+        "--offline",
+        "--verbose",
+        "--low-vram",
+        "--no-cameras",
+    ],
     aliases: &[],
     positionals: true,
 };
@@ -86,7 +92,8 @@ runs:
                           structured_latent, decode); default the whole generation
 generation (as recon generate):
   --seed N, --steps N, --ss-steps N, --slat-steps N, --cfg X, --ss-cfg X, --slat-cfg X,
-  --mode stochastic|multidiffusion, --guidance trellis|reconviagen, --no-preprocess
+  --mode stochastic|multidiffusion, --guidance trellis|reconviagen, --no-preprocess,
+  --no-cameras (TRELLIS-VGGT without camera estimation: the reference pipeline's `run` alone)
 model (as recon generate):
   --model ID_OR_DIR, --device auto|cpu|cuda|cuda:N, --offline, --low-vram,
   --vggt-model ID_OR_DIR, --verbose

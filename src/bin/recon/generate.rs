@@ -70,6 +70,7 @@ pub const SPEC: Spec = Spec {
         "--verbose",
         "--low-vram",
         "--cameras",
+        "--no-cameras",
         "--textured",
         "--vertex-colors-only",
         "--no-fill-holes",
@@ -119,6 +120,8 @@ generation:
   --no-preprocess         inputs are already 518x518, object centred (skip crop and resize)
   --remove-background auto|always|never   BiRefNet background removal: auto (default) for views
                           without a useful alpha channel, always for every view, never
+  --no-cameras            TRELLIS-VGGT: skip the camera estimation (VGGT's camera and point
+                          heads, their registration onto the asset): faster, less GPU memory
 model:
   --model ID_OR_DIR       Hugging Face repo id or local folder (default microsoft/TRELLIS-image-large)
   --device auto|cpu|cuda|cuda:N    (default auto: the first GPU if there is one)
@@ -165,6 +168,11 @@ pub fn generate(args: &Args) -> Result<()> {
     if cameras && !targets.iter().any(|t| t.format == ExportFormat::Glb) {
         return Err(Error::invalid_argument(
             "--cameras puts the cameras into the GLB: give -o FILE.glb",
+        ));
+    }
+    if cameras && args.switch("--no-cameras") {
+        return Err(Error::invalid_argument(
+            "--cameras writes the estimated cameras, --no-cameras skips estimating them: give one",
         ));
     }
     let params = run_params(args, &targets, turntable.as_ref(), textured.as_ref())?;
@@ -744,7 +752,7 @@ fn run_params(
 }
 
 /// The run's settings from `--seed`, the step and guidance options, `--mode`, `--guidance`,
-/// `--no-preprocess` and `--remove-background`, producing `formats`; checked.
+/// `--no-preprocess`, `--remove-background` and `--no-cameras`, producing `formats`; checked.
 pub fn run_params_for(args: &Args, formats: Formats) -> Result<RunParams> {
     let mut params = RunParams::default();
     if let Some(seed) = args.number("--seed", "a whole number from 0 to 2^64-1")? {
@@ -785,6 +793,7 @@ pub fn run_params_for(args: &Args, formats: Formats) -> Result<RunParams> {
             ))
         })?;
     }
+    params.estimate_cameras = !args.switch("--no-cameras");
     params.formats = formats;
     params.validate()?;
     Ok(params)
