@@ -13,7 +13,9 @@
 # WARMUP (1), SEED (42), IMAGE (tests/fixtures/images/example.png).
 # PIPELINE=trellis-vggt benchmarks TRELLIS-VGGT instead, against ReconViaGen's own pipeline
 # (benches/reference_vggt_pipeline.py; its sources in .bench/pipeline/reconviagen.tar.xz, see
-# tools/pipeline-bench-bundle.sh), for each view count in VIEWS (default 4), RUNS default 3.
+# tools/pipeline-bench-bundle.sh), for each view count in VIEWS (default 4), RUNS default 3;
+# recon runs twice, with its cameras (default) and without (--no-cameras, what the reference's
+# `run` computes).
 set -euo pipefail
 site=/tmp/ref_site
 fallback=/tmp/ref_fallback
@@ -63,8 +65,15 @@ if [ "${PIPELINE:-trellis-image-large}" = trellis-vggt ]; then
       --warmup "$warmup" --recon-dump "$out/recon_vggt_dump.safetensors" \
       --json "$out/reference_vggt_$views.json" 2>&1 | grep -v -e 'it/s]' -e is_fx_tracing
     rm -f "$out/recon_vggt_dump.safetensors"
+    # The reference's `run` estimates no cameras; recon's default does (VGGT's camera and
+    # point heads, the registration). The same run without them is the like-for-like one.
+    "$recon" bench --model "$vggt_model" --offline --device cuda --image "$image" --views "$views" \
+      --seed "$seed" --formats "$formats" --voxels "$voxels" --runs "$runs" --warmup "$warmup" \
+      --no-cameras --json "$out/recon_vggt_${views}_no_cameras.json" 2>&1
     "$python" benches/compare_pipeline.py "$out/recon_vggt_$views.json" \
       "$out/reference_vggt_$views.json" | tee "$out/compare_vggt_$views.md"
+    "$python" benches/compare_pipeline.py "$out/recon_vggt_${views}_no_cameras.json" \
+      "$out/reference_vggt_$views.json" | tee "$out/compare_vggt_${views}_no_cameras.md"
   done
   exit 0
 fi
