@@ -485,8 +485,9 @@ typedef struct recon_textured_export_params {
   int32_t vertex_colors_only;
   // `RECON_TEXTURE_JPEG`'s quality, 1..100 (default 90).
   uint32_t jpeg_quality;
-  // `RECON_DEVICE_AUTO` (default), `RECON_DEVICE_CPU` or a CUDA device index >= 0: where
-  // rendering and baking run.
+  // `RECON_DEVICE_AUTO` (default: the GPU of the model that generated the result, else the
+  // first CUDA device if usable, else the CPU), `RECON_DEVICE_CPU` or a CUDA device index
+  // >= 0: where rendering and baking run.
   int32_t device;
   // Views (default 1000) and resolution (default 1024) of the hole-filling visibility pass.
   uint32_t fill_holes_views;
@@ -514,8 +515,9 @@ typedef struct recon_turntable_params {
   float fov_degrees;
   // RGB in 0..1 behind the object (default black).
   float background[3];
-  // `RECON_DEVICE_AUTO` (default: the first CUDA device if usable, else the CPU),
-  // `RECON_DEVICE_CPU` or a CUDA device index >= 0. The result itself lives on the host.
+  // `RECON_DEVICE_AUTO` (default: the GPU of the model that generated the result, else the
+  // first CUDA device if usable, else the CPU), `RECON_DEVICE_CPU` or a CUDA device index
+  // >= 0. The result itself lives on the host.
   int32_t device;
   // Frames per second of a written MP4, 1..240 (default 30).
   uint32_t fps;

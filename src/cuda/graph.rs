@@ -6,9 +6,33 @@
 //! build time (the torch wheels' `nvidia/cu13/include`); without them recon builds without
 //! graphs and [`CudaGraph::new`] reports Unsupported, so callers run eagerly.
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use tch::Device;
 
 use crate::error::{Error, Result};
+
+/// Graph captures underway in the process. libtorch's `emptyCache` walks the caching allocator
+/// of every device and asserts that no capture is underway on any of them, so a model that
+/// releases its cache (low-VRAM mode) must wait for the captures of models on other GPUs (one
+/// model per GPU in one process): captures hold this shared, [`no_capture_underway`]
+/// exclusively.
+static CAPTURES: RwLock<()> = RwLock::new(());
+
+/// Holds off every graph capture of the process until the guard is dropped, waiting for those
+/// underway to end.
+pub(crate) fn no_capture_underway() -> RwLockWriteGuard<'static, ()> {
+    CAPTURES
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg_attr(not(recon_cuda_graph), allow(dead_code))]
+fn capture_underway() -> RwLockReadGuard<'static, ()> {
+    CAPTURES
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[cfg(recon_cuda_graph)]
 use super::graph_ffi::ffi;
@@ -83,6 +107,7 @@ impl CudaGraph {
         ffi::enter_side_stream(self.inner.pin_mut())
             .map_err(|e| graph_error("switching to the capture stream", e))?;
         let result = warm_up().and_then(|()| {
+            let _underway = capture_underway();
             ffi::capture_begin(self.inner.pin_mut())
                 .map_err(|e| graph_error("beginning the capture", e))?;
             let captured = body();

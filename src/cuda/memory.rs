@@ -48,7 +48,9 @@ pub fn reset_peak(device: Device) -> Result<()> {
 }
 
 /// Releases cached blocks no tensor uses (`torch.cuda.empty_cache`), so other programs (and
-/// `nvidia-smi`) see the memory as free.
+/// `nvidia-smi`) see the memory as free. libtorch empties every device's cache at once, so this
+/// first waits for graph captures on any device to end.
 pub fn empty_cache() -> Result<()> {
+    let _no_capture = crate::cuda::graph::no_capture_underway();
     engine::torch_empty_cuda_cache()
 }

@@ -547,7 +547,10 @@ pub unsafe extern "C" fn recon_run(
             progress: Some(&progress),
         };
         let output = pipeline.run(&inputs, &run_params, &control)?;
-        let result = Box::into_raw(Box::new(recon_result::new(output)));
+        let result = Box::into_raw(Box::new(recon_result::generated_on(
+            output,
+            pipeline.device(),
+        )));
         // SAFETY: checked non-NULL above.
         unsafe { out_result.write(result) };
         Ok(())

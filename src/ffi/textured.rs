@@ -63,8 +63,9 @@ pub struct recon_textured_export_params {
     pub vertex_colors_only: i32,
     /// `RECON_TEXTURE_JPEG`'s quality, 1..100 (default 90).
     pub jpeg_quality: u32,
-    /// `RECON_DEVICE_AUTO` (default), `RECON_DEVICE_CPU` or a CUDA device index >= 0: where
-    /// rendering and baking run.
+    /// `RECON_DEVICE_AUTO` (default: the GPU of the model that generated the result, else the
+    /// first CUDA device if usable, else the CPU), `RECON_DEVICE_CPU` or a CUDA device index
+    /// >= 0: where rendering and baking run.
     pub device: i32,
     /// Views (default 1000) and resolution (default 1024) of the hole-filling visibility pass.
     pub fill_holes_views: u32,
@@ -109,13 +110,15 @@ impl recon_textured_export_params {
     }
 }
 
-/// The library's options (checked) and device from the caller's params (NULL: defaults).
+/// The library's options (checked) and device from the caller's params (NULL: defaults);
+/// `auto` is where `RECON_DEVICE_AUTO` runs ([`recon_result::auto_device`]).
 ///
 /// # Safety
 /// `params` must be NULL or point to a struct whose `struct_size` bytes are readable.
 unsafe fn options(
     params: *const recon_textured_export_params,
     cameras: bool,
+    auto: tch::Device,
 ) -> Result<(TexturedExportOptions, tch::Device)> {
     let p = if params.is_null() {
         recon_textured_export_params::defaults()
@@ -184,7 +187,7 @@ unsafe fn options(
     postprocess
         .validate()
         .map_err(|e| e.context("recon_textured_export_params"))?;
-    let device = device_from_c(p.device, "recon_textured_export_params.device")?;
+    let device = device_from_c(p.device, "recon_textured_export_params.device", auto)?;
     Ok((
         TexturedExportOptions {
             postprocess,
@@ -297,7 +300,7 @@ pub unsafe extern "C" fn recon_result_export_textured(
         let path = unsafe { utf8(path, "path") }?;
         let (format, cameras) = textured_format(format)?;
         // SAFETY: NULL or a struct with its struct_size.
-        let (options, device) = unsafe { options(params, cameras) }?;
+        let (options, device) = unsafe { options(params, cameras, r.auto_device()) }?;
         export_textured_to_path(r.output(), format, &options, device, Path::new(path))?;
         Ok(())
     });
@@ -332,7 +335,7 @@ pub unsafe extern "C" fn recon_result_export_textured_buffer(
             )));
         }
         // SAFETY: NULL or a struct with its struct_size.
-        let (options, device) = unsafe { options(params, cameras) }?;
+        let (options, device) = unsafe { options(params, cameras, r.auto_device()) }?;
         let bytes = export_textured_to_bytes(r.output(), &options, device)?;
         let buffer = Box::into_raw(Box::new(recon_buffer::new(bytes)));
         // SAFETY: checked non-NULL above.
@@ -364,7 +367,7 @@ mod tests {
         assert_eq!((p.simplify, p.texture_size, p.views), (0.95, 1024, 100));
         assert_eq!((p.bake_mode, p.bake_steps), (RECON_BAKE_OPTIMIZE, 2500));
         // SAFETY: a valid struct.
-        let (options, _) = unsafe { options(&p, false) }.unwrap();
+        let (options, _) = unsafe { options(&p, false, tch::Device::Cpu) }.unwrap();
         assert_eq!(options.postprocess, PostprocessOptions::default());
         assert_eq!(options.image_format, ImageFormat::Png);
     }
@@ -375,7 +378,9 @@ mod tests {
             let mut p = recon_textured_export_params::defaults();
             edit(&mut p);
             // SAFETY: a valid struct.
-            let err = unsafe { options(&p, false) }.err().unwrap();
+            let err = unsafe { options(&p, false, tch::Device::Cpu) }
+                .err()
+                .unwrap();
             assert!(err.message().contains(needle), "{needle}: {err}");
         };
         check(|p| p.image_format = 5, "image_format is 5");

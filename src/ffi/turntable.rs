@@ -48,8 +48,9 @@ pub struct recon_turntable_params {
     pub fov_degrees: f32,
     /// RGB in 0..1 behind the object (default black).
     pub background: [f32; 3],
-    /// `RECON_DEVICE_AUTO` (default: the first CUDA device if usable, else the CPU),
-    /// `RECON_DEVICE_CPU` or a CUDA device index >= 0. The result itself lives on the host.
+    /// `RECON_DEVICE_AUTO` (default: the GPU of the model that generated the result, else the
+    /// first CUDA device if usable, else the CPU), `RECON_DEVICE_CPU` or a CUDA device index
+    /// >= 0. The result itself lives on the host.
     pub device: i32,
     /// Frames per second of a written MP4, 1..240 (default 30).
     pub fps: u32,
@@ -127,7 +128,11 @@ unsafe fn read_params(params: *const recon_turntable_params) -> Result<recon_tur
 }
 
 /// The library's options, each field checked with its C name in the message.
-fn options(p: &recon_turntable_params) -> Result<(TurntableOptions, VideoOptions, Device)> {
+/// `auto` is where `RECON_DEVICE_AUTO` runs ([`recon_result::auto_device`]).
+fn options(
+    p: &recon_turntable_params,
+    auto: Device,
+) -> Result<(TurntableOptions, VideoOptions, Device)> {
     let content = match p.content {
         RECON_TURNTABLE_GAUSSIANS => TurntableContent::Gaussians,
         RECON_TURNTABLE_MESH_NORMALS => TurntableContent::MeshNormals,
@@ -158,15 +163,15 @@ fn options(p: &recon_turntable_params) -> Result<(TurntableOptions, VideoOptions
     Ok((
         turntable,
         video,
-        device_from_c(p.device, "recon_turntable_params.device")?,
+        device_from_c(p.device, "recon_turntable_params.device", auto)?,
     ))
 }
 
 /// A params struct's `device` field (`what` names it) as a device, checked against the CUDA
-/// devices present.
-pub(crate) fn device_from_c(device: i32, what: &str) -> Result<Device> {
+/// devices present; `RECON_DEVICE_AUTO` is `auto`.
+pub(crate) fn device_from_c(device: i32, what: &str, auto: Device) -> Result<Device> {
     match device {
-        RECON_DEVICE_AUTO => Ok(Device::cuda_if_available()),
+        RECON_DEVICE_AUTO => Ok(auto),
         RECON_DEVICE_CPU => Ok(Device::Cpu),
         index if index >= 0 => {
             let count = tch::Cuda::device_count();
@@ -296,7 +301,7 @@ pub unsafe extern "C" fn recon_result_render_turntable(
         let callback = callback.ok_or_else(|| Error::invalid_argument("callback is NULL"))?;
         // SAFETY: NULL or a struct with its struct_size.
         let p = unsafe { read_params(params) }?;
-        let (turntable, _, device) = options(&p)?;
+        let (turntable, _, device) = options(&p, r.auto_device())?;
         let count = turntable.frames;
         render_turntable_with(r.output(), &turntable, device, |index, frame| {
             // SAFETY: the caller's callback, per the header.
@@ -334,7 +339,7 @@ pub unsafe extern "C" fn recon_result_write_turntable(
         let path = unsafe { utf8(path, "path") }?;
         // SAFETY: NULL or a struct with its struct_size.
         let p = unsafe { read_params(params) }?;
-        let (turntable, video, device) = options(&p)?;
+        let (turntable, video, device) = options(&p, r.auto_device())?;
         let count = turntable.frames;
         write_turntable(
             r.output(),
