@@ -206,3 +206,68 @@ fn bench_refuses_bad_options() {
         );
     }
 }
+
+/// `recon throughput` with two models on the CPU in one process: both generate the warm-up
+/// asset at once with bit-identical outputs, then share the assets; the JSON says so.
+#[test]
+fn throughput_runs_two_models_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("throughput.json");
+    let out = recon(args![
+        "throughput",
+        "--model",
+        &tiny_model(),
+        "--devices",
+        "cpu,cpu",
+        "--assets",
+        "3",
+        "--formats",
+        "gaussians",
+        "--steps",
+        "2",
+        "--json",
+        &json_path,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    assert!(stdout.contains("assets per minute"), "{stdout}");
+    assert!(
+        stdout.contains("warm-up outputs bit-identical across models: yes"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["assets"], 3);
+    assert_eq!(report["warm_up_identical"], true);
+    let models = report["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let assets: u64 = models.iter().map(|m| m["assets"].as_u64().unwrap()).sum();
+    assert_eq!(assets, 3, "every asset is generated exactly once");
+    for m in models {
+        assert_eq!(m["device"], "cpu");
+        assert!(m["warm_up_difference"].is_null(), "{m}");
+    }
+    positive(&report["assets_per_minute"], "assets_per_minute");
+}
+
+#[test]
+fn throughput_refuses_bad_devices() {
+    let model = tiny_model();
+    let cases: [(Vec<OsString>, &str); 3] = [
+        (args![], "--devices is required"),
+        (args!["--devices", "cpu,gpu"], "--devices 'gpu'"),
+        (args!["--devices", "cuda:99"], "CUDA device 99"),
+    ];
+    for (extra, expected) in cases {
+        let mut all = args!["throughput", "--model", &model, "--steps", "1"];
+        all.extend(extra);
+        let out = recon(all);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected '{expected}' in: {stderr}"
+        );
+    }
+}

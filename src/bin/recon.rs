@@ -27,6 +27,8 @@ mod generate;
 mod progress;
 #[path = "recon/synth.rs"]
 mod synth;
+#[path = "recon/throughput.rs"]
+mod throughput;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,6 +55,8 @@ const USAGE: &str = "usage:
   recon bench    [IMAGE...] [--views N] [--formats gaussians,mesh] [--runs R] [--warmup W]
                  [--json OUT.json] [generate's model and generation options]
                  per-stage timings and peak GPU memory of a whole pipeline
+  recon throughput [IMAGE...] --devices cuda:0,cuda:1 [--assets N] [bench's options]
+                 assets per minute with one model per device entry, all in one process
   recon run      the same as generate
 SRC: a model directory (pipeline.json + ckpts/) or a Hugging Face repo id.
 --ckpt DIR/NAME: a checkpoint pair DIR/NAME.json + DIR/NAME.safetensors.
@@ -89,18 +93,21 @@ fn log_sink(verbose: bool) -> Arc<LogFn> {
 }
 
 fn device(args: &Args) -> Result<DeviceRequest> {
-    match args.optional("--device")? {
-        None | Some("auto") => Ok(DeviceRequest::Auto),
-        Some("cpu") => Ok(DeviceRequest::Cpu),
-        Some("cuda") => Ok(DeviceRequest::Cuda(0)),
-        Some(other) => other
+    parse_device("--device", args.optional("--device")?.unwrap_or("auto"))
+}
+
+/// A device named on the command line (`flag` names the option in errors).
+fn parse_device(flag: &str, value: &str) -> Result<DeviceRequest> {
+    match value {
+        "auto" => Ok(DeviceRequest::Auto),
+        "cpu" => Ok(DeviceRequest::Cpu),
+        "cuda" => Ok(DeviceRequest::Cuda(0)),
+        other => other
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(DeviceRequest::Cuda)
             .ok_or_else(|| {
-                Error::invalid_argument(format!(
-                    "--device '{other}': use auto, cpu, cuda or cuda:N"
-                ))
+                Error::invalid_argument(format!("{flag} '{other}': use auto, cpu, cuda or cuda:N"))
             }),
     }
 }
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
         "module" => (&MODULE_SPEC, USAGE, module),
         "synth" => (&synth::SPEC, synth::USAGE, synth::synth),
         "bench" => (&bench::SPEC, bench::USAGE, bench::bench),
+        "throughput" => (&throughput::SPEC, throughput::USAGE, throughput::throughput),
         "help" | "--help" | "-h" => {
             print_help(USAGE);
             return ExitCode::SUCCESS;

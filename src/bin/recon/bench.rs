@@ -107,7 +107,7 @@ const DEFAULT_WARMUP: usize = 1;
 
 /// One file format the runs encode, named as `--formats` names its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Product {
+pub(crate) enum Product {
     Gaussians,
     Mesh,
 }
@@ -238,13 +238,18 @@ struct RunTimes {
     total: Duration,
 }
 
-pub fn bench(args: &Args) -> Result<()> {
-    let products = products(args.optional("--formats")?.unwrap_or("gaussians"))?;
-    let formats = Formats {
+/// The formats a run generates for `products`.
+pub(crate) fn formats_of(products: &[Product]) -> Formats {
+    Formats {
         gaussians: products.contains(&Product::Gaussians),
         mesh: products.contains(&Product::Mesh),
         radiance_field: false,
-    };
+    }
+}
+
+pub fn bench(args: &Args) -> Result<()> {
+    let products = products(args.optional("--formats")?.unwrap_or("gaussians"))?;
+    let formats = formats_of(&products);
     let runs = count(args, "--runs", DEFAULT_RUNS, 1)?;
     let warmup = count(args, "--warmup", DEFAULT_WARMUP, 0)?;
     let json_path = args.optional("--json")?.map(PathBuf::from);
@@ -595,7 +600,7 @@ fn synchronize(device: Device) {
 }
 
 /// `--formats`: each of gaussians and mesh at most once, in the order given.
-fn products(list: &str) -> Result<Vec<Product>> {
+pub(crate) fn products(list: &str) -> Result<Vec<Product>> {
     let mut products = Vec::new();
     for name in list.split(',') {
         let product = Product::parse(name)?;
@@ -610,7 +615,7 @@ fn products(list: &str) -> Result<Vec<Product>> {
     Ok(products)
 }
 
-fn product_names(products: &[Product]) -> String {
+pub(crate) fn product_names(products: &[Product]) -> String {
     products
         .iter()
         .map(|p| p.name())
@@ -619,7 +624,7 @@ fn product_names(products: &[Product]) -> String {
 }
 
 /// A count option, at least `min`.
-fn count(args: &Args, flag: &str, default: usize, min: usize) -> Result<usize> {
+pub(crate) fn count(args: &Args, flag: &str, default: usize, min: usize) -> Result<usize> {
     let expected = format!("a whole number, at least {min}");
     match args.number::<usize>(flag, &expected)? {
         None => Ok(default),
@@ -632,7 +637,7 @@ fn count(args: &Args, flag: &str, default: usize, min: usize) -> Result<usize> {
 }
 
 /// The input images: positional arguments, then `--image` values, else the bundled example.
-fn input_paths(args: &Args) -> Vec<PathBuf> {
+pub(crate) fn input_paths(args: &Args) -> Vec<PathBuf> {
     let given: Vec<PathBuf> = args
         .positionals()
         .iter()
