@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod conv;
 pub mod embed;
+pub mod group_sum;
 pub mod layout;
 pub mod linear;
 pub mod norm;

@@ -25,6 +25,7 @@ pub use graphed::{graphs_enabled, GraphInput, GraphedFlow};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::nn::group_sum::GroupedRows;
 use crate::pipeline::{MultiImageMode, RunControl, Stage};
 
 /// A velocity network `v(x_t, t, cond)`.
@@ -110,10 +111,11 @@ impl LatentLayout<'_> {
 
 fn sparse_std(x: &Tensor, batch_index: &Tensor, batch_size: i64) -> Result<Tensor> {
     let index = batch_index.f_to_kind(Kind::Int64)?;
+    // Summed in the same order at every run (CUDA's index_add is not).
+    let samples = GroupedRows::new(&index, batch_size)?;
     let segment_mean = |per_row: &Tensor| -> Result<Tensor> {
-        let zeros = Tensor::f_zeros([batch_size], (per_row.kind(), per_row.device()))?;
-        let sums = zeros.f_index_add(0, &index, per_row)?;
-        let counts = zeros.f_index_add(0, &index, &per_row.f_ones_like()?)?;
+        let sums = samples.sum(per_row)?;
+        let counts = samples.sum(&per_row.f_ones_like()?)?;
         Ok(sums.f_div(&counts)?)
     };
     let mean = segment_mean(&x.f_mean_dim(1, false, None::<Kind>)?)?;

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::basic::{CacheEntry, SparseTensor, SpatialLevel};
 use crate::error::{Error, Result};
+use crate::nn::group_sum::GroupedRows;
 
 /// What a [`SparseDownsample`] leaves on the coarse level for the paired
 /// [`SparseUpsample`]: the fine coordinates and level, and each fine row's coarse row.
@@ -40,8 +41,8 @@ impl CacheEntry for UpsampleRecord {
 struct DownsampleRecord {
     coarse_coords: Tensor,
     coarse_level: Arc<SpatialLevel>,
-    /// Each fine row's coarse row, int64 `[N_fine]`.
-    coarse_row: Tensor,
+    /// The fine rows grouped by coarse row, for the pooling's sums.
+    children: GroupedRows,
     /// `1 + children` of every coarse row, int64 `[N_coarse]`: the pooling's divisor.
     divisor: Tensor,
 }
@@ -51,7 +52,7 @@ impl CacheEntry for DownsampleRecord {
         Self {
             coarse_coords: self.coarse_coords.shallow_clone(),
             coarse_level: self.coarse_level.clone(),
-            coarse_row: self.coarse_row.shallow_clone(),
+            children: self.children.share(),
             divisor: self.divisor.shallow_clone(),
         }
     }
@@ -101,7 +102,7 @@ impl SparseDownsample {
             ));
         }
         let record = x.cached(&downsample_key(self.factor), || self.coarsen(x))?;
-        let feats = mean_including_zero(x.feats(), &record.coarse_row, &record.divisor)?;
+        let feats = mean_including_zero(x.feats(), &record.children, &record.divisor)?;
         Ok(SparseTensor::on_level(
             feats,
             record.coarse_coords,
@@ -155,24 +156,22 @@ impl SparseDownsample {
             },
         );
         Ok(DownsampleRecord {
+            children: GroupedRows::new(&coarse_row, code.size()[0])?,
             coarse_coords,
             coarse_level,
-            coarse_row,
             divisor,
         })
     }
 }
 
-/// Per coarse row r: `sum(feats[i] for coarse_row[i] == r) / divisor[r]` (`divisor` = count
-/// + 1), in the features' dtype, summing rows in order from zero as `scatter_reduce` does.
-fn mean_including_zero(feats: &Tensor, coarse_row: &Tensor, divisor: &Tensor) -> Result<Tensor> {
+/// Per coarse row r: `sum(feats[i] for coarse_row[i] == r) / divisor[r]` (`divisor` is the
+/// count plus one), in the features' dtype, summing rows in order from zero as
+/// `scatter_reduce` does (on CUDA in the same order at every run, see [`GroupedRows`]).
+fn mean_including_zero(feats: &Tensor, children: &GroupedRows, divisor: &Tensor) -> Result<Tensor> {
     let rows = divisor.size()[0];
-    let mut shape = feats.size();
-    shape[0] = rows;
-    let sums = Tensor::f_zeros(shape.as_slice(), (feats.kind(), feats.device()))?
-        .f_index_add(0, coarse_row, feats)?;
+    let sums = children.sum(feats)?;
     let mut divisor_shape = vec![rows];
-    divisor_shape.resize(shape.len(), 1);
+    divisor_shape.resize(feats.dim(), 1);
     let divisor = divisor
         .f_to_kind(feats.kind())?
         .f_reshape(divisor_shape.as_slice())?;

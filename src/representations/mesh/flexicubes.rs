@@ -27,6 +27,7 @@ use super::tables::{
 };
 use super::utils_cube::grid_key;
 use crate::error::{Error, Result};
+use crate::nn::group_sum::GroupedRows;
 
 /// The reference's default `weight_scale`: how far tanh/sigmoid weights may move from 1 (0.5).
 pub const DEFAULT_WEIGHT_SCALE: f64 = 0.99;
@@ -394,7 +395,6 @@ impl FlexiCubes {
 
         let groups = self.edge_groups(case_ids, gamma)?;
         let total = groups.total;
-        let float = (Kind::Float, self.device);
         // Entry (cube, edge) of every group member, as a flat cube·12 + edge index.
         let flat = groups.to_cube.f_mul_scalar(12)?.f_add(&groups.edge)?;
         let idx_group = surf.idx_map.f_index_select(0, &flat)?;
@@ -417,25 +417,25 @@ impl FlexiCubes {
             .f_reshape([-1])?
             .f_index_select(0, &flat)?
             .f_view([-1, 1])?;
-        let beta_sum =
-            Tensor::f_zeros([total, 1], float)?.f_index_add(0, &groups.to_vd, &beta_group)?;
-        let vd = Tensor::f_zeros([total, 3], float)?
-            .f_index_add(0, &groups.to_vd, &ue_group.f_mul(&beta_group)?)?
+        // Sums over each dual vertex's group members, in the same order at every run.
+        let members = GroupedRows::new(&groups.to_vd, total)?;
+        let beta_sum = members.sum(&beta_group)?;
+        let vd = members
+            .sum(&ue_group.f_mul(&beta_group)?)?
             .f_div(&beta_sum)?;
         let vd_color = match edges_c {
             Some(edges_c) => {
-                let c = edges_c.size()[2];
                 let c_group = edges_c.f_index_select(0, &idx_group)?;
                 let uc_group = linear_interp(&weights_group, &c_group)?;
                 Some(
-                    Tensor::f_zeros([total, c], float)?
-                        .f_index_add(0, &groups.to_vd, &uc_group.f_mul(&beta_group)?)?
+                    members
+                        .sum(&uc_group.f_mul(&beta_group)?)?
                         .f_div(&beta_sum)?,
                 )
             }
             None => None,
         };
-        let l_dev = reg_loss(&vd, &zc_group, &groups.to_vd, &groups.num_edges)?;
+        let l_dev = reg_loss(&vd, &zc_group, &groups.to_vd, &members, &groups.num_edges)?;
         let vd_idx_map = Tensor::f_zeros([surf.idx_map.size()[0]], (Kind::Int64, self.device))?
             .f_scatter(0, &flat, &groups.to_vd)?;
         Ok(DualVertices {
@@ -628,12 +628,18 @@ fn linear_interp(weights: &Tensor, x: &Tensor) -> Result<Tensor> {
 
 /// L_dev (Equation 8): per group entry, |dist − mean dist of its vertex| where dist is the
 /// distance from the plain zero crossing to the dual vertex.
-fn reg_loss(vd: &Tensor, ue: &Tensor, to_vd: &Tensor, num_edges: &Tensor) -> Result<Tensor> {
+fn reg_loss(
+    vd: &Tensor,
+    ue: &Tensor,
+    to_vd: &Tensor,
+    members: &GroupedRows,
+    num_edges: &Tensor,
+) -> Result<Tensor> {
     let dist = ue
         .f_sub(&vd.f_index_select(0, to_vd)?)?
         .f_norm_scalaropt_dim(2, [-1i64].as_slice(), false)?;
-    let mean = Tensor::f_zeros([vd.size()[0]], (Kind::Float, vd.device()))?
-        .f_index_add(0, to_vd, &dist)?
+    let mean = members
+        .sum(&dist)?
         .f_div(&num_edges.f_to_kind(Kind::Float)?)?;
     Ok(dist.f_sub(&mean.f_index_select(0, to_vd)?)?.f_abs()?)
 }

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::tables::CUBE_CORNERS;
 use crate::error::{Error, Result};
+use crate::nn::group_sum::group_sums;
 
 /// `[8, 3]` int64 corner offsets of a unit cube (corner index = x + 2y + 4z).
 pub fn cube_corners(device: Device) -> Result<Tensor> {
@@ -133,8 +134,7 @@ pub fn sparse_cube2verts(coords: &Tensor, cube_attrs: &Tensor, res: i64) -> Resu
     let set = GridSet::from_keys(&keys, res + 1)?;
     let (inverse, _) = set.rows(&keys)?;
     let values = cube_attrs.f_reshape([-1, channels])?;
-    let sums = Tensor::f_zeros([set.len(), channels], (values.kind(), device))?
-        .f_index_add(0, &inverse, &values)?;
+    let sums = group_sums(&values, &inverse, set.len())?;
     let counts = inverse
         .f_bincount(None::<Tensor>, set.len())?
         .f_to_kind(values.kind())?
