@@ -28,6 +28,7 @@ pub mod graph;
 #[cfg(recon_cuda_graph)]
 mod graph_ffi;
 pub mod library;
+pub mod linalg;
 pub mod memory;
 pub mod nvrtc;
 pub mod sparse;

@@ -733,6 +733,7 @@ impl Icp {
 /// Unit normals [m, 3] of a surface sample: the least-variance direction of each point's `k`
 /// nearest neighbours (sign arbitrary; point-to-plane does not care).
 fn normals(points: &Tensor, k: i64) -> Result<Tensor> {
+    crate::cuda::linalg::ensure_loaded(points.device())?;
     let m = points.size()[0];
     let k = k.min(m);
     let block = (DISTANCE_BLOCK / m.max(1)).max(1);

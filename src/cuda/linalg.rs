@@ -1,0 +1,34 @@
+//! libtorch's CUDA linear algebra (`linalg_eigh`, `linalg_solve`, ... on CUDA tensors) lives in
+//! `libtorch_cuda_linalg`, which libtorch loads at the first such call. That first call is not
+//! thread-safe: two threads getting there together fail with "lazy wrapper should be called at
+//! most once" (seen with two models on two GPUs registering their cameras at the same time).
+//! [`ensure_loaded`] makes the first call once per process, other threads waiting for it.
+
+use std::sync::OnceLock;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Loads libtorch's CUDA linear algebra with one tiny call on `device` the first time it is
+/// asked (any thread); later calls return at once. Nothing to do on the CPU.
+pub fn ensure_loaded(device: Device) -> Result<()> {
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    LOADED
+        .get_or_init(|| {
+            Tensor::f_eye(2, (Kind::Float, device))
+                .and_then(|eye| eye.f_linalg_eigh("L"))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Device,
+                format!("loading libtorch's CUDA linear algebra: {e}"),
+            )
+        })
+}
