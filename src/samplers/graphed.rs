@@ -13,10 +13,9 @@
 //! per-view tensors, is an input buffer too); the all-zero negative condition's forwards,
 //! which skip the cross-attentions, have a graph of their own, and so do guided steps that ask
 //! for both velocities at once ([`FlowModel::predict_with_zeros`]). Anything else runs
-//! eagerly. A replay runs the eager forward's kernels in the same order:
-//! outputs are bit-identical wherever the forward is deterministic (the dense flow); the
-//! sparse flow's pooling sums with atomic adds, whose order varies from run to run in eager
-//! forwards too. `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
+//! eagerly. A replay runs the eager forward's kernels in the same order, so its outputs are
+//! the eager forward's bits (the sparse flow's pooling sums without atomics, see
+//! `nn::group_sum`, so that holds there too). `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
 //! synchronisation inside the forward, a build without graph support) logs a warning once
 //! and falls back to eager forwards.
 

@@ -150,6 +150,12 @@ pub fn throughput(args: &Args) -> Result<()> {
         .iter()
         .map(|output| first_difference(&warm_up[0], output))
         .collect();
+    for (index, output) in warm_up.iter().enumerate() {
+        eprintln!(
+            "  model {index}: warm-up asset fingerprint {:016x}",
+            fingerprint(output)
+        );
+    }
     for (index, difference) in differences.iter().enumerate().skip(1) {
         match difference {
             None => eprintln!("  model {index}: the warm-up asset is bit-identical to model 0's"),
@@ -313,6 +319,28 @@ fn first_difference(a: &Output, b: &Output) -> Option<String> {
         _ => Some("mesh: present in one output only".to_string()),
     };
     gaussians.or(mesh)
+}
+
+/// A hash of every bit of an output's Gaussians and mesh (FNV-1a), to compare runs in other
+/// processes or on other machines.
+fn fingerprint(output: &Output) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut add = |word: u32| {
+        for byte in word.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    if let Some(g) = &output.gaussians {
+        for values in [&g.xyz, &g.features_dc, &g.scaling, &g.rotation, &g.opacity] {
+            values.iter().for_each(|v| add(v.to_bits()));
+        }
+    }
+    if let Some(m) = &output.mesh {
+        m.positions.iter().for_each(|v| add(v.to_bits()));
+        m.colors.iter().for_each(|v| add(v.to_bits()));
+        m.indices.iter().for_each(|&i| add(i));
+    }
+    hash
 }
 
 fn median(times: &[Duration]) -> Duration {
