@@ -16,8 +16,9 @@ mod residency;
 pub use crate::image::background::BackgroundRemoval;
 pub use residency::{Held, NetworkRef, NetworkSource};
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tch::Device;
 
@@ -172,6 +173,20 @@ pub struct Pipeline {
     log: Arc<LogFn>,
     /// Background removal's model, loaded on first need and shared by later runs.
     background: background::BackgroundRemover,
+    /// The view counts this model's TRELLIS-VGGT encoders have run with (see
+    /// [`Pipeline::first_encoding_alone`]).
+    encoded_view_counts: Mutex<HashSet<usize>>,
+}
+
+/// Held while a model encodes a view count for the first time (see
+/// [`Pipeline::first_encoding_alone`]).
+static FIRST_ENCODING: Mutex<()> = Mutex::new(());
+
+/// `mutex` locked; a panic elsewhere while it was held leaves nothing half-done here.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Microsoft TRELLIS's image-to-3D pipeline class.
@@ -259,7 +274,19 @@ impl Pipeline {
                 options.offline,
                 options.log.clone(),
             ),
+            encoded_view_counts: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A guard that makes the first TRELLIS-VGGT encoding of `views` views by this model run
+    /// alone in the process (None: not the first, or not on CUDA). libtorch's CUDA libraries
+    /// set themselves up for new shapes at their first use, and two threads doing so at the same
+    /// time can end up with other, equally valid kernels for one of them: on two H200s, two
+    /// models starting together gave condition features 1.3e-4 apart (relative L2) in about one
+    /// try in two, and identical bits at every later run. Later encodings run concurrently.
+    fn first_encoding_alone(&self, views: usize) -> Option<MutexGuard<'static, ()>> {
+        let seen = lock(&self.encoded_view_counts).contains(&views);
+        (self.device.is_cuda() && !seen).then(|| lock(&FIRST_ENCODING))
     }
 
     pub fn name(&self) -> &str {
@@ -399,7 +426,10 @@ impl Pipeline {
             device: self.device,
         };
         control.progress(Stage::Preprocess, 0, images.len())?;
+        let alone = self.first_encoding_alone(images.len());
         let encoded = vggt_pipeline::encode_views(&encoders, images, params, control)?;
+        lock(&self.encoded_view_counts).insert(images.len());
+        drop(alone);
         self.release(held)?;
 
         let held = self.hold(&ss_keys)?;

@@ -28,7 +28,9 @@ pub const SPEC: Spec = Spec {
         "--formats",
         "--devices",
         "--assets",
+        "--rounds",
         "--json",
+        "--dump",
         "--seed",
         "--steps",
         "--ss-steps",
@@ -65,9 +67,14 @@ asset is a generation and its outputs copied to host memory (no file is written)
   --devices LIST          comma-separated: cuda:N, cuda (= cuda:0), cpu, or all (one model per
                           usable GPU); an entry may repeat (two models on one GPU)
   --assets N              assets to generate after the warm-up (default 4 per model)
+  --rounds R              warm-up rounds, every model generating the same asset at once in
+                          each (default 1); every output must be bit-identical to model 0's
+                          first
   IMAGE..., --image FILE  the views (default: the bundled example); --views N as recon bench
   --formats LIST          gaussians, mesh or gaussians,mesh (default gaussians,mesh)
   --json FILE             also write the results as JSON
+  --dump DIR              write each model's warm-up intermediates (as recon bench --dump) to
+                          DIR/model_<i>.safetensors, to find where two models' runs part
   --voxels shell:R        as recon bench (a realistic surface for random weights)
 generation and model options as recon bench (--seed, --steps, ..., --model, --offline,
 --low-vram, --vggt-model, --no-cameras, --verbose).";
@@ -95,6 +102,15 @@ pub fn throughput(args: &Args) -> Result<()> {
         1,
     )?;
     let json_path = args.optional("--json")?.map(PathBuf::from);
+    let dump_dir = args.optional("--dump")?.map(PathBuf::from);
+    if let Some(dir) = &dump_dir {
+        if !dir.is_dir() {
+            return Err(Error::invalid_argument(format!(
+                "--dump '{}': not a folder",
+                dir.display()
+            )));
+        }
+    }
     if let Some(path) = &json_path {
         crate::generate::check_output_path("--json", path)?;
     }
@@ -126,7 +142,7 @@ pub fn throughput(args: &Args) -> Result<()> {
         );
         pipelines.push(pipeline);
     }
-    let generate = |pipeline: &Pipeline, seed: u64| -> Result<Output> {
+    let generate = |pipeline: &Pipeline, seed: u64, dump: Option<PathBuf>| -> Result<Output> {
         let params = RunParams {
             seed,
             ..params.clone()
@@ -134,41 +150,52 @@ pub fn throughput(args: &Args) -> Result<()> {
         let overrides = GenerationOverrides {
             voxels: crate::bench_replay::voxel_override(voxels)?,
         };
-        pipeline
-            .generate_with_overrides(
-                &views,
-                &params,
-                &GenerationNoise::Seed,
-                &overrides,
-                &RunControl::none(),
-            )?
-            .to_output()
+        let generation = pipeline.generate_with_overrides(
+            &views,
+            &params,
+            &GenerationNoise::Seed,
+            &overrides,
+            &RunControl::none(),
+        )?;
+        if let Some(path) = dump {
+            crate::bench_replay::dump_generation(&path, &generation)?;
+        }
+        generation.to_output()
     };
 
-    let warm_up = run_on_each(&mut pipelines, |pipeline| generate(pipeline, params.seed))?;
-    let differences: Vec<Option<String>> = warm_up
-        .iter()
-        .map(|output| first_difference(&warm_up[0], output))
-        .collect();
-    for (index, output) in warm_up.iter().enumerate() {
-        eprintln!(
-            "  model {index}: warm-up asset fingerprint {:016x}",
-            fingerprint(output)
-        );
-    }
-    for (index, difference) in differences.iter().enumerate().skip(1) {
-        match difference {
-            None => eprintln!("  model {index}: the warm-up asset is bit-identical to model 0's"),
-            Some(what) => {
-                eprintln!("  model {index}: the warm-up asset differs from model 0's: {what}")
+    let rounds = count(args, "--rounds", 1, 1)?;
+    // Per model, its first difference from model 0's first warm-up asset over all rounds.
+    let mut differences: Vec<Option<String>> = vec![None; pipelines.len()];
+    let mut reference: Option<Output> = None;
+    for round in 0..rounds {
+        let outputs = run_on_each(&mut pipelines, |index, pipeline| {
+            let dump = dump_dir
+                .as_ref()
+                .filter(|_| round == 0)
+                .map(|dir| dir.join(format!("model_{index}.safetensors")));
+            generate(pipeline, params.seed, dump)
+        })?;
+        let first = reference.get_or_insert_with(|| outputs[0].clone());
+        for (index, output) in outputs.iter().enumerate() {
+            let difference = first_difference(first, output);
+            eprintln!(
+                "  round {round}, model {index}: warm-up asset fingerprint {:016x}{}",
+                fingerprint(output),
+                match &difference {
+                    None => String::new(),
+                    Some(what) => format!(", differs from model 0's first: {what}"),
+                }
+            );
+            if differences[index].is_none() {
+                differences[index] = difference;
             }
         }
     }
-    drop(warm_up);
+    drop(reference);
 
     let next = AtomicUsize::new(0);
     let started = Instant::now();
-    let logs = run_on_each(&mut pipelines, |pipeline| {
+    let logs = run_on_each(&mut pipelines, |_, pipeline| {
         let mut log = ModelLog {
             assets: 0,
             busy: Duration::ZERO,
@@ -180,7 +207,7 @@ pub fn throughput(args: &Args) -> Result<()> {
                 return Ok(log);
             }
             let asset_started = Instant::now();
-            generate(pipeline, params.seed.wrapping_add(index as u64))?;
+            generate(pipeline, params.seed.wrapping_add(index as u64), None)?;
             let took = asset_started.elapsed();
             log.assets += 1;
             log.busy += took;
@@ -247,17 +274,18 @@ fn device_list(list: &str) -> Result<Vec<DeviceRequest>> {
     Ok(devices)
 }
 
-/// Runs `work` on every pipeline at once, one thread each (a pipeline is used by one thread at a
-/// time); the results in pipeline order, or the first error.
+/// Runs `work(index, pipeline)` on every pipeline at once, one thread each (a pipeline is used
+/// by one thread at a time); the results in pipeline order, or the first error.
 fn run_on_each<T: Send>(
     pipelines: &mut [Pipeline],
-    work: impl Fn(&Pipeline) -> Result<T> + Sync,
+    work: impl Fn(usize, &Pipeline) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
     let work = &work;
     std::thread::scope(|scope| {
         let handles: Vec<_> = pipelines
             .iter_mut()
-            .map(|pipeline| scope.spawn(move || work(pipeline)))
+            .enumerate()
+            .map(|(index, pipeline)| scope.spawn(move || work(index, pipeline)))
             .collect();
         handles
             .into_iter()
