@@ -388,6 +388,8 @@ fn run(u: &mut Unstructured<'_>) -> ArbResult<()> {
                 -1,
             ],
         )?,
+        // Any value is valid (nonzero: estimate cameras).
+        estimate_cameras: u.arbitrary()?,
     };
     // SAFETY: the buffer holds at least a recon_run_params and is 8-aligned.
     unsafe { (raw.as_mut_ptr() as *mut recon_run_params).write(params) };
