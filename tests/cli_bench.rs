@@ -191,20 +191,30 @@ fn bench_refuses_bad_options() {
         ),
     ];
     for (extra, expected) in cases {
-        let mut all = args!["bench", "--model", &model, "--device", "cpu"];
-        all.extend(extra);
-        let out = recon(all);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
-        assert!(
-            stderr.contains(expected),
-            "expected '{expected}' in: {stderr}"
+        let stderr = assert_refused(
+            args!["bench", "--model", &model, "--device", "cpu"],
+            extra,
+            expected,
         );
         assert!(
             !stderr.contains("loading models"),
             "refused after loading: {stderr}"
         );
     }
+}
+
+/// Runs `recon` with `base` then `extra`, expects a failure whose message contains `expected`,
+/// and returns the message.
+fn assert_refused(mut base: Vec<OsString>, extra: Vec<OsString>, expected: &str) -> String {
+    base.extend(extra);
+    let out = recon(base);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected '{expected}' in: {stderr}"
+    );
+    stderr
 }
 
 /// `recon throughput` with two models on the CPU in one process: both generate the warm-up
@@ -260,14 +270,10 @@ fn throughput_refuses_bad_devices() {
         (args!["--devices", "cuda:99"], "CUDA device 99"),
     ];
     for (extra, expected) in cases {
-        let mut all = args!["throughput", "--model", &model, "--steps", "1"];
-        all.extend(extra);
-        let out = recon(all);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
-        assert!(
-            stderr.contains(expected),
-            "expected '{expected}' in: {stderr}"
+        assert_refused(
+            args!["throughput", "--model", &model, "--steps", "1"],
+            extra,
+            expected,
         );
     }
 }
