@@ -37,11 +37,11 @@ impl GroupedRows {
                 .map(|(order, sizes)| (order.shallow_clone(), sizes.shallow_clone())),
         }
     }
-}
 
-impl GroupedRows {
     /// `group` `[N]`: each row's group, in `0..groups` (not checked on the device; out-of-range
-    /// values are caught by libtorch's kernels). Synchronises with the device on CUDA.
+    /// values are caught by libtorch's kernels). On CUDA with more than one group it synchronises
+    /// with the device (`bincount`): build it once per grouping, outside sampler loops and graph
+    /// captures (one group, the pipelines' single sample, needs nothing).
     pub fn new(group: &Tensor, groups: i64) -> Result<Self> {
         if group.dim() != 1 {
             return Err(Error::invalid_argument(format!(

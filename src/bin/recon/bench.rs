@@ -270,13 +270,7 @@ pub fn bench(args: &Args) -> Result<()> {
     };
     let params = crate::generate::run_params_for(args, formats)?;
     let images = crate::generate::read_images(&input_paths(args))?;
-    let views = view_count(args, images.len())?;
-    let views: Vec<ImageInput<'_>> = images
-        .iter()
-        .cycle()
-        .take(views)
-        .map(|b| ImageInput::Encoded(b))
-        .collect();
+    let views = views_of(&images, view_count(args, images.len())?);
 
     let options = crate::generate::load_options(args, formats)?;
     let load_started = Instant::now();
@@ -649,6 +643,16 @@ pub(crate) fn input_paths(args: &Args) -> Vec<PathBuf> {
     } else {
         given
     }
+}
+
+/// `count` views: the encoded images in turn (fewer than given takes the first ones).
+pub(crate) fn views_of(images: &[Vec<u8>], count: usize) -> Vec<ImageInput<'_>> {
+    images
+        .iter()
+        .cycle()
+        .take(count)
+        .map(|b| ImageInput::Encoded(b))
+        .collect()
 }
 
 /// `--views`, else one view per image.

@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use recon::pipeline::{
-    DeviceRequest, GenerationNoise, GenerationOverrides, ImageInput, Output, Pipeline, RunControl,
-    RunParams,
+    DeviceRequest, GenerationNoise, GenerationOverrides, Output, Pipeline, RunControl, RunParams,
 };
 use recon::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::args::{Args, Spec};
-use crate::bench::{count, input_paths, product_names, products};
+use crate::bench::{count, input_paths, product_names, products, views_of};
 use crate::progress::seconds;
 
 pub const SPEC: Spec = Spec {
@@ -101,6 +100,7 @@ pub fn throughput(args: &Args) -> Result<()> {
         DEFAULT_ASSETS_PER_MODEL * devices.len(),
         1,
     )?;
+    let rounds = count(args, "--rounds", 1, 1)?;
     let json_path = args.optional("--json")?.map(PathBuf::from);
     let dump_dir = args.optional("--dump")?.map(PathBuf::from);
     if let Some(dir) = &dump_dir {
@@ -119,13 +119,7 @@ pub fn throughput(args: &Args) -> Result<()> {
     crate::bench_replay::voxel_override(voxels)?;
     let params = crate::generate::run_params_for(args, formats)?;
     let images = crate::generate::read_images(&input_paths(args))?;
-    let views = count(args, "--views", images.len(), 1)?;
-    let views: Vec<ImageInput<'_>> = images
-        .iter()
-        .cycle()
-        .take(views)
-        .map(|b| ImageInput::Encoded(b))
-        .collect();
+    let views = views_of(&images, count(args, "--views", images.len(), 1)?);
 
     let mut pipelines = Vec::with_capacity(devices.len());
     for request in &devices {
@@ -163,7 +157,6 @@ pub fn throughput(args: &Args) -> Result<()> {
         generation.to_output()
     };
 
-    let rounds = count(args, "--rounds", 1, 1)?;
     // Per model, its first difference from model 0's first warm-up asset over all rounds.
     let mut differences: Vec<Option<String>> = vec![None; pipelines.len()];
     let mut reference: Option<Output> = None;
