@@ -10,6 +10,12 @@
 //!
 //! Caches: compiled images are kept per (source, target), so devices of one architecture
 //! compile once; modules and functions are kept per device. Everything lives for the process.
+//!
+//! Thread state: cudarc binds a device's context to the calling thread whenever it touches
+//! the device. The runtime API (libtorch's, and the embedding application's own) reads its
+//! current device from that binding, so every entry point here puts the thread's previous
+//! context back before returning: loading a model on `cuda:1` or launching a kernel there
+//! leaves the caller's thread on the device it was on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -89,9 +95,39 @@ fn compiled_image(source: &KernelSource, target: Target) -> Result<Arc<Vec<u8>>>
         .clone())
 }
 
+/// The calling thread's current CUDA context, put back when this drops unless it already
+/// was `about_to_bind` (a device guard for the driver API).
+struct RestoreContext {
+    previous: Option<sys::CUcontext>,
+}
+
+impl RestoreContext {
+    fn save(about_to_bind: sys::CUcontext) -> Result<Self> {
+        let current = cudarc::driver::result::ctx::get_current()
+            .map_err(|e| device_error("current context", e))?;
+        Ok(Self {
+            previous: (current != Some(about_to_bind))
+                .then_some(current.unwrap_or(std::ptr::null_mut())),
+        })
+    }
+}
+
+impl Drop for RestoreContext {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous {
+            // SAFETY: `previous` was the thread's current context (or null, none) when the
+            // guard was made; primary contexts stay alive while the process retains them.
+            let _ = unsafe { cudarc::driver::result::ctx::set_current(previous) };
+        }
+    }
+}
+
 impl CudaDevice {
     fn open(ordinal: usize) -> Result<Self> {
         library::ensure_driver()?;
+        cudarc::driver::result::init().map_err(|e| device_error("initialising the driver", e))?;
+        // Not a context of ours yet: whatever the thread had comes back.
+        let _restore = RestoreContext::save(std::ptr::null_mut())?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| device_error(&format!("primary context of cuda:{ordinal}"), e))?;
         let (major, minor) = ctx
@@ -137,6 +173,7 @@ impl CudaDevice {
             return Ok(module.clone());
         }
         let image = compiled_image(source, self.target)?;
+        let _restore = RestoreContext::save(self.ctx.cu_ctx())?;
         let module = self
             .ctx
             .load_module(Ptx::from_binary(image.as_ref().clone()))
@@ -160,6 +197,7 @@ impl CudaDevice {
         if let Some(function) = lock(&self.functions).get(&(source.name, name)) {
             return Ok(function.clone());
         }
+        let _restore = RestoreContext::save(self.ctx.cu_ctx())?;
         let function = self
             .module(source)?
             .load_function(name)
@@ -174,8 +212,7 @@ impl CudaDevice {
     /// calling thread until the returned guard drops.
     pub fn torch_stream(&self) -> Result<TorchStream> {
         let raw = crate::sparse::engine::torch_current_cuda_stream(self.ordinal)?;
-        let previous = cudarc::driver::result::ctx::get_current()
-            .map_err(|e| device_error("current context", e))?;
+        let restore = RestoreContext::save(self.ctx.cu_ctx())?;
         self.ctx
             .bind_to_thread()
             .map_err(|e| device_error("binding the primary context", e))?;
@@ -184,7 +221,7 @@ impl CudaDevice {
         let stream = unsafe { self.ctx.wrap_borrowed_stream(raw as sys::CUstream) };
         Ok(TorchStream {
             stream,
-            restore: previous.filter(|&ctx| ctx != self.ctx.cu_ctx()),
+            _restore: restore,
         })
     }
 }
@@ -194,7 +231,7 @@ impl CudaDevice {
 /// change the device libtorch considers current.
 pub struct TorchStream {
     stream: Arc<CudaStream>,
-    restore: Option<sys::CUcontext>,
+    _restore: RestoreContext,
 }
 
 impl TorchStream {
@@ -217,15 +254,6 @@ impl TorchStream {
             .result()
             .map_err(|e| device_error("asking the stream's capture status", e))?;
         Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
-    }
-}
-
-impl Drop for TorchStream {
-    fn drop(&mut self) {
-        if let Some(ctx) = self.restore {
-            // SAFETY: `ctx` was the thread's current context when the guard was made.
-            let _ = unsafe { cudarc::driver::result::ctx::set_current(ctx) };
-        }
     }
 }
 

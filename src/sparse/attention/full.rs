@@ -22,7 +22,9 @@
 //!   the inputs (head dim not a multiple of 8 or above 256, other dtypes), and if libtorch
 //!   refuses the nested call anyway (logged once).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tch::{Device, Kind, Tensor};
 
@@ -48,8 +50,27 @@ pub enum VarlenBackend {
 
 /// Whether the nested path already failed once in this process (its warning is logged once).
 static NESTED_FAILED: AtomicBool = AtomicBool::new(false);
-/// Whether the direct flash call already failed once in this process; it is not tried again.
-static FLASH_FAILED: AtomicBool = AtomicBool::new(false);
+/// The CUDA devices on which the direct flash call already failed once; it is not tried there
+/// again. Per device, so that one GPU refusing it (another architecture, a kernel image
+/// missing for it) leaves the others on the fast path.
+fn flash_failed_on() -> MutexGuard<'static, HashSet<usize>> {
+    static DEVICES: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
+    let devices = DEVICES.get_or_init(Default::default);
+    // A poisoned lock only means a panic elsewhere while inserting; the set is whole.
+    devices
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether the direct flash call failed on `cuda:<ordinal>` before.
+fn flash_failed(ordinal: usize) -> bool {
+    flash_failed_on().contains(&ordinal)
+}
+
+/// Records that the direct flash call failed on `cuda:<ordinal>`; true the first time.
+fn mark_flash_failed(ordinal: usize) -> bool {
+    flash_failed_on().insert(ordinal)
+}
 /// libtorch's flash kernel needs compute capability 8.0 (Ampere) or newer.
 const FLASH_MIN_ARCH: i32 = 80;
 
@@ -164,11 +185,13 @@ pub fn varlen_attention_with(
             Ok(None) => nested_or_padded(q, k, v, &segments, &shape),
             Err(err) if err.kind() == ErrorKind::OutOfMemory => Err(err),
             Err(err) => {
-                if !FLASH_FAILED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "sparse attention: libtorch refused its flash kernel ({err}); using \
-                         its nested path instead"
-                    );
+                if let Device::Cuda(ordinal) = q.device() {
+                    if mark_flash_failed(ordinal) {
+                        tracing::warn!(
+                            "sparse attention: libtorch refused its flash kernel on \
+                             cuda:{ordinal} ({err}); using its nested path there instead"
+                        );
+                    }
                 }
                 nested_or_padded(q, k, v, &segments, &shape)
             }
@@ -201,7 +224,7 @@ fn flash(
         && v.size()[2] == head_dim
         && [q, k, v].iter().all(|t| t.stride()[2] == 1)
         && segments.all.iter().all(|s| s.k_len > 0);
-    if !takes_inputs || FLASH_FAILED.load(Ordering::Relaxed) {
+    if !takes_inputs || flash_failed(ordinal) {
         return Ok(None);
     }
     let as_i32 =
