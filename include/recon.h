@@ -289,6 +289,8 @@ typedef struct recon_load_params {
   // `sizeof(recon_load_params)`, set by `recon_load_params_init`.
   uint32_t struct_size;
   // `RECON_DEVICE_AUTO` (default), `RECON_DEVICE_CPU`, or a CUDA device index >= 0.
+  // Loading and running there leave the calling thread's current CUDA device (the one your
+  // own CUDA runtime calls use) as it was.
   int32_t device;
   // UTF-8: a local directory in the published layout (pipeline.json + ckpts/), or a
   // Hugging Face repo id such as "microsoft/TRELLIS-image-large" (optionally "@revision").

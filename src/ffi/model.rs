@@ -41,6 +41,8 @@ pub struct recon_load_params {
     /// `sizeof(recon_load_params)`, set by `recon_load_params_init`.
     pub struct_size: u32,
     /// `RECON_DEVICE_AUTO` (default), `RECON_DEVICE_CPU`, or a CUDA device index >= 0.
+    /// Loading and running there leave the calling thread's current CUDA device (the one your
+    /// own CUDA runtime calls use) as it was.
     pub device: i32,
     /// UTF-8: a local directory in the published layout (pipeline.json + ckpts/), or a
     /// Hugging Face repo id such as "microsoft/TRELLIS-image-large" (optionally "@revision").
