@@ -676,3 +676,26 @@ fn padded(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device on which the flash call failed stays off it; the others keep it. Ordinals far
+    /// above any real GPU's, so that no other test's device shares the process-wide set.
+    #[test]
+    fn the_flash_fallback_is_remembered_per_device() {
+        let (failing, other) = (1_000_001, 1_000_002);
+        assert!(!flash_failed(failing) && !flash_failed(other));
+        assert!(
+            mark_flash_failed(failing),
+            "the first failure is new (and warned about)"
+        );
+        assert!(
+            !mark_flash_failed(failing),
+            "a second failure is not warned about again"
+        );
+        assert!(flash_failed(failing));
+        assert!(!flash_failed(other), "another device keeps the flash path");
+    }
+}
