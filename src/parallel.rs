@@ -1,8 +1,17 @@
 //! Work spread over the machine's cores with scoped threads (no thread pool is kept between
 //! calls): for CPU stages whose items are independent, such as the views of one generation or
-//! the tiles of a software rasteriser.
+//! the tiles of a software rasteriser. Also the crate's poison-tolerant [`lock`].
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+
+/// `mutex` locked, also after a panic elsewhere while it was held: every lock in the crate
+/// guards state that is whole between statements (caches, sets, counters), so a poisoned
+/// lock means nothing half-done.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Runs `work` on every item, on as many threads as the machine offers (at most one per item).
 /// A panic in `work` is re-raised here once the other threads have finished.

@@ -34,6 +34,7 @@ use crate::models::vggt::model::{
     Vggt, VggtFiles, VggtPrecision, VGGT_CONFIG_FILE, VGGT_WEIGHTS_FILE,
 };
 use crate::models::{self, Network};
+use crate::parallel::lock;
 use crate::pipelines::trellis_image_to_3d::slat::{self, SlatNetworks, SlatOutput};
 use crate::pipelines::trellis_image_to_3d::{
     self as trellis, NoiseSource, SparseStructureNetworks, SparseStructureOutput,
@@ -181,13 +182,6 @@ pub struct Pipeline {
 /// Held while a model encodes a view count for the first time (see
 /// [`Pipeline::first_encoding_alone`]).
 static FIRST_ENCODING: Mutex<()> = Mutex::new(());
-
-/// `mutex` locked; a panic elsewhere while it was held leaves nothing half-done here.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Microsoft TRELLIS's image-to-3D pipeline class.
 const TRELLIS_IMAGE_TO_3D: &str = "TrellisImageTo3DPipeline";

@@ -7,7 +7,7 @@ mod common;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use common::{recon_cli as recon, text};
+use common::{assert_cli_refuses, recon_cli as recon, text};
 
 use serde_json::Value;
 
@@ -191,30 +191,14 @@ fn bench_refuses_bad_options() {
         ),
     ];
     for (extra, expected) in cases {
-        let stderr = assert_refused(
-            args!["bench", "--model", &model, "--device", "cpu"],
-            extra,
-            expected,
-        );
+        let mut all = args!["bench", "--model", &model, "--device", "cpu"];
+        all.extend(extra);
+        let stderr = assert_cli_refuses(all, expected);
         assert!(
             !stderr.contains("loading models"),
             "refused after loading: {stderr}"
         );
     }
-}
-
-/// Runs `recon` with `base` then `extra`, expects a failure whose message contains `expected`,
-/// and returns the message.
-fn assert_refused(mut base: Vec<OsString>, extra: Vec<OsString>, expected: &str) -> String {
-    base.extend(extra);
-    let out = recon(base);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(expected),
-        "expected '{expected}' in: {stderr}"
-    );
-    stderr
 }
 
 /// `recon throughput` with two models on the CPU in one process: both generate the warm-up
@@ -270,10 +254,8 @@ fn throughput_refuses_bad_devices() {
         (args!["--devices", "cuda:99"], "CUDA device 99"),
     ];
     for (extra, expected) in cases {
-        assert_refused(
-            args!["throughput", "--model", &model, "--steps", "1"],
-            extra,
-            expected,
-        );
+        let mut all = args!["throughput", "--model", &model, "--steps", "1"];
+        all.extend(extra);
+        assert_cli_refuses(all, expected);
     }
 }

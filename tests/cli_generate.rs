@@ -7,7 +7,7 @@ mod common;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use common::{recon_cli as recon, text};
+use common::{assert_cli_refuses, recon_cli as recon, text};
 
 fn fixture(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -400,13 +400,7 @@ fn assert_refused(args: &[&str], output_name: &str, expected: &str) {
     if !args.contains(&"--device") {
         all.extend(args!["--device", "cpu"]);
     }
-    let out = recon(all);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded:\n{stderr}");
-    assert!(
-        stderr.contains(expected),
-        "{args:?}: expected '{expected}' in:\n{stderr}"
-    );
+    assert_cli_refuses(all, expected);
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

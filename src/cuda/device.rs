@@ -18,7 +18,7 @@
 //! leaves the caller's thread on the device it was on.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig,
@@ -29,6 +29,7 @@ use super::device_error;
 use super::library;
 use super::nvrtc::{self, Arch, KernelSource, Target};
 use crate::error::{Error, Result};
+use crate::parallel::lock;
 
 /// One CUDA device: its primary context, architecture and loaded kernels.
 pub struct CudaDevice {
@@ -48,14 +49,6 @@ impl std::fmt::Debug for CudaDevice {
             .field("arch", &self.arch)
             .field("target", &self.target)
             .finish()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere while inserting; entries are whole.
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

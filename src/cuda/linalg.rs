@@ -4,31 +4,28 @@
 //! most once" (seen with two models on two GPUs registering their cameras at the same time).
 //! [`ensure_loaded`] makes the first call once per process, other threads waiting for it.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
+use crate::parallel::lock;
 
 /// Loads libtorch's CUDA linear algebra with one tiny call on `device` the first time it is
-/// asked (any thread); later calls return at once. Nothing to do on the CPU.
+/// asked (any thread; others wait for it); later calls return at once. Nothing to do on the
+/// CPU. A failed first call (out of memory, say) is not remembered: the next call tries again.
 pub fn ensure_loaded(device: Device) -> Result<()> {
-    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    static LOADED: Mutex<bool> = Mutex::new(false);
     if !device.is_cuda() {
         return Ok(());
     }
-    LOADED
-        .get_or_init(|| {
-            Tensor::f_eye(2, (Kind::Float, device))
-                .and_then(|eye| eye.f_linalg_eigh("L"))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Device,
-                format!("loading libtorch's CUDA linear algebra: {e}"),
-            )
-        })
+    let mut loaded = lock(&LOADED);
+    if !*loaded {
+        Tensor::f_eye(2, (Kind::Float, device))
+            .and_then(|eye| eye.f_linalg_eigh("L"))
+            .map(|_| ())
+            .map_err(|e| crate::Error::from(e).context("loading libtorch's CUDA linear algebra"))?;
+        *loaded = true;
+    }
+    Ok(())
 }

@@ -15,9 +15,9 @@
 //! for both velocities at once ([`FlowModel::predict_with_zeros`]). Anything else runs
 //! eagerly. A replay runs the eager forward's kernels in the same order, so its outputs are
 //! the eager forward's bits (the sparse flow's pooling sums without atomics, see
-//! `nn::group_sum`, so that holds there too). `RECON_CUDA_GRAPHS=0` turns graphs off; a failed capture (a host
-//! synchronisation inside the forward, a build without graph support) logs a warning once
-//! and falls back to eager forwards.
+//! `nn::group_sum`, so that holds there too). `RECON_CUDA_GRAPHS=0` turns graphs off; a failed
+//! capture (a host synchronisation inside the forward, a build without graph support) logs a
+//! warning once and falls back to eager forwards.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};

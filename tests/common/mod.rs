@@ -198,6 +198,20 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs the `recon` CLI with `args`, expects it to fail with a message containing `expected`,
+/// and returns the message.
+pub fn assert_cli_refuses(args: Vec<std::ffi::OsString>, expected: &str) -> String {
+    let shown = format!("{args:?}");
+    let out = recon_cli(args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{shown} succeeded:\n{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{shown}: expected '{expected}' in:\n{stderr}"
+    );
+    stderr
+}
+
 /// An icosphere of radius `r` centred at the origin, subdivided `levels` times (20·4^levels
 /// faces), wound counter-clockwise seen from outside.
 pub fn icosphere(r: f32, levels: u32) -> recon::pipeline::Mesh {

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use recon::pipeline::{
-    DeviceRequest, GenerationNoise, GenerationOverrides, Output, Pipeline, RunControl, RunParams,
+    DeviceRequest, Gaussians, GenerationNoise, GenerationOverrides, Mesh, Output, Pipeline,
+    RunControl, RunParams,
 };
 use recon::{Error, Result};
 use serde_json::{json, Value};
@@ -314,17 +315,13 @@ fn first_difference(a: &Output, b: &Output) -> Option<String> {
             )
         })
     }
+    let first_of = |x: &[(&str, &[f32])], y: &[(&str, &[f32])]| {
+        x.iter()
+            .zip(y)
+            .find_map(|(&(what, x), &(_, y))| floats(what, x, y))
+    };
     let gaussians = match (&a.gaussians, &b.gaussians) {
-        (Some(x), Some(y)) => [
-            floats("Gaussian centres", &x.xyz, &y.xyz),
-            floats("Gaussian colours", &x.features_dc, &y.features_dc),
-            floats("Gaussian scales", &x.scaling, &y.scaling),
-            floats("Gaussian rotations", &x.rotation, &y.rotation),
-            floats("Gaussian opacities", &x.opacity, &y.opacity),
-        ]
-        .into_iter()
-        .flatten()
-        .next(),
+        (Some(x), Some(y)) => first_of(&gaussian_arrays(x), &gaussian_arrays(y)),
         (None, None) => None,
         _ => Some("Gaussians: present in one output only".to_string()),
     };
@@ -334,8 +331,7 @@ fn first_difference(a: &Output, b: &Output) -> Option<String> {
             y.indices.len(),
             x.indices.len()
         )),
-        (Some(x), Some(y)) => floats("mesh vertices", &x.positions, &y.positions)
-            .or_else(|| floats("mesh colours", &x.colors, &y.colors)),
+        (Some(x), Some(y)) => first_of(&mesh_arrays(x), &mesh_arrays(y)),
         (None, None) => None,
         _ => Some("mesh: present in one output only".to_string()),
     };
@@ -351,17 +347,30 @@ fn fingerprint(output: &Output) -> u64 {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    if let Some(g) = &output.gaussians {
-        for values in [&g.xyz, &g.features_dc, &g.scaling, &g.rotation, &g.opacity] {
-            values.iter().for_each(|v| add(v.to_bits()));
-        }
+    let arrays = output.gaussians.iter().flat_map(gaussian_arrays);
+    for (_, values) in arrays.chain(output.mesh.iter().flat_map(mesh_arrays)) {
+        values.iter().for_each(|v| add(v.to_bits()));
     }
     if let Some(m) = &output.mesh {
-        m.positions.iter().for_each(|v| add(v.to_bits()));
-        m.colors.iter().for_each(|v| add(v.to_bits()));
         m.indices.iter().for_each(|&i| add(i));
     }
     hash
+}
+
+/// The Gaussians' attributes, by name, in a fixed order.
+fn gaussian_arrays(g: &Gaussians) -> [(&'static str, &[f32]); 5] {
+    [
+        ("Gaussian centres", &g.xyz),
+        ("Gaussian colours", &g.features_dc),
+        ("Gaussian scales", &g.scaling),
+        ("Gaussian rotations", &g.rotation),
+        ("Gaussian opacities", &g.opacity),
+    ]
+}
+
+/// The mesh's per-vertex arrays, by name (its faces are compared as integers).
+fn mesh_arrays(m: &Mesh) -> [(&'static str, &[f32]); 2] {
+    [("mesh vertices", &m.positions), ("mesh colours", &m.colors)]
 }
 
 fn median(times: &[Duration]) -> Duration {

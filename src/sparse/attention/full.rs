@@ -55,11 +55,7 @@ static NESTED_FAILED: AtomicBool = AtomicBool::new(false);
 /// missing for it) leaves the others on the fast path.
 fn flash_failed_on() -> MutexGuard<'static, HashSet<usize>> {
     static DEVICES: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
-    let devices = DEVICES.get_or_init(Default::default);
-    // A poisoned lock only means a panic elsewhere while inserting; the set is whole.
-    devices
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::parallel::lock(DEVICES.get_or_init(Default::default))
 }
 
 /// Whether the direct flash call failed on `cuda:<ordinal>` before.
